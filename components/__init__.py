@@ -1,0 +1,1 @@
+"""Our TFX components, one folder each: component.py (spec) and executor.py (work)."""

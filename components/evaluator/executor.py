@@ -1,0 +1,131 @@
+"""TFX's Evaluator, plus three things stock TFX lacks.
+
+1. When the baseline *is* the candidate (a rerun whose Trainer was served from cache), the
+   candidate cannot beat itself: record "not blessed" with that reason and skip the TFMA run,
+   which otherwise dominates the cost of a no-change rerun.
+2. A slice guard: no monitored slice (with enough examples to mean something) may lose more
+   than `slice_margin` of the headline metric against the served model. TFMA's per-slice
+   thresholds cannot express "only slices with at least N examples".
+3. The blessing carries a readable `reason`: which thresholds failed on which slices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, List
+
+from tfx import types
+from tfx.components.evaluator import constants
+from tfx.components.evaluator import executor as tfx_evaluator_executor
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import io_utils
+
+log = logging.getLogger(__name__)
+
+REASON = "reason"
+
+
+def _describe_failures(validation_result, limit: int = 5) -> str:
+    failures = []
+    for per_slice in validation_result.metric_validations_per_slice:
+        slice_name = (
+            ",".join(f"{c.column}={c.bytes_value.decode() if c.HasField('bytes_value') else c.int64_value}"
+                     for c in per_slice.slice_key.single_slice_keys)
+            or "overall"
+        )
+        for failure in per_slice.failures:
+            detail = failure.message or f"value {failure.metric_value.double_value.value:.4f} fails {_threshold(failure)}"
+            failures.append(f"{failure.metric_key.name} on {slice_name}: {detail}")
+    if not failures:
+        return "validation failed"
+    more = f" (+{len(failures) - limit} more)" if len(failures) > limit else ""
+    return "; ".join(failures[:limit]) + more
+
+
+HEADLINE_METRIC = "auc"
+
+
+def slice_regressions(evaluation_uri: str, margin: float, min_examples: int) -> List[str]:
+    """Monitored slices whose headline metric fell more than `margin` below the served model's."""
+    import tensorflow_model_analysis as tfma
+
+    regressions = []
+    for record in tfma.load_metrics(evaluation_uri):
+        slice_key = tfma.slicer.deserialize_slice_key(record.slice_key)
+        if not slice_key:
+            continue  # overall: TFMA's thresholds gate it
+        values = {}
+        for kv in record.metric_keys_and_values:
+            if kv.value.HasField("double_value") and not kv.key.is_diff:
+                values[(kv.key.model_name, kv.key.name)] = kv.value.double_value.value
+        count = values.get(("candidate", "example_count"), 0)
+        candidate = values.get(("candidate", HEADLINE_METRIC))
+        served = values.get(("baseline", HEADLINE_METRIC))
+        if count < min_examples or candidate is None or served is None:
+            continue
+        if candidate < served - margin:
+            name = ",".join(f"{k}={v}" for k, v in slice_key)
+            regressions.append(
+                f"{HEADLINE_METRIC} on {name} fell to {candidate:.4f} from the served {served:.4f} "
+                f"(allowed loss {margin}, {int(count)} examples)"
+            )
+    return regressions
+
+
+def _threshold(failure) -> str:
+    threshold = failure.metric_threshold
+    if threshold.HasField("value_threshold"):
+        return f"floor {threshold.value_threshold.lower_bound.value}"
+    if threshold.HasField("change_threshold"):
+        change = threshold.change_threshold
+        if change.HasField("relative"):
+            return f"required relative gain {change.relative.value} over the served model"
+        return f"allowed change {change.absolute.value} against the served model"
+    return "its threshold"
+
+
+class Executor(tfx_evaluator_executor.Executor):
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
+        model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+        baselines = input_dict.get(standard_component_specs.BASELINE_MODEL_KEY) or []
+        blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
+        if baselines and baselines[0].id == model.id:
+            reason = f"candidate model {model.id} is the model being served; nothing to compare"
+            log.info("skipping evaluation: %s", reason)
+            blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
+            blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
+            blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, constants.NOT_BLESSED_VALUE)
+            blessing.set_string_custom_property(REASON, reason)
+            blessing.set_int_custom_property("evaluation_skipped", 1)
+            io_utils.write_string_file(os.path.join(blessing.uri, constants.NOT_BLESSED_FILE_NAME), "")
+            return
+
+        tfma_properties = {k: v for k, v in exec_properties.items() if k not in ("slice_margin", "min_slice_examples")}
+        super().Do(input_dict, output_dict, tfma_properties)
+
+        import tensorflow_model_analysis as tfma
+
+        evaluation_uri = artifact_utils.get_single_uri(output_dict[standard_component_specs.EVALUATION_KEY])
+        result = tfma.load_validation_result(evaluation_uri)
+        if not result.validation_ok:
+            blessing.set_string_custom_property(REASON, _describe_failures(result))
+            return
+        regressions = []
+        if baselines:
+            regressions = slice_regressions(
+                evaluation_uri, float(exec_properties["slice_margin"]), int(exec_properties["min_slice_examples"])
+            )
+        if regressions:
+            os.remove(os.path.join(blessing.uri, constants.BLESSED_FILE_NAME))
+            io_utils.write_string_file(os.path.join(blessing.uri, constants.NOT_BLESSED_FILE_NAME), "")
+            blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, constants.NOT_BLESSED_VALUE)
+            blessing.set_string_custom_property(REASON, "slice guard: " + "; ".join(regressions))
+            return
+        against = f"model {baselines[0].id}" if baselines else "the absolute thresholds (no model served yet)"
+        blessing.set_string_custom_property(REASON, f"passed every threshold against {against}")

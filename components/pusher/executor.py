@@ -1,0 +1,94 @@
+"""Pushes a blessed model to `<base>/<version>/`, atomically, and never the same model twice.
+
+Stock TFX's Pusher writes a new timestamped version on every cached rerun; this one compares
+the candidate's fingerprint with what is already pushed and, when it is there, pushes nothing
+and records why. A rollback is a push of an earlier model with `allow_repush` set, so that the
+older bytes become the newest version and the server switches to them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import logging
+from pathlib import Path
+from typing import Any, Dict, List
+
+from tfx import types
+from tfx.components.util import model_utils
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import path_utils
+
+from components.pusher import versions
+
+log = logging.getLogger(__name__)
+
+MODEL_KEY = "model"
+BLESSING_KEY = "model_blessing"
+PUSHED_MODEL_KEY = "pushed_model"
+
+# Custom properties on the PushedModel artifact. `pushed`, `pushed_destination` and
+# `pushed_version` match stock TFX's names so that existing tooling reads them.
+PUSHED = "pushed"
+PUSHED_VERSION = "pushed_version"
+PUSHED_DESTINATION = "pushed_destination"
+SOURCE_MODEL_ID = "source_model_id"
+FINGERPRINT = "model_fingerprint"
+REASON = "reason"
+REQUESTED_BY = "requested_by"
+KIND = "push_kind"  # "nightly" or "rollback"
+REPLACED_VERSION = "replaced_version"
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
+        model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
+        pushed_model = artifact_utils.get_single_instance(output_dict[PUSHED_MODEL_KEY])
+        base = Path(exec_properties["push_base_directory"])
+        allow_repush = bool(exec_properties.get("allow_repush", 0))
+        served_before = versions.latest_version(base)
+
+        pushed_model.set_int_custom_property(SOURCE_MODEL_ID, model.id)
+        pushed_model.set_string_custom_property(KIND, exec_properties.get("push_kind") or "nightly")
+        pushed_model.set_string_custom_property(REQUESTED_BY, exec_properties.get("requested_by") or getpass.getuser())
+        pushed_model.set_int_custom_property(REPLACED_VERSION, served_before or 0)
+        pushed_model.set_string_custom_property(PUSHED_DESTINATION, str(base))
+
+        blessings = input_dict.get(BLESSING_KEY) or []
+        if blessings and not model_utils.is_model_blessed(blessings[0]):
+            why = blessings[0].get_string_custom_property("reason") or "the Evaluator did not bless it"
+            return self._not_pushed(pushed_model, f"model {model.id} is not blessed: {why}")
+
+        model_dir = Path(path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model)))
+        fingerprint = versions.model_fingerprint(model_dir)
+        pushed_model.set_string_custom_property(FINGERPRINT, fingerprint)
+        existing = versions.fingerprints(base)
+        same = sorted(v for v, fp in existing.items() if fp == fingerprint)
+        if same and (not allow_repush or same[-1] == served_before):
+            return self._not_pushed(
+                pushed_model, f"model {model.id} is already pushed as version {same[-1]}; nothing to do"
+            )
+
+        version = versions.publish_version(model_dir, base)
+        reason = exec_properties.get("reason") or "blessed by the Evaluator"
+        pushed_model.set_int_custom_property(PUSHED, 1)
+        pushed_model.set_int_custom_property(PUSHED_VERSION, version)
+        pushed_model.set_string_custom_property(REASON, reason)
+        pushed_model.set_string_custom_property("pushed_at", dt.datetime.now(dt.timezone.utc).isoformat())
+        Path(pushed_model.uri).mkdir(parents=True, exist_ok=True)
+        (Path(pushed_model.uri) / "PUSHED").write_text(f"{base / str(version)}\n")
+        log.info("pushed model %s as version %d to %s (%s)", model.id, version, base, reason)
+
+    @staticmethod
+    def _not_pushed(pushed_model: types.Artifact, reason: str) -> None:
+        pushed_model.set_int_custom_property(PUSHED, 0)
+        pushed_model.set_string_custom_property(REASON, reason)
+        Path(pushed_model.uri).mkdir(parents=True, exist_ok=True)
+        (Path(pushed_model.uri) / "NOT_PUSHED").write_text(reason + "\n")
+        log.info("not pushed: %s", reason)

@@ -1,0 +1,186 @@
+"""Typed, frozen configuration for one pipeline run.
+
+The environment is read once, at the edge (`ProjectPaths.from_env`, the CLI, the DAG files);
+everything below takes these objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+from pipelines.errors import ConfigError
+from pipelines.taxi.model_options import STRATEGIES
+
+PIPELINE_NAME = "taxi"
+BEAM_MODES = ("in_memory", "multi_processing", "multi_threading")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectPaths:
+    """Where a project keeps its inputs and state. Everything mutable lives under `var/`."""
+
+    home: Path
+
+    @classmethod
+    def from_env(cls, home: Optional[str] = None) -> "ProjectPaths":
+        return cls(Path(home or os.environ.get("MLOPS_HOME") or os.getcwd()).resolve())
+
+    @property
+    def data_root(self) -> Path:
+        return self.home / "data" / "incoming"
+
+    @property
+    def var(self) -> Path:
+        return self.home / "var"
+
+    @property
+    def pipeline_root(self) -> Path:
+        return self.var / "pipeline_root"
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.var / "metadata.sqlite"
+
+    @property
+    def schema_path(self) -> Path:
+        return self.home / "schemas" / "taxi" / "schema.pbtxt"
+
+    @property
+    def serving_model_dir(self) -> Path:
+        return self.home / "serving" / "models" / PIPELINE_NAME
+
+
+@dataclasses.dataclass(frozen=True)
+class MetadataConfig:
+    """ML Metadata connection: SQLite file by default, MySQL when `mysql_host` is set."""
+
+    sqlite_path: str = ""
+    mysql_host: str = ""
+    mysql_port: int = 3306
+    mysql_database: str = "mlmd"
+    mysql_user: str = "root"
+    mysql_password: str = ""
+
+    @property
+    def is_sqlite(self) -> bool:
+        return not self.mysql_host
+
+    def to_proto(self):
+        from ml_metadata.proto import metadata_store_pb2
+
+        config = metadata_store_pb2.ConnectionConfig()
+        if self.is_sqlite:
+            config.sqlite.filename_uri = self.sqlite_path
+            config.sqlite.connection_mode = 3  # READWRITE_OPENCREATE
+        else:
+            config.mysql.host = self.mysql_host
+            config.mysql.port = self.mysql_port
+            config.mysql.database = self.mysql_database
+            config.mysql.user = self.mysql_user
+            config.mysql.password = self.mysql_password
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    """When a candidate model is blessed (and so pushed)."""
+
+    auc_floor: float = 0.6
+    # Candidate must beat the served model's AUC by this fraction (0.01 = 1% relative).
+    min_relative_improvement: float = 0.01
+    # No monitored slice may lose more than this much AUC against the served model.
+    slice_margin: float = 0.05
+    # Slices with fewer evaluation examples are neither reported nor gated (too noisy).
+    min_slice_examples: int = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything `create_pipeline` needs for one span. Pure data: no I/O happens here."""
+
+    span_date: dt.date
+    data_root: str
+    pipeline_root: str
+    schema_path: str
+    serving_model_dir: str
+    metadata: MetadataConfig
+    pipeline_name: str = PIPELINE_NAME
+    train_steps: int = 300
+    eval_steps: int = 50
+    batch_size: int = 64
+    strategy: str = "auto"
+    gates: GateConfig = GateConfig()
+    beam_mode: str = "in_memory"
+    beam_workers: int = 1
+    extra_beam_args: Tuple[str, ...] = ()
+    enable_cache: bool = True
+
+    @classmethod
+    def for_project(cls, paths: ProjectPaths, span_date: dt.date, **overrides) -> "PipelineConfig":
+        return cls(
+            span_date=span_date,
+            data_root=str(paths.data_root),
+            pipeline_root=str(paths.pipeline_root),
+            schema_path=str(paths.schema_path),
+            serving_model_dir=str(paths.serving_model_dir),
+            metadata=MetadataConfig(sqlite_path=str(paths.metadata_path)),
+            **overrides,
+        )
+
+    @property
+    def beam_pipeline_args(self) -> list:
+        args = [f"--direct_running_mode={self.beam_mode}"]
+        if self.beam_mode != "in_memory":
+            # 0 workers once silently dropped rows here (design.md, section 7): always explicit.
+            args.append(f"--direct_num_workers={max(1, self.beam_workers)}")
+        return args + list(self.extra_beam_args)
+
+    def check(self) -> "PipelineConfig":
+        """Fails fast, before any TFX import, on settings that cannot work. Returns self."""
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"unknown distribution strategy {self.strategy!r}",
+                f"use one of: {', '.join(STRATEGIES)}",
+            )
+        if self.beam_mode not in BEAM_MODES:
+            raise ConfigError(
+                f"unknown Beam direct running mode {self.beam_mode!r}",
+                f"use one of: {', '.join(BEAM_MODES)}",
+            )
+        if not Path(self.schema_path).is_file():
+            raise ConfigError(
+                f"schema file {self.schema_path} does not exist",
+                "restore schemas/taxi/schema.pbtxt from git or pass --schema PATH",
+            )
+        if self.train_steps < 1 or self.eval_steps < 1:
+            raise ConfigError(
+                f"train_steps={self.train_steps} and eval_steps={self.eval_steps} must be positive",
+                "pass --train-steps N and --eval-steps N with N >= 1",
+            )
+        if not 0.0 <= self.gates.auc_floor <= 1.0:
+            raise ConfigError(f"AUC floor {self.gates.auc_floor} is outside [0, 1]", "pass --auc-floor between 0 and 1")
+        check_span_dir(Path(self.data_root), self.span_date)
+        return self
+
+
+def span_dir(data_root: Path, day: dt.date) -> Path:
+    return data_root / day.isoformat()
+
+
+def check_span_dir(data_root: Path, day: dt.date) -> Path:
+    folder = span_dir(data_root, day)
+    if not folder.is_dir():
+        raise ConfigError(
+            f"no data for span {day}: {folder} does not exist",
+            "seed data with `mlops data seed` or pick a date that has a folder under data/incoming/",
+        )
+    if not any(folder.glob("*.csv")):
+        raise ConfigError(
+            f"span {day} has no CSV files in {folder}",
+            "put the day's *.csv files there or pick another --date",
+        )
+    return folder

@@ -1,0 +1,161 @@
+"""The pipeline factory: `create_pipeline(config) -> tfx Pipeline`. Pure: no I/O, no env reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pipelines.config import PipelineConfig
+from pipelines.taxi import features as F
+
+PREPROCESSING_FN = "pipelines.taxi.preprocessing.preprocessing_fn"
+RUN_FN = "pipelines.taxi.model.run_fn"
+HEADLINE_METRIC = "auc"
+
+
+def span_number(day: dt.date) -> int:
+    """TFX's span number for a date: days since the Unix epoch."""
+    return (day - dt.date(1970, 1, 1)).days
+
+
+def _eval_config(config: PipelineConfig):
+    import tensorflow_model_analysis as tfma
+
+    gates = config.gates
+    overall_gate = tfma.PerSliceMetricThreshold(
+        slicing_specs=[tfma.SlicingSpec()],
+        threshold=tfma.MetricThreshold(
+            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gates.auc_floor}),
+            # Ignored by TFMA when no baseline model was resolved (the first run).
+            change_threshold=tfma.GenericChangeThreshold(
+                direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                relative={"value": gates.min_relative_improvement},
+            ),
+        ),
+    )
+    return tfma.EvalConfig(
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name="serving_default",
+                label_key=F.TRANSFORMED_LABEL,
+                preprocessing_function_names=["transform_features"],
+            )
+        ],
+        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[k]) for k in F.SLICE_FEATURES],
+        metrics_specs=[
+            tfma.MetricsSpec(
+                metrics=[
+                    tfma.MetricConfig(
+                        class_name="AUC",
+                        config='{"name": "%s"}' % HEADLINE_METRIC,
+                        per_slice_thresholds=[overall_gate],
+                    ),
+                    tfma.MetricConfig(class_name="BinaryAccuracy"),
+                    tfma.MetricConfig(class_name="BinaryCrossentropy", config='{"name": "loss"}'),
+                    tfma.MetricConfig(class_name="ExampleCount"),
+                ]
+            ),
+        ],
+    )
+
+
+def create_pipeline(config: PipelineConfig):
+    """Builds the nightly pipeline for the single span `config.span_date`."""
+    from tfx import v1 as tfx
+    from tfx.v1.components import CsvExampleGen, ExampleValidator, ImportSchemaGen, StatisticsGen, Trainer, Transform
+    from tfx.proto import example_gen_pb2, range_config_pb2
+
+    from components.drift_validator.component import DriftValidator
+    from components.evaluator.component import GatedEvaluator
+    from components.pusher.component import AtomicPusher
+    from pipelines.resolvers import PreviousSpanStatisticsStrategy, ServedModelStrategy
+
+    span = span_number(config.span_date)
+    example_gen = CsvExampleGen(
+        input_base=config.data_root,
+        input_config=example_gen_pb2.Input(
+            splits=[example_gen_pb2.Input.Split(name="single_split", pattern="{YYYY}-{MM}-{DD}/*.csv")]
+        ),
+        output_config=example_gen_pb2.Output(
+            split_config=example_gen_pb2.SplitConfig(
+                splits=[
+                    example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=4),
+                    example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=1),
+                ]
+            )
+        ),
+        range_config=range_config_pb2.RangeConfig(
+            static_range=range_config_pb2.StaticRange(start_span_number=span, end_span_number=span)
+        ),
+    )
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = ImportSchemaGen(schema_file=config.schema_path)
+    example_validator = ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
+    previous_statistics = tfx.dsl.Resolver(
+        strategy_class=PreviousSpanStatisticsStrategy,
+        config={"current_span": span},
+        statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics),
+    ).with_id("previous_span_statistics")
+    drift_validator = DriftValidator(
+        statistics=statistics_gen.outputs["statistics"],
+        schema=schema_gen.outputs["schema"],
+        schema_anomalies=example_validator.outputs["anomalies"],
+        previous_statistics=previous_statistics.outputs["statistics"],
+        span_label=config.span_date.isoformat(),
+    )
+    transform = Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        disable_statistics=True,
+    )
+    # Data that failed validation never reaches Transform, Trainer or Pusher.
+    transform.add_upstream_node(drift_validator)
+    trainer = Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
+        custom_config={"strategy": config.strategy, "batch_size": config.batch_size},
+    )
+    served_model = tfx.dsl.Resolver(
+        strategy_class=ServedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        pushed_model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.PushedModel),
+    ).with_id("served_model")
+    evaluator = GatedEvaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=served_model.outputs["model"],
+        eval_config=_eval_config(config),
+        slice_margin=config.gates.slice_margin,
+        min_slice_examples=config.gates.min_slice_examples,
+    )
+    pusher = AtomicPusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_base_directory=config.serving_model_dir,
+    )
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=[
+            example_gen,
+            statistics_gen,
+            schema_gen,
+            example_validator,
+            previous_statistics,
+            drift_validator,
+            transform,
+            trainer,
+            served_model,
+            evaluator,
+            pusher,
+        ],
+        enable_cache=config.enable_cache,
+        metadata_connection_config=config.metadata.to_proto(),
+        beam_pipeline_args=config.beam_pipeline_args,
+    )

@@ -1,0 +1,72 @@
+"""Runs one span in-process: every node of the compiled pipeline, in order, with progress lines.
+
+The same per-node code path (`node_runner.run_node`) is what the Airflow tasks run, one node
+each, so `mlops run` and the nightly DAG behave the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+from pipelines.config import PipelineConfig
+from pipelines.summary import RunSummary
+
+
+def prepare_process_env() -> None:
+    """Settings every process that trains or loads Keras models needs (design.md, section 2)."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # google-cloud packages pulled in by TFX warn about Python 3.10 on every import.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
+
+
+def default_run_id(span_date: dt.date) -> str:
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"local__{span_date.isoformat()}__{now}"
+
+
+def ensure_state_dirs(config: PipelineConfig) -> None:
+    Path(config.pipeline_root).mkdir(parents=True, exist_ok=True)
+    if config.metadata.is_sqlite:
+        Path(config.metadata.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+
+
+class RunFailed(Exception):
+    def __init__(self, node_id: str, cause: BaseException, summary: RunSummary):
+        super().__init__(f"node {node_id} failed: {cause}")
+        self.node_id = node_id
+        self.cause = cause
+        self.summary = summary
+
+
+def run_span(
+    config: PipelineConfig,
+    run_id: Optional[str] = None,
+    progress: Callable[[str], None] = print,
+) -> RunSummary:
+    """Runs the whole pipeline for `config.span_date`; raises RunFailed on the first failed node."""
+    prepare_process_env()
+    config.check()
+    ensure_state_dirs(config)
+    from pipelines.node_runner import compile_pipeline, node_ids, run_node
+    from pipelines.pipeline import create_pipeline
+    from pipelines.summary import read_run_summary
+
+    run_id = run_id or default_run_id(config.span_date)
+    ir = compile_pipeline(create_pipeline(config), run_id)
+    nodes = node_ids(ir)
+    progress(f"run {run_id}: span {config.span_date}, {len(nodes)} nodes")
+    for index, node_id in enumerate(nodes, start=1):
+        progress(f"[{index}/{len(nodes)}] {node_id} ...")
+        try:
+            result = run_node(ir, node_id)
+        except Exception as err:  # noqa: BLE001 -- reported with the summary, then re-raised
+            progress(f"[{index}/{len(nodes)}] {node_id} FAILED: {err}")
+            summary = read_run_summary(config.metadata.to_proto(), run_id, with_metrics=False)
+            raise RunFailed(node_id, err, summary) from err
+        progress(f"[{index}/{len(nodes)}] {node_id} {result.status} in {result.seconds:.1f}s")
+    return read_run_summary(config.metadata.to_proto(), run_id)

@@ -1,0 +1,125 @@
+"""End-of-run summary read back from ML Metadata (so any process can print it, e.g. Airflow)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional
+
+
+@dataclasses.dataclass
+class RunSummary:
+    run_id: str
+    span: str = ""
+    rows: Dict[str, int] = dataclasses.field(default_factory=dict)
+    node_states: Dict[str, str] = dataclasses.field(default_factory=dict)
+    anomalies: List[str] = dataclasses.field(default_factory=list)
+    metrics: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    blessed: Optional[bool] = None
+    blessing_reason: str = ""
+    pushed_version: Optional[int] = None
+    push_reason: str = ""
+
+    def lines(self) -> List[str]:
+        out = [f"run {self.run_id}", f"  span:      {self.span or '?'}"]
+        out.append("  rows:      " + (", ".join(f"{k}={v}" for k, v in sorted(self.rows.items())) or "?"))
+        out.append("  nodes:     " + ", ".join(f"{k}:{v}" for k, v in self.node_states.items()))
+        out.append("  anomalies: " + ("; ".join(self.anomalies) if self.anomalies else "none"))
+        for slice_name, values in self.metrics.items():
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()))
+            out.append(f"  metrics[{slice_name}]: {shown}")
+        if self.blessed is not None:
+            out.append(f"  blessed:   {'yes' if self.blessed else 'no'} ({self.blessing_reason})")
+        if self.pushed_version:
+            out.append(f"  pushed:    version {self.pushed_version} ({self.push_reason})")
+        else:
+            out.append(f"  pushed:    nothing ({self.push_reason or 'the Pusher did not run'})")
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def _slice_name(slice_key) -> str:
+    if not slice_key:
+        return "overall"
+    return ",".join(f"{k}={v}" for k, v in slice_key)
+
+
+def _read_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+    import tensorflow_model_analysis as tfma
+
+    out = {}
+    for record in tfma.load_metrics(evaluation_uri):
+        key = tfma.slicer.deserialize_slice_key(record.slice_key)
+        values = {}
+        for kv in record.metric_keys_and_values:
+            if kv.key.model_name == "baseline" or kv.key.is_diff:
+                continue
+            if kv.value.HasField("double_value"):
+                values[kv.key.name] = kv.value.double_value.value
+        out[_slice_name(key)] = values
+    return out
+
+
+def read_run_summary(connection_config, run_id: str, pipeline_name: str = "taxi", with_metrics: bool = True) -> RunSummary:
+    """Collects what one pipeline run did from ML Metadata."""
+    from ml_metadata import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = metadata_store.MetadataStore(connection_config)
+    summary = RunSummary(run_id=run_id)
+    context = store.get_context_by_type_and_name("pipeline_run", run_id)
+    if context is None:
+        return summary
+    state_names = {v: k.lower() for k, v in metadata_store_pb2.Execution.State.items()}
+    for execution in sorted(store.get_executions_by_context(context.id), key=lambda e: e.id):
+        node = next(
+            (c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id)
+             if c.type_id == store.get_context_type("node").id),
+            str(execution.id),
+        )
+        summary.node_states[node] = state_names.get(execution.last_known_state, "?")
+        events = store.get_events_by_execution_ids([execution.id])
+        out_ids = [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
+        for artifact in store.get_artifacts_by_id(out_ids):
+            _absorb(summary, node, artifact, store, with_metrics)
+    return summary
+
+
+def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool) -> None:
+    props = artifact.custom_properties
+    type_name = store.get_artifact_types_by_id([artifact.type_id])[0].name
+    if type_name == "Examples" and "span" in props:
+        import datetime as dt
+
+        span = props["span"].int_value
+        summary.span = (dt.date(1970, 1, 1) + dt.timedelta(days=span)).isoformat()
+    elif type_name == "ExampleStatistics":
+        from tensorflow_metadata.proto.v0 import statistics_pb2
+
+        for split in ("train", "eval"):
+            path = os.path.join(artifact.uri, f"Split-{split}", "FeatureStats.pb")
+            if os.path.exists(path):
+                stats = statistics_pb2.DatasetFeatureStatisticsList()
+                with open(path, "rb") as handle:
+                    stats.ParseFromString(handle.read())
+                summary.rows[split] = int(sum(d.num_examples for d in stats.datasets))
+    elif type_name == "ExampleAnomalies" and node == "DriftValidator":
+        report = os.path.join(artifact.uri, "report.txt")
+        if os.path.exists(report):
+            with open(report) as handle:
+                summary.anomalies = [l.strip() for l in handle.read().splitlines()[1:] if l.strip()]
+    elif type_name == "ModelBlessing":
+        summary.blessed = props["blessed"].int_value == 1 if "blessed" in props else None
+        summary.blessing_reason = props["reason"].string_value if "reason" in props else ""
+    elif type_name == "ModelEvaluation" and with_metrics:
+        try:
+            summary.metrics = _read_metrics(artifact.uri)
+        except Exception:  # noqa: BLE001 -- a skipped evaluation has no metrics file
+            summary.metrics = {}
+    elif type_name == "PushedModel":
+        if "pushed" in props and props["pushed"].int_value == 1:
+            summary.pushed_version = props["pushed_version"].int_value
+        summary.push_reason = props["reason"].string_value if "reason" in props else ""

@@ -1,0 +1,39 @@
+"""The shared sequence of real pipeline runs (see test_pipeline_e2e.py for what each one is)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.pusher import versions
+from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops
+
+
+def _run(home: Path, day, *extra: str) -> dict:
+    result = mlops(home, "run", "--date", day.isoformat(), *FAST_RUN_ARGS, "--json", *extra, timeout=1200)
+    progress = result.stdout[: result.stdout.index("{")]
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    summary["progress"] = progress
+    return summary
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    home = make_home(tmp_path_factory.mktemp("e2e"))
+    models = home / "serving" / "models" / "taxi"
+    first = _run(home, DAY1, "--auc-floor", "0.5")
+    after_first = versions.list_versions(models)
+    rerun = _run(home, DAY1, "--auc-floor", "0.5")
+    after_rerun = versions.list_versions(models)
+    strict = _run(home, DAY2, "--auc-floor", "0.999")
+    after_strict = versions.list_versions(models)
+    lenient = _run(home, DAY2, "--auc-floor", "0.0", "--min-improvement", "-1.0", "--slice-margin", "1.0")
+    return dict(
+        home=home, models=models, first=first, rerun=rerun, strict=strict, lenient=lenient,
+        after_first=after_first, after_rerun=after_rerun, after_strict=after_strict,
+        after_lenient=versions.list_versions(models),
+    )
+
+
