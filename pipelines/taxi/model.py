@@ -167,7 +167,9 @@ def train_and_export(spec: TrainSpec) -> dict:
     target = spec.serving_model_dir if is_chief(strategy) else tempfile.mkdtemp(prefix="worker-model-")
     model.save(target, save_format="tf", signatures=signatures)
     log.info("model written to %s; eval %s", target, metrics)
-    return {k: float(v) for k, v in metrics.items()}
+    result = {k: float(v) for k, v in metrics.items()}
+    result.update(strategy=type(strategy).__name__, replicas=int(strategy.num_replicas_in_sync))
+    return result
 
 
 def run_fn(fn_args) -> None:

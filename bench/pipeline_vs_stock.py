@@ -1,0 +1,274 @@
+"""Benchmark (issue 3): our nightly pipeline against the stock TFX Chicago taxi example.
+
+Same rows, same Beam mode (DirectRunner in_memory), both in-process in a fresh child process per
+run. Measures full run and no-change rerun (wall time, peak RSS, whether a new model version was
+pushed), optionally one bigger span of ours, and writes the "Pipeline vs stock TFX (issue 3)"
+section of bench/RESULTS.md. A benchmark reports: a missed target does not fail it (exit 0);
+exit 1 only when a run itself crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+# The example inside the installed wheel, found without importing tfx (TensorFlow costs seconds).
+TAXI = Path(list(importlib.util.find_spec("tfx").submodule_search_locations)[0]) / "examples" / "chicago_taxi_pipeline"
+CHILD_ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
+MLOPS = REPO / ".venv" / "bin" / "mlops"
+PYTHON = REPO / ".venv" / "bin" / "python"
+SECTION = "## Pipeline vs stock TFX (issue 3)"
+STOCK_TRAIN_STEPS = 1000  # hard-coded in the stock example's Trainer
+OURS_TRAIN_STEPS = 300  # `mlops run` default, left as is
+BEAM = "in_memory"
+
+# Runs the unmodified stock example in-process with LocalDagRunner. The only addition is a timer
+# around Launcher.launch (measurement only) so stock per-node seconds can be compared with ours.
+STOCK_CHILD = """\
+import importlib.util, sys, time
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+from tfx.orchestration.portable import launcher
+example, module_file, root, beam_mode = sys.argv[1:5]
+spec = importlib.util.spec_from_file_location('taxi_pipeline_native_keras', example)
+taxi = importlib.util.module_from_spec(spec); spec.loader.exec_module(taxi)
+launch = launcher.Launcher.launch
+def timed_launch(self):
+    start = time.monotonic()
+    try: return launch(self)
+    finally: print(f'[stock] {self._pipeline_node.node_info.id} in {time.monotonic() - start:.1f}s', flush=True)
+launcher.Launcher.launch = timed_launch
+LocalDagRunner().run(taxi._create_pipeline(
+    pipeline_name=taxi._pipeline_name, pipeline_root=root + '/pipeline_root', data_root=root + '/data',
+    module_file=module_file, serving_model_dir=root + '/serving_model',
+    metadata_path=root + '/metadata.db', beam_pipeline_args=['--direct_running_mode=' + beam_mode]))
+"""
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def measure(name: str, cmd: list, log_file: Path, echo=lambda line: True) -> dict:
+    """Runs `cmd`, logging all output and echoing some; returns seconds, exit code, peak RSS, lines.
+
+    Peak RSS two ways: the kernel's max RSS of the child or any descendant it waited for (os.wait4
+    on this child alone, exact, no sampling) and the polled sum over the process tree (psutil).
+    """
+    log(f"{name}: start")
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tree_peak, done = [0], threading.Event()
+
+    def poll():
+        while not done.wait(0.2):
+            try:
+                root = psutil.Process(proc.pid)
+                total = sum(p.memory_info().rss for p in [root] + root.children(recursive=True))
+            except psutil.Error:  # a process ended between listing and reading: skip this sample
+                continue
+            tree_peak[0] = max(tree_peak[0], total)
+
+    threading.Thread(target=poll, daemon=True).start()
+    lines = []
+    with open(log_file, "w") as out:
+        for line in proc.stdout:
+            out.write(line)
+            lines.append(line.rstrip("\n"))
+            if echo(lines[-1]):
+                print(f"    | {lines[-1]}", flush=True)
+    _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone (fresh per run)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    done.set()
+    seconds = time.monotonic() - start
+    log(f"{name}: end in {seconds:.1f}s (exit {proc.returncode}, log {log_file})")
+    if proc.returncode != 0:
+        print("\n".join(lines[-30:]), flush=True)
+    return dict(seconds=seconds, code=proc.returncode, lines=lines,
+                rss_mb=usage.ru_maxrss / 1024, tree_mb=tree_peak[0] / 2**20)
+
+
+def versions(serving_dir: Path) -> list:
+    return sorted(p.name for p in serving_dir.glob("*") if p.is_dir() and p.name.isdigit())
+
+
+def count_rows(path: Path) -> int:
+    with open(path, newline="") as handle:
+        return sum(1 for _ in csv.reader(handle)) - 1
+
+
+def seed_home(home: Path, rows: int, date: str) -> Path:
+    """A project home with one span of `rows` rows; checks the seeded row count."""
+    (home / "schemas" / "taxi").mkdir(parents=True)
+    shutil.copy(REPO / "schemas" / "taxi" / "schema.pbtxt", home / "schemas" / "taxi" / "schema.pbtxt")
+    cmd = [str(MLOPS), "--home", str(home), "data", "seed", "--days", "1", "--rows-per-day", str(rows), "--end", date]
+    subprocess.run(cmd, check=True, env=CHILD_ENV)
+    span_csv = home / "data" / "incoming" / date / "data.csv"
+    found = count_rows(span_csv)
+    if found != rows:
+        raise SystemExit(f"seeded {found} rows in {span_csv}, expected {rows}")
+    return span_csv
+
+
+def run_ours(name: str, home: Path, date: str, logs: Path) -> dict:
+    cmd = [str(MLOPS), "--home", str(home), "run", "--date", date, "--beam-mode", BEAM, "--json"]
+    result = measure(name, cmd, logs / f"{name}.log", echo=lambda l: l.startswith(("[", "run ")))
+    lines = result["lines"]
+    start = next((i for i, l in enumerate(lines) if l == "{"), None)  # JSON summary follows progress
+    result["summary"] = json.loads("\n".join(lines[start:])) if start is not None else {}
+    result["nodes"] = {m[1]: float(m[3]) for m in (re.match(r"\[\d+/\d+\] (\S+) (\w+) in ([\d.]+)s$", l) for l in lines) if m}
+    result["versions"] = versions(home / "serving" / "models" / "taxi")
+    return result
+
+
+def run_stock(name: str, root: Path, logs: Path) -> dict:
+    cmd = [str(PYTHON), "-c", STOCK_CHILD, str(TAXI / "taxi_pipeline_native_keras.py"),
+           str(TAXI / "taxi_utils_native_keras.py"), str(root), BEAM]
+    result = measure(name, cmd, logs / f"{name}.log", echo=lambda l: l.startswith("[stock]"))
+    result["nodes"] = {m[1]: float(m[2]) for m in (re.match(r"\[stock\] (\S+) in ([\d.]+)s$", l) for l in result["lines"]) if m}
+    result["versions"] = versions(root / "serving_model")
+    return result
+
+
+def fmt(result: dict | None, key: str) -> str:
+    if result is None:
+        return "not run"
+    if result["code"] != 0:
+        return f"FAILED (exit {result['code']})"
+    return f"{result[key]:.1f}" if key == "seconds" else f"{result[key]:.0f}"
+
+
+def outside(result: dict) -> str:
+    """Wall seconds not spent in any node: the fixed cost of a run, which bounds the rerun."""
+    return "-" if result["code"] else f"{result['seconds'] - sum(result['nodes'].values()):.1f}"
+
+
+def render(args, rows: int, r: dict, commands: list, load: tuple) -> str:
+    sf, sr, of, orr, big = r["stock_full"], r["stock_rerun"], r["ours_full"], r["ours_rerun"], r.get("ours_big")
+    stock_new = len(sr["versions"]) - len(sf["versions"])
+    ours_new = len(orr["versions"]) - len(of["versions"])
+    full_ratio = of["seconds"] / sf["seconds"]
+    rerun_ratio = orr["seconds"] / of["seconds"]
+    rerun_pushed = orr["summary"].get("pushed_version") is not None or ours_new > 0
+    ok = lambda met: "MET" if met else "**MISSED**"
+    mem = psutil.virtual_memory().total / 2**30
+    big_col = f"ours, {args.big_rows // 1000}k rows"
+    t = [f"| | stock TFX example | ours | {big_col} |", "|---|---|---|---|",
+         f"| rows in the span | {rows} | {rows} | {args.big_rows if big else 'not run'} |",
+         f"| rows read by StatisticsGen (train+eval, must equal the span) | not reported | {sum(of['summary'].get('rows', {}).values())} "
+         f"| {sum(big['summary'].get('rows', {}).values()) if big and big['code'] == 0 else '-'} |",
+         f"| train steps | {STOCK_TRAIN_STEPS} | {OURS_TRAIN_STEPS} | {OURS_TRAIN_STEPS} |",
+         f"| full run, wall s | {fmt(sf, 'seconds')} | {fmt(of, 'seconds')} | {fmt(big, 'seconds')} |",
+         f"| full run, peak RSS MB (largest process, getrusage) | {fmt(sf, 'rss_mb')} | {fmt(of, 'rss_mb')} | {fmt(big, 'rss_mb')} |",
+         f"| full run, peak RSS MB (process tree, psutil 0.2 s polls) | {fmt(sf, 'tree_mb')} | {fmt(of, 'tree_mb')} | {fmt(big, 'tree_mb')} |",
+         f"| no-change rerun, wall s | {fmt(sr, 'seconds')} | {fmt(orr, 'seconds')} | - |",
+         f"| s outside nodes (start-up, imports, compile, summary): full / rerun | {outside(sf)} / {outside(sr)} "
+         f"| {outside(of)} / {outside(orr)} | {outside(big) if big else '-'} |",
+         f"| no-change rerun, peak RSS MB (largest process) | {fmt(sr, 'rss_mb')} | {fmt(orr, 'rss_mb')} | - |",
+         f"| rerun pushed a new model version? | {'yes' if stock_new else 'no'} ({len(sf['versions'])} -> {len(sr['versions'])} version dirs) "
+         f"| {'yes' if rerun_pushed else 'no'} (pushed_version={orr['summary'].get('pushed_version')}; {len(of['versions'])} -> {len(orr['versions'])} version dirs) | - |"]
+    nodes = ["| pipeline | node | full run s | rerun s |", "|---|---|---|---|"]
+    for label, full, rerun in (("stock", sf, sr), ("ours", of, orr)):
+        nodes += [f"| {label} | {n} | {s:.1f} | {rerun['nodes'].get(n, float('nan')):.1f} |" for n, s in full["nodes"].items()]
+    if big:
+        nodes += [f"| ours {args.big_rows // 1000}k | {n} | {s:.1f} | - |" for n, s in big["nodes"].items()]
+    return "\n".join([
+        SECTION, "",
+        f"Date: {dt.datetime.now().isoformat(timespec='minutes')}. Machine: {os.cpu_count()} CPUs (nproc), "
+        f"{mem:.1f} GiB RAM; load average {load[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end. Other work may "
+        "have run on this machine at the same time, so treat single-run seconds as +-10-20%.",
+        f"Both pipelines: Beam DirectRunner `--direct_running_mode={BEAM}`, in-process (stock: LocalDagRunner; "
+        "ours: `mlops run`, the portable Launcher per node), SQLite ML Metadata, a fresh Python process per run, "
+        f"the same {rows}-row CSV (our seeded span, copied for stock). Train steps differ: stock's example hard-codes "
+        f"{STOCK_TRAIN_STEPS}, ours defaults to {OURS_TRAIN_STEPS}; stock also infers its schema (SchemaGen) where we "
+        "import ours and add drift validation and gated evaluation per slice.", "",
+        *t, "",
+        f"- ours / stock, full run: **{full_ratio:.2f}x** (target <= 0.8x): {ok(full_ratio <= 0.8)}",
+        f"- ours no-change rerun / ours full run: **{rerun_ratio:.0%}** (target <= 10%, no push): "
+        f"{ok(rerun_ratio <= 0.10 and not rerun_pushed)}" + (" (a new version was pushed)" if rerun_pushed else ""),
+        *([f"- ours {args.big_rows // 1000}k / ours {rows // 1000}k full run: {big['seconds'] / of['seconds']:.2f}x time, "
+           f"{big['rss_mb'] / of['rss_mb']:.2f}x peak RSS"] if big and big["code"] == 0 else []),
+        "", "Seconds per node (stock: timer around `Launcher.launch`; ours: `mlops run` progress lines):", "",
+        *nodes, "", "Commands (H = a fresh temp home; S = a temp dir for stock; TF_USE_LEGACY_KERAS=1):", "", "```",
+        *commands, "```", "",
+    ])
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replaces only our section (up to the next `## ` heading) or appends it."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=15000, help="rows in the span both pipelines run (default: 15000)")
+    parser.add_argument("--big-rows", type=int, default=150000, help="rows in the ours-only growth span (default: 150000)")
+    parser.add_argument("--skip-150k", action="store_true", help="skip the ours-only big span")
+    parser.add_argument("--date", default="2026-11-22", help="span date to seed and run (default: 2026-11-22)")
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md", help="results file to update")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, homes) for inspection")
+    args = parser.parse_args()
+
+    load = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-vs-stock-"))
+    logs, home, stock = tmp / "logs", tmp / "home", tmp / "stock"
+    logs.mkdir()
+    log(f"temp dir {tmp}; seeding {args.rows} rows for {args.date}")
+    span_csv = seed_home(home, args.rows, args.date)
+    (stock / "data").mkdir(parents=True)
+    shutil.copy(span_csv, stock / "data" / "data.csv")  # identical rows for stock
+
+    # Stock first, then ours; each rerun reuses the state (MLMD, pipeline root) of its full run.
+    results = {name: run_stock(name, stock, logs) for name in ("stock_full", "stock_rerun")}
+    results.update({name: run_ours(name, home, args.date, logs) for name in ("ours_full", "ours_rerun")})
+    if not args.skip_150k:
+        big_home = tmp / "home_big"
+        log(f"seeding {args.big_rows} rows for {args.date}")
+        seed_home(big_home, args.big_rows, args.date)
+        results["ours_big"] = run_ours("ours_big", big_home, args.date, logs)
+
+    commands = [
+        f"mlops --home H data seed --days 1 --rows-per-day {args.rows} --end {args.date}",
+        "cp H/data/incoming/{date}/data.csv S/data/   # stock data_root".format(date=args.date),
+        f"python -c \"$STOCK_CHILD\" <tfx>/examples/chicago_taxi_pipeline/taxi_pipeline_native_keras.py "
+        f"<tfx>/examples/chicago_taxi_pipeline/taxi_utils_native_keras.py S {BEAM}   # twice: full run, rerun",
+        f"mlops --home H run --date {args.date} --beam-mode {BEAM} --json   # twice: full run, no-change rerun",
+        *([f"mlops --home H2 data seed --days 1 --rows-per-day {args.big_rows} --end {args.date} && "
+           f"mlops --home H2 run --date {args.date} --beam-mode {BEAM} --json"] if not args.skip_150k else []),
+        "# STOCK_CHILD (imports the unmodified example, runs _create_pipeline with LocalDagRunner):",
+        *STOCK_CHILD.splitlines(),
+    ]
+    failed = [name for name, r in results.items() if r["code"] != 0]
+    if {"stock_full", "stock_rerun", "ours_full", "ours_rerun"} & set(failed):
+        log(f"runs failed: {', '.join(failed)}; RESULTS.md not updated (logs in {tmp})")
+        return 1
+    section = render(args, args.rows, results, commands, load)
+    write_section(args.results, section)
+    print(section, flush=True)
+    log(f"wrote {args.results}")
+    if args.keep or failed:
+        log(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
