@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import importlib.util
 import json
 import os
 import re
@@ -26,9 +25,12 @@ from pathlib import Path
 
 import psutil
 
+from components.pusher.versions import list_versions
+from pipelines.data import bundled_csv_path
+
 REPO = Path(__file__).resolve().parents[1]
 # The example inside the installed wheel, found without importing tfx (TensorFlow costs seconds).
-TAXI = Path(list(importlib.util.find_spec("tfx").submodule_search_locations)[0]) / "examples" / "chicago_taxi_pipeline"
+TAXI = bundled_csv_path().parents[2]  # .../examples/chicago_taxi_pipeline
 CHILD_ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
 MLOPS = REPO / ".venv" / "bin" / "mlops"
 PYTHON = REPO / ".venv" / "bin" / "python"
@@ -102,10 +104,6 @@ def measure(name: str, cmd: list, log_file: Path, echo=lambda line: True) -> dic
                 rss_mb=usage.ru_maxrss / 1024, tree_mb=tree_peak[0] / 2**20)
 
 
-def versions(serving_dir: Path) -> list:
-    return sorted(p.name for p in serving_dir.glob("*") if p.is_dir() and p.name.isdigit())
-
-
 def count_rows(path: Path) -> int:
     with open(path, newline="") as handle:
         return sum(1 for _ in csv.reader(handle)) - 1
@@ -131,7 +129,7 @@ def run_ours(name: str, home: Path, date: str, logs: Path) -> dict:
     start = next((i for i, l in enumerate(lines) if l == "{"), None)  # JSON summary follows progress
     result["summary"] = json.loads("\n".join(lines[start:])) if start is not None else {}
     result["nodes"] = {m[1]: float(m[3]) for m in (re.match(r"\[\d+/\d+\] (\S+) (\w+) in ([\d.]+)s$", l) for l in lines) if m}
-    result["versions"] = versions(home / "serving" / "models" / "taxi")
+    result["versions"] = list_versions(home / "serving" / "models" / "taxi")
     return result
 
 
@@ -140,7 +138,7 @@ def run_stock(name: str, root: Path, logs: Path) -> dict:
            str(TAXI / "taxi_utils_native_keras.py"), str(root), BEAM]
     result = measure(name, cmd, logs / f"{name}.log", echo=lambda l: l.startswith("[stock]"))
     result["nodes"] = {m[1]: float(m[2]) for m in (re.match(r"\[stock\] (\S+) in ([\d.]+)s$", l) for l in result["lines"]) if m}
-    result["versions"] = versions(root / "serving_model")
+    result["versions"] = list_versions(root / "serving_model")
     return result
 
 
