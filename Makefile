@@ -13,7 +13,8 @@ TFX_STAMP := $(VENV)/.built
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.built
 AIRFLOW_VERSION := 3.3.2
 # pip prints a warning per package for find-links folders that do not exist on this machine.
-PIP_FILTER := grep -v "is ignored: it is neither a file nor a directory" || true
+# The braces keep grep's "nothing left" from failing the step while pipefail still reports pip's own failure.
+PIP_FILTER := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 PYTEST_ARGS ?=
 
 export TF_USE_LEGACY_KERAS := 1
