@@ -45,9 +45,9 @@ $(AIRFLOW_STAMP): constraints/airflow-py311.txt
 
 venvs: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## build both environments (only what changed)
 
-run: $(TFX_STAMP)  ## one nightly cycle on the bundled data (seeds data if absent)
+run: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## one nightly cycle through Airflow on the bundled data (seeds data if absent)
 	@test -n "$$(ls -d data/incoming/*/ 2>/dev/null)" || $(VENV)/bin/mlops data seed
-	$(VENV)/bin/mlops run
+	$(VENV)/bin/mlops airflow run
 
 test: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## the whole test suite (fails when no test ran)
 	status=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || status=$$?; \

@@ -10,9 +10,12 @@ import argparse
 import datetime as dt
 import logging
 import sys
+import traceback
+import warnings
+from pathlib import Path
 from typing import List, Optional
 
-from pipelines.errors import MlopsError
+from pipelines.errors import ConfigError, MlopsError
 
 
 def _date(text: str) -> dt.date:
@@ -76,6 +79,203 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_node_run(args) -> int:
+    from pipelines import worker
+
+    if worker.enabled() and not args.cold:
+        paths = _paths(args)
+        socket = worker.ensure_worker(paths.home, paths.var / "log")
+        if socket is not None:
+            code = worker.run_remote(socket, args.argv)
+            if code is not None:
+                return code
+        print("running this node in a cold process instead", file=sys.stderr, flush=True)
+    from pipelines.node_runner import run_one_node
+
+    config = _pipeline_config(args).check()
+    try:
+        result = run_one_node(config, args.run_id, args.node)
+    except KeyError as err:
+        raise ConfigError(str(err.args[0]), "run `mlops node list` for the node ids of this pipeline") from err
+    except Exception as err:  # noqa: BLE001 -- the reason goes on the last line, for Airflow's log
+        if args.verbose:
+            traceback.print_exc()
+        sys.stdout.flush()
+        print(f"node {args.node} failed for span {config.span_date} (run {args.run_id}): {_one_line(err)}", file=sys.stderr)
+        return 1
+    print(f"node {args.node}: {result.status} in {result.seconds:.1f}s"
+          + (f" (execution {result.execution_id})" if result.execution_id else ""))
+    if args.summary:
+        _print_summary(config, args.run_id, as_json=False)
+    return 0
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if not isinstance(err, MlopsError) else text
+
+
+def _print_summary(config, run_id: str, as_json: bool) -> None:
+    from pipelines.summary import read_run_summary
+
+    summary = read_run_summary(config.metadata.to_proto(), run_id)
+    print(summary.to_json() if as_json else "\n".join(summary.lines()))
+
+
+def _paths(args):
+    from pipelines.config import ProjectPaths
+
+    return ProjectPaths.from_env(args.home)
+
+
+def cmd_worker(args) -> int:
+    from pipelines import worker
+
+    paths = _paths(args)
+    socket = worker.socket_path(paths.home)
+    if args.worker_command == "start":
+        started = worker.ensure_worker(paths.home, paths.var / "log", idle_timeout=args.idle_timeout)
+        if started is None:
+            raise ConfigError("the warm worker did not start", f"read {paths.var / 'log' / 'worker.log'}")
+    answer = worker.request(socket, "stop" if args.worker_command == "stop" else "ping")
+    if answer is None:
+        print(f"no warm worker for {paths.home} (nodes start one when they need it)")
+    elif args.worker_command == "stop":
+        print(f"warm worker {answer['pid']} stops after its {answer['running']} running node(s)")
+    else:
+        print(f"warm worker {answer['pid']} on {answer['socket']}: {answer['running']} node(s) running")
+    return 0
+
+
+def cmd_node_list(args) -> int:
+    from pipelines.node_runner import compile_for, upstream_ids
+
+    for node_id, upstream in upstream_ids(compile_for(_manifest_config(args.home), "list")).items():
+        print(f"{node_id}\t<- {', '.join(upstream) or '(start)'}")
+    return 0
+
+
+def _manifest_config(home):
+    from pipelines.config import PipelineConfig, ProjectPaths
+
+    # Node ids and wiring do not depend on the span or the tuning options.
+    return PipelineConfig.for_project(ProjectPaths.from_env(home), dt.date(1970, 1, 1))
+
+
+def cmd_dags_manifest(args) -> int:
+    from pipelines import manifest
+
+    built = manifest.build(_manifest_config(args.home))
+    path = Path(args.output) if args.output else manifest.DEFAULT_PATH
+    if args.check:
+        problem = manifest.compare(built, path)
+        if problem:
+            raise ConfigError(problem, "regenerate it with `mlops dags manifest` and commit the result")
+        print(f"{path} matches the pipeline ({len(built['nodes'])} nodes)")
+        return 0
+    changed = manifest.write(built, path)
+    print(f"{'wrote' if changed else 'unchanged:'} {path} ({len(built['nodes'])} nodes)")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from pipelines.config import ProjectPaths, MetadataConfig
+    from pipelines.summary import latest_run_id, read_run_summary
+
+    paths = ProjectPaths.from_env(args.home)
+    connection = MetadataConfig(sqlite_path=str(paths.metadata_path)).to_proto()
+    if not paths.metadata_path.exists():
+        raise ConfigError(f"no ML Metadata store at {paths.metadata_path}", "run the pipeline first: `make run`")
+    run_id = args.run_id or latest_run_id(connection)
+    if not run_id:
+        raise ConfigError("ML Metadata holds no pipeline run yet", "run the pipeline first: `make run`")
+    summary = read_run_summary(connection, run_id)
+    if not summary.node_states:
+        raise ConfigError(f"no pipeline run {run_id!r} in ML Metadata", "omit --run-id for the latest run")
+    print(summary.to_json() if args.json else "\n".join(summary.lines()))
+    return 0
+
+
+def cmd_airflow(args) -> int:
+    from pipelines import airflow_env
+
+    paths = _paths(args)
+    airflow_env.init(paths.home)
+    if args.airflow_command == "init":
+        print(f"Airflow home {airflow_env.airflow_home(paths.home)} ready (pool {airflow_env.POOL}: 1 slot)")
+        return 0
+    config = _pipeline_config(args).check()  # fail here, not in the first Airflow task
+    span = config.span_date.isoformat()
+    conf = {
+        "date": span, "train_steps": config.train_steps, "eval_steps": config.eval_steps,
+        "auc_floor": config.gates.auc_floor, "min_improvement": config.gates.min_relative_improvement,
+        "slice_margin": config.gates.slice_margin,
+    }
+    log_path = paths.var / "log" / f"airflow-dags-test-{span}.log"
+    print(f"airflow dags test {airflow_env.NIGHTLY_DAG} {span} (full Airflow log: {log_path})", flush=True)
+    code, run_id = airflow_env.dags_test(paths.home, span, conf, log_path, emit=lambda l: print(l, flush=True))
+    if run_id:
+        print()
+        _print_summary(config, f"{airflow_env.NIGHTLY_DAG}__{run_id}", as_json=False)
+    if code:
+        print(f"the DAG run failed (exit {code}); see the failed task above and {log_path}", file=sys.stderr)
+    return 1 if code else 0
+
+
+def _project_config(args):
+    """Config for commands that work on the project's state, not on one span."""
+    from pipelines.config import PipelineConfig, ProjectPaths
+
+    return PipelineConfig.for_project(ProjectPaths.from_env(args.home), dt.date(1970, 1, 1))
+
+
+def cmd_rollback(args) -> int:
+    import json
+
+    from pipelines.rollback import rollback
+
+    config = _project_config(args)
+    if not Path(config.metadata.sqlite_path).exists():
+        raise ConfigError(f"no ML Metadata store at {config.metadata.sqlite_path}", "run the pipeline first: `make run`")
+    result = rollback(config, None if args.previous else args.to, args.reason, args.by,
+                      progress=(lambda _: None) if args.json else print)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2, sort_keys=True))
+    else:
+        print(f"rolled back: version {result.new_version} now serves model {result.target.model_id} "
+              f"(the model of version {result.target.version}), replacing version {result.replaced.version}; "
+              f"by {result.requested_by}: {result.reason} [run {result.run_id}]")
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    import json
+
+    from components.pusher.versions import list_versions
+    from pipelines.rollback import list_pushes
+
+    config = _project_config(args)
+    on_disk = set(list_versions(Path(config.serving_model_dir)))
+    pushes = list_pushes(config.metadata.to_proto()) if Path(config.metadata.sqlite_path).exists() else []
+    rows = []
+    for push in pushes:
+        rows.append({**push.__dict__, "on_disk": push.version in on_disk,
+                     "serving": bool(on_disk) and push.version == max(on_disk)})
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    if not rows:
+        print(f"no model pushed yet to {config.serving_model_dir}")
+        return 0
+    print(f"{'version':>7}  {'model':>5}  {'kind':8}  {'pushed at (UTC)':19}  {'by':10}  reason")
+    for row in rows:
+        mark = " *" if row["serving"] else ("  " if row["on_disk"] else " -")
+        print(f"{row['version']:>7}{mark}{row['model_id']:>5}  {row['kind']:8}  {row['pushed_at'][:19]:19}  "
+              f"{row['requested_by'][:10]:10}  {row['reason']}")
+    print("* = served (newest version on disk); - = no longer on disk")
+    return 0
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--date", type=_date, help="span to run, YYYY-MM-DD (default: the latest seeded span)")
     parser.add_argument("--train-steps", type=int, default=300, help="training steps (default: 300)")
@@ -136,6 +336,96 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.set_defaults(handler=cmd_run)
+
+    node = commands.add_parser("node", help="run or list single pipeline nodes (what each Airflow task does)")
+    node_commands = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    node_run = node_commands.add_parser(
+        "run",
+        help="run one node of a pipeline run with TFX's Launcher (caching, resolvers, ML Metadata as in TFX)",
+        description="Run one node of the compiled pipeline for one span. All nodes of one pipeline run "
+        "must get the same --run-id and options (the nightly DAG passes the Airflow run id). Exit code 0 "
+        "only when the node succeeded (ran or was served from cache); otherwise 1 and the reason on "
+        "the last line, 2 for a configuration error.",
+    )
+    node_run.add_argument("--node", required=True, help="node id, e.g. Trainer (see `mlops node list`)")
+    node_run.add_argument("--run-id", required=True, help="pipeline run id shared by all nodes of the run")
+    _add_run_options(node_run)
+    node_run.add_argument("--summary", action="store_true", help="print the run summary after the node")
+    node_run.add_argument(
+        "--cold", action="store_true",
+        help="run in this process instead of a fork of the warm worker (same as MLOPS_WARM_WORKER=0)",
+    )
+    node_run.set_defaults(handler=cmd_node_run)
+    node_list = node_commands.add_parser("list", help="node ids in run order, with their upstream nodes")
+    node_list.set_defaults(handler=cmd_node_list)
+
+    airflow = commands.add_parser(
+        "airflow",
+        help="run the nightly DAG through Airflow 3 (in .venv-airflow) with this project's settings",
+        description="`init` prepares AIRFLOW_HOME=var/airflow (database, ML Metadata pool), idempotently. "
+        "`run` is one nightly cycle through Airflow: `airflow dags test nightly_retrain <span>`, one task "
+        "per TFX node, then the same summary as `mlops run`.",
+    )
+    airflow.add_argument("airflow_command", choices=("init", "run"), help="what to do")
+    _add_run_options(airflow)
+    airflow.set_defaults(handler=cmd_airflow)
+
+    rollback_parser = commands.add_parser(
+        "rollback",
+        help="push an earlier blessed model again (audited: an execution in ML Metadata)",
+        description="Pick an earlier pushed model and push it again through the Pusher as the newest "
+        "version, recording who, when, why and which version it replaced. `mlops models list` "
+        "shows the versions.",
+    )
+    target = rollback_parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--previous", action="store_true", help="the model served before the current one")
+    target.add_argument("--to", type=int, metavar="VERSION", help="the model of this pushed version")
+    rollback_parser.add_argument("--reason", required=True, help="why (recorded in ML Metadata)")
+    rollback_parser.add_argument("--by", help="who asked (default: the current user)")
+    rollback_parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    rollback_parser.set_defaults(handler=cmd_rollback)
+
+    models = commands.add_parser("models", help="pushed model versions")
+    models_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    models_list = models_commands.add_parser(
+        "list", help="every push (nightly or rollback) with version, model, who, when, why"
+    )
+    models_list.add_argument("--json", action="store_true", help="print JSON")
+    models_list.set_defaults(handler=cmd_models_list)
+
+    worker_parser = commands.add_parser(
+        "worker",
+        help="the warm worker that runs nodes without paying TFX's import cost per task",
+        description="`mlops node run` forks each node from a warm worker that imported TensorFlow and "
+        "TFX once (started on first use, exits after --idle-timeout seconds idle; MLOPS_WARM_WORKER=0 "
+        "disables it). These commands show, start or stop the worker of a project home.",
+    )
+    worker_parser.add_argument("worker_command", choices=("status", "start", "stop"), help="what to do")
+    worker_parser.add_argument("--idle-timeout", type=float, default=900.0, help="seconds idle before it exits (start)")
+    worker_parser.set_defaults(handler=cmd_worker)
+
+    dags = commands.add_parser("dags", help="files the Airflow DAGs are built from")
+    dags_commands = dags.add_subparsers(dest="dags_command", metavar="ACTION", required=True)
+    manifest = dags_commands.add_parser(
+        "manifest",
+        help="write dags/taxi_manifest.json (node ids + upstream ids) from the compiled pipeline",
+        description="The DAG files import only Airflow, so they read the pipeline's shape from this "
+        "manifest. Regenerate it whenever the pipeline's nodes or wiring change; --check fails when "
+        "the committed manifest disagrees with the pipeline.",
+    )
+    manifest.add_argument("--check", action="store_true", help="compare instead of writing; exit 2 on a difference")
+    manifest.add_argument("--output", help="manifest path (default: dags/taxi_manifest.json in the repository)")
+    manifest.set_defaults(handler=cmd_dags_manifest)
+
+    summary = commands.add_parser(
+        "summary",
+        help="print what a pipeline run did (read from ML Metadata)",
+        description="Span, rows, node states, anomalies, metrics per slice, blessing and push decision "
+        "of one pipeline run, read back from ML Metadata.",
+    )
+    summary.add_argument("--run-id", help="pipeline run id (default: the newest run)")
+    summary.add_argument("--json", action="store_true", help="print JSON")
+    summary.set_defaults(handler=cmd_summary)
     return parser
 
 
@@ -144,7 +434,11 @@ def _quiet_library_warnings(record: logging.LogRecord) -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
+    # google-cloud packages pulled in by TFX warn about Python 3.10 on every import.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         import os

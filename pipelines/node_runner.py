@@ -7,9 +7,12 @@ runner (`mlops run`) calls it for every node in order; the Airflow tasks call it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Optional
 
 log = logging.getLogger(__name__)
@@ -86,3 +89,46 @@ def _is_cached(connection_config, execution_id: int) -> bool:
     store = metadata_store.MetadataStore(connection_config)
     [execution] = store.get_executions_by_id([execution_id])
     return execution.last_known_state == metadata_store_pb2.Execution.CACHED
+
+
+def running_dir(config) -> Path:
+    """`var/running/`: one pid file per node being run, so operators and tests can see (or kill) it."""
+    return Path(config.pipeline_root).parent / "running"
+
+
+@contextlib.contextmanager
+def _pid_file(config, run_id: str, node_id: str):
+    folder = running_dir(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{node_id}.pid"
+    path.write_text(f"{os.getpid()} {run_id}\n")
+    try:
+        yield path
+    finally:
+        try:
+            if path.read_text().split()[0] == str(os.getpid()):
+                path.unlink()
+        except (FileNotFoundError, IndexError):
+            pass
+
+
+def compile_for(config, run_id: str):
+    """The compiled IR of the project's pipeline for `config`, bound to `run_id`."""
+    from pipelines.pipeline import create_pipeline
+
+    return compile_pipeline(create_pipeline(config), run_id)
+
+
+def run_one_node(config, run_id: str, node_id: str, ir=None) -> NodeResult:
+    """Runs one node of the span's pipeline run `run_id` (what one Airflow task does).
+
+    Every task of a run compiles the same config, so the IR (and so the cache keys) agree.
+    """
+    from pipelines.runner import ensure_state_dirs, prepare_process_env
+
+    prepare_process_env()
+    config.check()
+    ensure_state_dirs(config)
+    ir = ir if ir is not None else compile_for(config, run_id)
+    with _pid_file(config, run_id, node_id):
+        return run_node(ir, node_id)

@@ -3,6 +3,7 @@
 - `ServedModelStrategy`: the model behind the newest successful push. That is "the model in
   production", rollbacks included (stock TFX's latest-blessed-model is not, after a rollback).
 - `PreviousSpanStatisticsStrategy`: statistics of the newest span older than the one being run.
+- `ModelByIdStrategy`: one model by id, with its blessing (what a rollback pushes again).
 """
 
 from typing import Dict, List, Optional
@@ -40,3 +41,19 @@ class PreviousSpanStatisticsStrategy(resolver.ResolverStrategy):
         if not older:
             return {"statistics": []}
         return {"statistics": [max(older, key=lambda s: (s.span, s.id))]}
+
+
+class ModelByIdStrategy(resolver.ResolverStrategy):
+    """The model with one artifact id and the blessing the Evaluator gave it (rollback)."""
+
+    def __init__(self, model_id: int):
+        self._model_id = model_id
+
+    def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]) -> Optional[Dict]:
+        models = [m for m in input_dict["model"] if m.id == self._model_id]
+        blessings = [
+            b for b in input_dict["blessing"]
+            if b.get_int_custom_property("current_model_id") == self._model_id
+            and b.get_int_custom_property("blessed") == 1
+        ]
+        return {"model": models, "blessing": sorted(blessings, key=lambda b: b.id)[-1:]}

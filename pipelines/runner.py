@@ -52,12 +52,11 @@ def run_span(
     prepare_process_env()
     config.check()
     ensure_state_dirs(config)
-    from pipelines.node_runner import compile_pipeline, node_ids, run_node
-    from pipelines.pipeline import create_pipeline
+    from pipelines.node_runner import compile_for, node_ids, run_node
     from pipelines.summary import read_run_summary
 
     run_id = run_id or default_run_id(config.span_date)
-    ir = compile_pipeline(create_pipeline(config), run_id)
+    ir = compile_for(config, run_id)
     nodes = node_ids(ir)
     progress(f"run {run_id}: span {config.span_date}, {len(nodes)} nodes")
     for index, node_id in enumerate(nodes, start=1):

@@ -123,3 +123,14 @@ def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool)
         if "pushed" in props and props["pushed"].int_value == 1:
             summary.pushed_version = props["pushed_version"].int_value
         summary.push_reason = props["reason"].string_value if "reason" in props else ""
+
+
+def latest_run_id(connection_config, pipeline_name: str = "taxi") -> Optional[str]:
+    """The id of the most recently created pipeline run, or None."""
+    from ml_metadata import metadata_store
+
+    store = metadata_store.MetadataStore(connection_config)
+    runs = store.get_contexts_by_type("pipeline_run")
+    if not runs:
+        return None
+    return max(runs, key=lambda c: (c.create_time_since_epoch, c.id)).name

@@ -14,7 +14,11 @@ def test_importing_the_cli_does_not_import_tensorflow_or_tfx():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("command", [[], ["data"], ["data", "seed"], ["run"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["data"], ["data", "seed"], ["run"], ["node"], ["node", "run"], ["node", "list"], ["dags", "manifest"],
+     ["summary"], ["airflow"], ["rollback"], ["models", "list"], ["worker"]],
+)
 def test_every_command_explains_itself(tmp_path, command):
     result = mlops(tmp_path, *command, "--help")
     assert result.returncode == 0

@@ -1,0 +1,63 @@
+"""Airflow 3 DAG `model_rollback`: push an earlier blessed model again, on demand, audited.
+
+Trigger it from the UI (or `airflow dags trigger model_rollback --conf '{"reason": "..."}'`).
+It runs `mlops rollback` in the TFX environment: the Pusher pushes the chosen earlier model as
+the newest version, and ML Metadata records the execution with who, when, why and what it
+replaced. Imports only Airflow and the standard library. Settings as in nightly_retrain.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shlex
+from pathlib import Path
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, Param
+
+REPO = Path(__file__).resolve().parent.parent
+HOME = os.environ.get("MLOPS_HOME") or str(REPO)
+MLOPS = os.environ.get("MLOPS_BIN") or str(REPO / ".venv" / "bin" / "mlops")
+POOL = os.environ.get("MLOPS_MLMD_POOL") or "mlmd_writers"
+
+
+def rollback_args(params: dict) -> str:
+    """`--to N` or `--previous`, then the reason and who asked, shell-quoted."""
+    target = ["--to", str(int(params["to_version"]))] if params.get("to_version") else ["--previous"]
+    return " ".join(shlex.quote(a) for a in [*target, "--reason", params["reason"], "--by", params["requested_by"]])
+
+
+with DAG(
+    dag_id="model_rollback",
+    description="Roll the served taxi model back to an earlier blessed version (audited in ML Metadata)",
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["mlops", "rollback", "taxi"],
+    default_args={"owner": "mlops", "retries": 0, "pool": POOL},
+    params={
+        "to_version": Param(None, type=["null", "integer"], minimum=1,
+                            description="pushed version to go back to (empty: the model served before the current one)"),
+        "reason": Param("", type="string", minLength=3, description="why the served model is being rolled back"),
+        "requested_by": Param("airflow", type="string", minLength=1, description="who asked for it"),
+    },
+    user_defined_macros={"rollback_args": rollback_args},
+    doc_md="""
+### Roll back the served taxi model
+
+Runs `mlops rollback` in the TFX environment. The chosen earlier model (a `to_version`, or by
+default the model served before the current one) is pushed **again** by the Pusher as the
+newest version, so the model server switches to it within seconds, and ML Metadata records the
+push with `push_kind=rollback`, the reason, who asked and the version it replaced. Nothing is
+deleted; `mlops models list` shows every push.
+""",
+) as dag:
+    BashOperator(
+        task_id="rollback",
+        bash_command=" ".join(shlex.quote(p) for p in [MLOPS, "--home", HOME, "rollback"])
+        + " {{ rollback_args(params) }}",
+        execution_timeout=dt.timedelta(minutes=10),
+        doc_md="Pushes the chosen earlier model again through the AtomicPusher (audited).",
+    )

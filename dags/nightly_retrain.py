@@ -1,0 +1,150 @@
+"""Airflow 3 DAG `nightly_retrain`: one TFX run of the taxi pipeline per night, one task per node.
+
+This file imports only Airflow and the standard library (TFX lives in another Python
+environment; design.md, section 2). Its shape comes from `taxi_manifest.json`, generated from the
+compiled pipeline by `mlops dags manifest`. Every task runs one node with
+`.venv/bin/mlops node run`, which forks it from a warm worker that has TFX imported already.
+
+Settings are read from the environment when the DAG is parsed (all optional):
+
+- MLOPS_HOME                 project home holding data/, var/, schemas/ (default: the repository)
+- MLOPS_BIN                  the `mlops` command of the TFX environment (default: <repo>/.venv/bin/mlops)
+- MLOPS_DAG_TIMEZONE         time zone of the 02:00 schedule (default: UTC)
+- MLOPS_MLMD_POOL            Airflow pool around ML Metadata writers (default: mlmd_writers, 1 slot)
+- MLOPS_TASK_RETRIES         retries per node (default: 2)
+- MLOPS_RETRY_DELAY_SECONDS  first retry delay; doubles each retry (default: 60)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shlex
+from pathlib import Path
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, Param
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+DAGS_DIR = Path(__file__).resolve().parent
+REPO = DAGS_DIR.parent
+MANIFEST = json.loads((DAGS_DIR / "taxi_manifest.json").read_text())
+
+HOME = os.environ.get("MLOPS_HOME") or str(REPO)
+MLOPS = os.environ.get("MLOPS_BIN") or str(REPO / ".venv" / "bin" / "mlops")
+TIMEZONE = os.environ.get("MLOPS_DAG_TIMEZONE") or "UTC"
+POOL = os.environ.get("MLOPS_MLMD_POOL") or "mlmd_writers"
+RETRIES = int(os.environ.get("MLOPS_TASK_RETRIES") or 2)
+RETRY_DELAY = dt.timedelta(seconds=float(os.environ.get("MLOPS_RETRY_DELAY_SECONDS") or 60))
+
+# Wall-clock limit per node; a node that hangs is killed and retried.
+TIMEOUTS = {
+    "Trainer": dt.timedelta(hours=2),
+    "Transform": dt.timedelta(hours=1),
+    "GatedEvaluator": dt.timedelta(hours=1),
+    "StatisticsGen": dt.timedelta(minutes=45),
+    "CsvExampleGen": dt.timedelta(minutes=45),
+}
+DEFAULT_TIMEOUT = dt.timedelta(minutes=20)
+LAST_NODE = MANIFEST["nodes"][-1]["id"]
+
+
+def span_date(params: dict, dag_run, timezone: str) -> str:
+    """The span a run ingests: `params.date` if given, else the day of the run's logical date.
+
+    With the data-interval timetable, the 02:00 run of 23 Nov has logical date 22 Nov 02:00,
+    so each night ingests the day that has just ended. A manual run without a logical date
+    takes the day before it was triggered.
+    """
+    if params.get("date"):
+        return str(params["date"])
+    import pendulum
+
+    moment = dag_run.logical_date or (dag_run.run_after - dt.timedelta(days=1))
+    return pendulum.instance(moment).in_timezone(timezone).date().isoformat()
+
+
+def tfx_run_id(dag_id: str, run_id: str) -> str:
+    """All tasks of one DAG run share this TFX run id (the pipeline_run context in ML Metadata)."""
+    return f"{dag_id}__{run_id}"
+
+
+RUN_OPTIONS = (
+    "--date {{ span_date(params, dag_run, dag.timezone.name) }}"
+    " --train-steps {{ params.train_steps }} --eval-steps {{ params.eval_steps }}"
+    " --auc-floor {{ params.auc_floor }} --min-improvement {{ params.min_improvement }}"
+    " --slice-margin {{ params.slice_margin }}"
+)
+
+
+def node_command(node_id: str) -> str:
+    command = [MLOPS, "--home", HOME, "node", "run", "--node", node_id]
+    summary = " --summary" if node_id == LAST_NODE else ""
+    return (
+        " ".join(shlex.quote(part) for part in command)
+        + ' --run-id "{{ tfx_run_id(dag.dag_id, run_id) }}" '
+        + RUN_OPTIONS
+        + summary
+    )
+
+
+with DAG(
+    dag_id="nightly_retrain",
+    description="Ingest, validate (schema + drift), transform, train, evaluate and push the taxi model",
+    schedule=CronDataIntervalTimetable("0 2 * * *", timezone=TIMEZONE),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["mlops", "tfx", "taxi"],
+    default_args={
+        "owner": "mlops",
+        "retries": RETRIES,
+        "retry_delay": RETRY_DELAY,
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=30),
+        "pool": POOL,
+    },
+    params={
+        "date": Param(None, type=["null", "string"], format="date",
+                      description="span to ingest, YYYY-MM-DD (default: the day of the logical date)"),
+        "train_steps": Param(300, type="integer", minimum=1, description="training steps"),
+        "eval_steps": Param(50, type="integer", minimum=1, description="Trainer evaluation steps"),
+        "auc_floor": Param(0.6, type="number", minimum=0, maximum=1, description="bless only if AUC >= this"),
+        "min_improvement": Param(0.01, type="number", minimum=0,
+                                 description="relative AUC gain needed over the served model"),
+        "slice_margin": Param(0.05, type="number", minimum=0,
+                              description="largest AUC loss allowed on a monitored slice"),
+    },
+    user_defined_macros={"span_date": span_date, "tfx_run_id": tfx_run_id},
+    doc_md=f"""
+### Nightly retraining of the taxi model
+
+One DAG run = one TFX pipeline run over one daily span (`data/incoming/YYYY-MM-DD/`), with the
+TFX run id `nightly_retrain__<Airflow run id>` recorded in ML Metadata. Each task is one TFX
+node (task id = node id) run by `mlops node run` in the TFX environment; caching, resolvers and
+ML Metadata behave exactly as in TFX.
+
+* **Validation gate**: `DriftValidator` fails on schema anomalies or drift against the previous
+  span; `Transform`, `Trainer` and `AtomicPusher` then never run and the served model stays.
+* **Push gate**: `GatedEvaluator` blesses only a model that beats the served one (AUC floor,
+  1% relative gain, no monitored slice worse by more than the margin); `AtomicPusher` never
+  pushes the same model twice.
+* The last task's log ends with the run summary (span, rows, metrics, blessing, push).
+
+Trigger with a `date` param to run a given span. Settings: home `{HOME}`, pool `{POOL}`
+(1 slot while ML Metadata is SQLite), {RETRIES} retries with exponential back-off.
+Roll a bad model back with the `model_rollback` DAG or `mlops rollback`.
+""",
+) as dag:
+    tasks = {}
+    for node in MANIFEST["nodes"]:
+        tasks[node["id"]] = BashOperator(
+            task_id=node["id"],
+            bash_command=node_command(node["id"]),
+            execution_timeout=TIMEOUTS.get(node["id"], DEFAULT_TIMEOUT),
+            doc_md=f"TFX node `{node['id']}` ({node['kind']}); upstream: {', '.join(node['upstream']) or 'none'}",
+        )
+    for node in MANIFEST["nodes"]:
+        for upstream in node["upstream"]:
+            tasks[upstream] >> tasks[node["id"]]

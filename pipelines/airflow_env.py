@@ -1,0 +1,178 @@
+"""Drives the Airflow environment (`.venv-airflow`, Python 3.11) from the `mlops` command.
+
+Airflow and TFX cannot share a Python environment (design.md, section 2), so `mlops airflow ...`
+runs Airflow's own CLI as a subprocess with a project-local configuration: AIRFLOW_HOME under
+`var/airflow`, the repository's `dags/` folder, no example DAGs, the ML Metadata pool. Imports
+nothing heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional
+
+from pipelines.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+DAGS_FOLDER = REPO / "dags"
+NIGHTLY_DAG = "nightly_retrain"
+ROLLBACK_DAG = "model_rollback"
+POOL = "mlmd_writers"
+POOL_DESCRIPTION = "TFX nodes that write ML Metadata; 1 slot while the store is SQLite"
+
+
+def airflow_bin() -> Path:
+    return Path(os.environ.get("MLOPS_AIRFLOW_BIN") or REPO / ".venv-airflow" / "bin" / "airflow")
+
+
+def airflow_home(home: Path) -> Path:
+    return Path(home) / "var" / "airflow"
+
+
+def environment(home: Path, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment every Airflow process of this project home runs with."""
+    env = dict(os.environ if base is None else base)
+    env.update(
+        AIRFLOW_HOME=str(airflow_home(home)),
+        AIRFLOW__CORE__DAGS_FOLDER=str(DAGS_FOLDER),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
+        MLOPS_HOME=str(Path(home).resolve()),
+        MLOPS_BIN=str(Path(sys.executable).parent / "mlops"),
+    )
+    # The TFX environment's variables must not leak into Airflow's Python 3.11 processes.
+    for name in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", ENV_IN_WORKER):
+        env.pop(name, None)
+    return env
+
+
+ENV_IN_WORKER = "MLOPS_IN_WORKER"
+
+
+def check_installed() -> Path:
+    binary = airflow_bin()
+    if not binary.exists():
+        raise ConfigError(f"Airflow is not installed at {binary}", "run `make venvs` to build .venv-airflow")
+    return binary
+
+
+def run_airflow(home: Path, args: List[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(check_installed()), *args], env=environment(home), capture_output=True, text=True, **kwargs
+    )
+    if check and result.returncode != 0:
+        raise ConfigError(
+            f"`airflow {' '.join(args)}` exited {result.returncode}: {_last_line(result.stderr or result.stdout)}",
+            f"see the full output with AIRFLOW_HOME={airflow_home(home)} airflow {' '.join(args)}",
+        )
+    return result
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def init(home: Path, progress: Callable[[str], None] = print) -> None:
+    """Idempotent: creates or upgrades Airflow's database and the ML Metadata pool."""
+    folder = airflow_home(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = folder / ".migrated"
+    version = run_airflow(home, ["version"]).stdout.strip()
+    if not stamp.exists() or stamp.read_text().strip() != version:
+        progress(f"airflow {version}: preparing its database under {folder}")
+        run_airflow(home, ["db", "migrate"])
+        stamp.write_text(version + "\n")
+    pools = run_airflow(home, ["pools", "list", "--output", "json"]).stdout
+    if not any(p.get("pool") == POOL and str(p.get("slots")) == "1" for p in _json_list(pools)):
+        run_airflow(home, ["pools", "set", POOL, "1", POOL_DESCRIPTION])
+
+
+def _json_list(text: str) -> list:
+    start = text.find("[")
+    try:
+        return json.loads(text[start:]) if start >= 0 else []
+    except json.JSONDecodeError:
+        return []
+
+
+_RECORD = re.compile(r"^\S+Z \[(?P<level>\w+)\s*\] (?P<message>.*?)\s+\[(?P<logger>[\w.]+)\](?P<rest>.*)$")
+_SUBPROCESS_NOISE = ("Tmp dir root location", "Running command:", "Output:", "Command exited with return code")
+
+
+class DagTestReport:
+    """Turns `airflow dags test` output into readable progress lines (full log kept on disk)."""
+
+    def __init__(self, emit: Callable[[str], None]):
+        self.emit = emit
+        self.started: Dict[str, float] = {}
+        self.failed: List[str] = []
+        self.run_id: Optional[str] = None
+        self.state: Optional[str] = None
+
+    def feed(self, line: str) -> None:
+        match = _RECORD.match(line.rstrip("\n"))
+        if not match:
+            return
+        message, logger, rest = match["message"], match["logger"], match["rest"]
+        if logger.endswith("SubprocessHook"):
+            if not message.startswith(_SUBPROCESS_NOISE):
+                self.emit(f"    {message}")
+            return
+        found = re.search(r"\[DAG TEST\] starting task_id=(\S+)", message)
+        if found:
+            self.started[found[1]] = time.monotonic()
+            self.emit(f"task {found[1]} ...")
+            return
+        found = re.search(r"\[DAG TEST\] end task task_id=(\S+)", message)
+        if found:
+            seconds = time.monotonic() - self.started.get(found[1], time.monotonic())
+            self.emit(f"task {found[1]} done in {seconds:.1f}s")
+            return
+        found = re.search(r"^Marking run <DagRun .*?: (\w+__\S+?), state:.*> (\w+)$", message)
+        if found:
+            self.run_id, self.state = found[1], found[2]
+            self.emit(f"DAG run {self.run_id}: {self.state}")
+            return
+        if "state=up_for_retry" in rest or "UP_FOR_RETRY" in message:
+            self.emit(f"  will retry: {message}")
+        elif match["level"] in ("error", "critical") and "Task failed" in message or "Bash command failed" in message:
+            self.emit(f"  failed: {message}")
+
+
+def dags_test(
+    home: Path,
+    span: str,
+    conf: Dict[str, object],
+    log_path: Path,
+    emit: Callable[[str], None] = print,
+    extra_env: Optional[Dict[str, str]] = None,
+) -> tuple:
+    """`airflow dags test nightly_retrain <span>`: one whole DAG run, in a child process.
+
+    Returns (exit code, Airflow run id). The full Airflow log goes to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    report = DagTestReport(emit)
+    args = [str(check_installed()), "dags", "test", NIGHTLY_DAG, span, "--conf", json.dumps(conf)]
+    env = environment(home)
+    env.update(extra_env or {})
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in _lines(process.stdout):
+            log.write(line)
+            report.feed(line)
+        code = process.wait()
+    if code == 0 and report.state not in (None, "successful", "success"):
+        code = 1  # the DAG run failed although the command itself exited 0
+    return code, report.run_id
+
+
+def _lines(stream) -> Iterable[str]:
+    for line in iter(stream.readline, ""):
+        yield line

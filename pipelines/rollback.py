@@ -1,0 +1,180 @@
+"""Audited rollback: an earlier blessed model pushed again, by the Pusher, recorded in ML Metadata.
+
+A rollback is a two-node TFX run in the `taxi` pipeline: a resolver that picks the chosen model
+(and its blessing) from ML Metadata, then our AtomicPusher with `allow_repush`, `push_kind=rollback`,
+the reason and who asked. The old bytes become the newest version directory, so a server that
+serves the latest version switches to them; the nightly `served_model` resolver follows too,
+because it reads the newest push. Nothing is deleted: rolling forward again is another push.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import getpass
+from typing import Callable, Dict, List, Optional
+
+from pipelines.errors import ConfigError
+
+ROLLBACK_RESOLVER = "rollback_target"
+
+
+@dataclasses.dataclass(frozen=True)
+class PushRecord:
+    """One successful push, read from a PushedModel artifact."""
+
+    artifact_id: int
+    version: int
+    model_id: int
+    kind: str
+    reason: str
+    requested_by: str
+    pushed_at: str
+    replaced_version: int
+    fingerprint: str
+
+
+def list_pushes(connection_config) -> List[PushRecord]:
+    """Every push that wrote a version, oldest first."""
+    from ml_metadata import metadata_store
+
+    store = metadata_store.MetadataStore(connection_config)
+    out = []
+    for artifact in store.get_artifacts_by_type("PushedModel"):
+        props = artifact.custom_properties
+        if "pushed" not in props or props["pushed"].int_value != 1:
+            continue
+
+        def text(key: str) -> str:
+            return props[key].string_value if key in props else ""
+
+        def number(key: str) -> int:
+            return props[key].int_value if key in props else 0
+
+        out.append(
+            PushRecord(
+                artifact_id=artifact.id,
+                version=number("pushed_version"),
+                model_id=number("source_model_id"),
+                kind=text("push_kind") or "nightly",
+                reason=text("reason"),
+                requested_by=text("requested_by"),
+                pushed_at=text("pushed_at"),
+                replaced_version=number("replaced_version"),
+                fingerprint=text("model_fingerprint"),
+            )
+        )
+    return sorted(out, key=lambda p: p.artifact_id)
+
+
+def choose_target(pushes: List[PushRecord], to_version: Optional[int]) -> PushRecord:
+    """The push to roll back to: version `to_version`, or (None) the model served before this one."""
+    if not pushes:
+        raise ConfigError("nothing has been pushed yet, so there is nothing to roll back to",
+                          "run the pipeline until a model is pushed")
+    served = pushes[-1]
+    if to_version is not None:
+        match = [p for p in pushes if p.version == to_version]
+        if not match:
+            known = ", ".join(str(p.version) for p in pushes)
+            raise ConfigError(f"no pushed version {to_version}", f"pick one of the pushed versions: {known}")
+        target = match[0]
+    else:
+        earlier = [p for p in pushes[:-1] if p.fingerprint != served.fingerprint]
+        if not earlier:
+            raise ConfigError(
+                f"version {served.version} is the only model ever pushed",
+                "there is no earlier model; push a new one instead",
+            )
+        target = earlier[-1]
+    if target.fingerprint == served.fingerprint:
+        raise ConfigError(
+            f"version {target.version} holds the model being served now (version {served.version})",
+            "pick an earlier version with --to, or --previous",
+        )
+    return target
+
+
+def create_rollback_pipeline(config, model_id: int, reason: str, requested_by: str):
+    """`rollback_target` (resolves model `model_id` + its blessing) -> AtomicPusher (allow_repush)."""
+    from tfx.dsl.components.common.resolver import Resolver
+    from tfx.orchestration.pipeline import Pipeline
+    from tfx.types import standard_artifacts
+    from tfx.types.channel import Channel
+
+    from components.pusher.component import AtomicPusher
+    from pipelines.resolvers import ModelByIdStrategy
+
+    target = Resolver(
+        strategy_class=ModelByIdStrategy,
+        config={"model_id": model_id},
+        model=Channel(type=standard_artifacts.Model),
+        blessing=Channel(type=standard_artifacts.ModelBlessing),
+    ).with_id(ROLLBACK_RESOLVER)
+    pusher = AtomicPusher(
+        model=target.outputs["model"],
+        model_blessing=target.outputs["blessing"],
+        push_base_directory=config.serving_model_dir,
+        allow_repush=True,
+        push_kind="rollback",
+        reason=reason,
+        requested_by=requested_by,
+    )
+    return Pipeline(
+        pipeline_name=config.pipeline_name,  # same pipeline: the nightly resolvers see this push
+        pipeline_root=config.pipeline_root,
+        components=[target, pusher],
+        enable_cache=False,
+        metadata_connection_config=config.metadata.to_proto(),
+    )
+
+
+@dataclasses.dataclass
+class RollbackResult:
+    run_id: str
+    target: PushRecord
+    replaced: PushRecord
+    new_version: Optional[int]
+    reason: str
+    requested_by: str
+
+    def as_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+def rollback(
+    config,
+    to_version: Optional[int],
+    reason: str,
+    requested_by: Optional[str] = None,
+    progress: Callable[[str], None] = print,
+) -> RollbackResult:
+    """Pushes an earlier model again through the Pusher; returns what happened."""
+    from pipelines.node_runner import compile_pipeline, node_ids, run_node
+    from pipelines.runner import ensure_state_dirs, prepare_process_env
+
+    if not reason or not reason.strip():
+        raise ConfigError("a rollback needs a reason", 'pass --reason "why the served model is bad"')
+    requested_by = requested_by or getpass.getuser()
+    prepare_process_env()
+    ensure_state_dirs(config)
+    connection = config.metadata.to_proto()
+    pushes = list_pushes(connection)
+    target = choose_target(pushes, to_version)
+    served = pushes[-1]
+    progress(f"rolling back: serving version {served.version} (model {served.model_id}); "
+             f"pushing version {target.version}'s model {target.model_id} again")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    run_id = f"rollback__{stamp}"
+    ir = compile_pipeline(create_rollback_pipeline(config, target.model_id, reason.strip(), requested_by), run_id)
+    for node_id in node_ids(ir):
+        result = run_node(ir, node_id)
+        progress(f"  {node_id}: {result.status} in {result.seconds:.1f}s")
+    after = list_pushes(connection)
+    new = after[-1] if after and after[-1].artifact_id != served.artifact_id else None
+    if new is None:
+        raise ConfigError(
+            f"the Pusher did not push model {target.model_id} (see `mlops summary --run-id {run_id}`)",
+            "check that the model directory still exists under var/pipeline_root",
+        )
+    return RollbackResult(run_id, target, served, new.version, reason.strip(), requested_by)
