@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: help venvs run test bench clean
+.PHONY: help venvs run test bench clean up down status browser
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,12 +49,43 @@ run: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## one nightly cycle through Airflow on the 
 	@test -n "$$(ls -d data/incoming/*/ 2>/dev/null)" || $(VENV)/bin/mlops data seed
 	$(VENV)/bin/mlops airflow run
 
-test: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## the whole test suite (fails when no test ran)
+test: $(TFX_STAMP) $(AIRFLOW_STAMP) browser  ## the whole test suite (fails when no test ran)
 	status=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
-bench: $(TFX_STAMP)  ## benchmarks, side by side with baselines; writes bench/RESULTS.md
-	$(VENV)/bin/python bench/pipeline_vs_stock.py
+BENCHES ?= pipeline_vs_stock airflow_overhead
+
+bench: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## benchmarks side by side with baselines (BENCHES="..." picks); writes bench/RESULTS.md
+	for name in $(BENCHES); do $(VENV)/bin/python bench/$$name.py; done
+
+# Airflow's services for a project home (default: this repository): api-server on
+# 127.0.0.1:$(AIRFLOW_PORT) (default 8080), scheduler, dag-processor, triggerer; pid files in
+# var/airflow/run/, logs in var/log/airflow-*.log. UNPAUSE=1 also unpauses nightly_retrain.
+MLOPS_HOME ?=
+AIRFLOW_PORT ?=
+UNPAUSE ?=
+MLOPS_AT := $(VENV)/bin/mlops $(if $(MLOPS_HOME),--home $(MLOPS_HOME))
+
+up: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## start Airflow (UI on 127.0.0.1:8080, login admin) in the background; AIRFLOW_PORT=, MLOPS_HOME=, UNPAUSE=1
+	$(MLOPS_AT) airflow up $(if $(AIRFLOW_PORT),--port $(AIRFLOW_PORT)) $(if $(filter 1 yes true,$(UNPAUSE)),--unpause)
+
+down:  ## stop what `make up` started (and the warm worker); MLOPS_HOME=
+	@if [ -x $(VENV)/bin/mlops ]; then $(MLOPS_AT) airflow down; else echo "no $(VENV): nothing can be running"; fi
+
+status:  ## which Airflow services run, and where
+	@$(MLOPS_AT) airflow status || true
+
+# Headless Chromium and its WebDriver for the Airflow UI test (Debian packages); nothing to do
+# when both are installed.
+CHROMIUM_BINS := /usr/bin/chromium /usr/bin/chromedriver
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(CHROMIUM_BINS) &:
+	@echo "installing Debian's chromium and chromium-driver (for the Airflow UI test)"
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium chromium-driver
+
+browser: $(CHROMIUM_BINS)  ## headless Chromium + chromedriver for the UI test (apt-get, once)
 
 clean:  ## remove environments and all runtime state (var/, pushed models); keeps data/
 	rm -rf $(VENV) $(AIRFLOW_VENV) var serving/models .pytest_cache

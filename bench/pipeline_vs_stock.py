@@ -10,29 +10,21 @@ exit 1 only when a run itself crashed.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import psutil
-
+from common import MLOPS, REPO, log, measure, publish, seed_home
 from components.pusher.versions import list_versions
 from pipelines.data import bundled_csv_path
 
-REPO = Path(__file__).resolve().parents[1]
 # The example inside the installed wheel, found without importing tfx (TensorFlow costs seconds).
 TAXI = bundled_csv_path().parents[2]  # .../examples/chicago_taxi_pipeline
-CHILD_ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
-MLOPS = REPO / ".venv" / "bin" / "mlops"
 PYTHON = REPO / ".venv" / "bin" / "python"
 SECTION = "## Pipeline vs stock TFX (issue 3)"
 STOCK_TRAIN_STEPS = 1000  # hard-coded in the stock example's Trainer
@@ -59,67 +51,6 @@ LocalDagRunner().run(taxi._create_pipeline(
     module_file=module_file, serving_model_dir=root + '/serving_model',
     metadata_path=root + '/metadata.db', beam_pipeline_args=['--direct_running_mode=' + beam_mode]))
 """
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def measure(name: str, cmd: list, log_file: Path, echo=lambda line: True) -> dict:
-    """Runs `cmd`, logging all output and echoing some; returns seconds, exit code, peak RSS, lines.
-
-    Peak RSS two ways: the kernel's max RSS of the child or any descendant it waited for (os.wait4
-    on this child alone, exact, no sampling) and the polled sum over the process tree (psutil).
-    """
-    log(f"{name}: start")
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tree_peak, done = [0], threading.Event()
-
-    def poll():
-        while not done.wait(0.2):
-            try:
-                root = psutil.Process(proc.pid)
-                total = sum(p.memory_info().rss for p in [root] + root.children(recursive=True))
-            except psutil.Error:  # a process ended between listing and reading: skip this sample
-                continue
-            tree_peak[0] = max(tree_peak[0], total)
-
-    threading.Thread(target=poll, daemon=True).start()
-    lines = []
-    with open(log_file, "w") as out:
-        for line in proc.stdout:
-            out.write(line)
-            lines.append(line.rstrip("\n"))
-            if echo(lines[-1]):
-                print(f"    | {lines[-1]}", flush=True)
-    _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone (fresh per run)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    done.set()
-    seconds = time.monotonic() - start
-    log(f"{name}: end in {seconds:.1f}s (exit {proc.returncode}, log {log_file})")
-    if proc.returncode != 0:
-        print("\n".join(lines[-30:]), flush=True)
-    return dict(seconds=seconds, code=proc.returncode, lines=lines,
-                rss_mb=usage.ru_maxrss / 1024, tree_mb=tree_peak[0] / 2**20)
-
-
-def count_rows(path: Path) -> int:
-    with open(path, newline="") as handle:
-        return sum(1 for _ in csv.reader(handle)) - 1
-
-
-def seed_home(home: Path, rows: int, date: str) -> Path:
-    """A project home with one span of `rows` rows; checks the seeded row count."""
-    (home / "schemas" / "taxi").mkdir(parents=True)
-    shutil.copy(REPO / "schemas" / "taxi" / "schema.pbtxt", home / "schemas" / "taxi" / "schema.pbtxt")
-    cmd = [str(MLOPS), "--home", str(home), "data", "seed", "--days", "1", "--rows-per-day", str(rows), "--end", date]
-    subprocess.run(cmd, check=True, env=CHILD_ENV)
-    span_csv = home / "data" / "incoming" / date / "data.csv"
-    found = count_rows(span_csv)
-    if found != rows:
-        raise SystemExit(f"seeded {found} rows in {span_csv}, expected {rows}")
-    return span_csv
 
 
 def run_ours(name: str, home: Path, date: str, logs: Path) -> dict:
@@ -206,14 +137,6 @@ def render(args, rows: int, r: dict, commands: list, load: tuple) -> str:
     ])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replaces only our section (up to the next `## ` heading) or appends it."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=15000, help="rows in the span both pipelines run (default: 15000)")
@@ -258,13 +181,7 @@ def main() -> int:
         log(f"runs failed: {', '.join(failed)}; RESULTS.md not updated (logs in {tmp})")
         return 1
     section = render(args, args.rows, results, commands, load)
-    write_section(args.results, section)
-    print(section, flush=True)
-    log(f"wrote {args.results}")
-    if args.keep or failed:
-        log(f"kept {tmp}")
-    else:
-        shutil.rmtree(tmp)
+    publish(args.results, SECTION, section, tmp, args.keep or bool(failed))
     return 0
 
 

@@ -4,6 +4,7 @@ This file imports only Airflow and the standard library (TFX lives in another Py
 environment; design.md, section 2). Its shape comes from `taxi_manifest.json`, generated from the
 compiled pipeline by `mlops dags manifest`. Every task runs one node with
 `.venv/bin/mlops node run`, which forks it from a warm worker that has TFX imported already.
+A node that fails is retried with exponential back-off; a span that fails validation is not.
 
 Settings are read from the environment when the DAG is parsed (all optional):
 
@@ -21,10 +22,12 @@ import datetime as dt
 import json
 import os
 import shlex
+import zoneinfo
 from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 DAGS_DIR = Path(__file__).resolve().parent
@@ -50,6 +53,27 @@ DEFAULT_TIMEOUT = dt.timedelta(minutes=20)
 LAST_NODE = MANIFEST["nodes"][-1]["id"]
 
 
+# `mlops node run` exit codes that retrying cannot fix (pipelines/cli.py).
+NO_RETRY_EXIT_CODES = {2: "configuration error", 3: "the span failed data validation"}
+
+
+class TfxNodeOperator(BashOperator):
+    """Runs one TFX node; fails without retries when retrying cannot help (bad data, bad config)."""
+
+    ui_color = "#e8f0fe"
+
+    def execute(self, context):
+        try:
+            return super().execute(context)
+        except AirflowException as err:
+            for code, why in NO_RETRY_EXIT_CODES.items():
+                if str(err).rstrip(".").endswith(f"exit code {code}"):
+                    raise AirflowFailException(
+                        f"{self.task_id}: {why}; not retried (the reason is the last line of the log above)"
+                    ) from err
+            raise
+
+
 def span_date(params: dict, dag_run, timezone: str) -> str:
     """The span a run ingests: `params.date` if given, else the day of the run's logical date.
 
@@ -59,10 +83,8 @@ def span_date(params: dict, dag_run, timezone: str) -> str:
     """
     if params.get("date"):
         return str(params["date"])
-    import pendulum
-
     moment = dag_run.logical_date or (dag_run.run_after - dt.timedelta(days=1))
-    return pendulum.instance(moment).in_timezone(timezone).date().isoformat()
+    return moment.astimezone(zoneinfo.ZoneInfo(timezone)).date().isoformat()
 
 
 def tfx_run_id(dag_id: str, run_id: str) -> str:
@@ -93,7 +115,7 @@ with DAG(
     dag_id="nightly_retrain",
     description="Ingest, validate (schema + drift), transform, train, evaluate and push the taxi model",
     schedule=CronDataIntervalTimetable("0 2 * * *", timezone=TIMEZONE),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=zoneinfo.ZoneInfo(TIMEZONE)),
     catchup=False,
     max_active_runs=1,
     tags=["mlops", "tfx", "taxi"],
@@ -111,8 +133,9 @@ with DAG(
         "train_steps": Param(300, type="integer", minimum=1, description="training steps"),
         "eval_steps": Param(50, type="integer", minimum=1, description="Trainer evaluation steps"),
         "auc_floor": Param(0.6, type="number", minimum=0, maximum=1, description="bless only if AUC >= this"),
-        "min_improvement": Param(0.01, type="number", minimum=0,
-                                 description="relative AUC gain needed over the served model"),
+        "min_improvement": Param(0.01, type="number", minimum=-1,
+                                 description="relative AUC gain needed over the served model "
+                                             "(negative: accept a somewhat worse model)"),
         "slice_margin": Param(0.05, type="number", minimum=0,
                               description="largest AUC loss allowed on a monitored slice"),
     },
@@ -139,7 +162,7 @@ Roll a bad model back with the `model_rollback` DAG or `mlops rollback`.
 ) as dag:
     tasks = {}
     for node in MANIFEST["nodes"]:
-        tasks[node["id"]] = BashOperator(
+        tasks[node["id"]] = TfxNodeOperator(
             task_id=node["id"],
             bash_command=node_command(node["id"]),
             execution_timeout=TIMEOUTS.get(node["id"], DEFAULT_TIMEOUT),

@@ -115,6 +115,8 @@ class DagTestReport:
         self.failed: List[str] = []
         self.run_id: Optional[str] = None
         self.state: Optional[str] = None
+        self.current: Optional[str] = None
+        self.outcome: Dict[str, str] = {}
 
     def feed(self, line: str) -> None:
         match = _RECORD.match(line.rstrip("\n"))
@@ -122,28 +124,33 @@ class DagTestReport:
             return
         message, logger, rest = match["message"], match["logger"], match["rest"]
         if logger.endswith("SubprocessHook"):
-            if not message.startswith(_SUBPROCESS_NOISE):
+            code = re.match(r"Command exited with return code (\d+)", message)
+            if code and code[1] != "0":
+                self.emit(f"    exit code {code[1]}" + (" (killed by a signal)" if int(code[1]) > 128 else ""))
+            elif not message.startswith(_SUBPROCESS_NOISE):
                 self.emit(f"    {message}")
             return
         found = re.search(r"\[DAG TEST\] starting task_id=(\S+)", message)
         if found:
+            self.current = found[1]
             self.started[found[1]] = time.monotonic()
             self.emit(f"task {found[1]} ...")
             return
         found = re.search(r"\[DAG TEST\] end task task_id=(\S+)", message)
         if found:
             seconds = time.monotonic() - self.started.get(found[1], time.monotonic())
-            self.emit(f"task {found[1]} done in {seconds:.1f}s")
+            self.emit(f"task {found[1]} {self.outcome.pop(found[1], 'done')} in {seconds:.1f}s")
             return
         found = re.search(r"^Marking run <DagRun .*?: (\w+__\S+?), state:.*> (\w+)$", message)
         if found:
             self.run_id, self.state = found[1], found[2]
             self.emit(f"DAG run {self.run_id}: {self.state}")
             return
-        if "state=up_for_retry" in rest or "UP_FOR_RETRY" in message:
-            self.emit(f"  will retry: {message}")
-        elif match["level"] in ("error", "critical") and "Task failed" in message or "Bash command failed" in message:
-            self.emit(f"  failed: {message}")
+        new_state = re.search(r"new_state=(\w+)", rest)
+        if new_state and self.current and new_state[1] in ("up_for_retry", "failed"):
+            self.outcome[self.current] = "failed, will retry" if new_state[1] == "up_for_retry" else "FAILED"
+        elif match["level"] in ("error", "critical") and "Task failed" not in message:
+            self.emit(f"  airflow: {message}")
 
 
 def dags_test(

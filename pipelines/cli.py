@@ -15,7 +15,12 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
-from pipelines.errors import ConfigError, MlopsError
+from pipelines.errors import ConfigError, DataError, MlopsError
+
+# Exit codes of `mlops node run` (the nightly DAG retries only 1 and signals).
+EXIT_FAILED = 1  # the node failed; a retry may succeed
+EXIT_CONFIG = 2  # bad configuration or arguments: fix them first
+EXIT_BLOCKED = 3  # the data failed validation: the run stops, retrying would block again
 
 
 def _date(text: str) -> dt.date:
@@ -36,6 +41,17 @@ def cmd_data_seed(args) -> int:
     paths = ProjectPaths.from_env(args.home)
     plan = SeedPlan(end=args.end or _yesterday(), days=args.days, rows_per_day=args.rows_per_day, seed=args.seed)
     seed(paths.data_root, plan, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_data_make_span(args) -> int:
+    from pipelines.config import ProjectPaths
+    from pipelines.data import FaultSpec, make_span
+
+    paths = ProjectPaths.from_env(args.home)
+    fault = FaultSpec(args.fault, args.column, args.severity)
+    path = make_span(paths.data_root, args.date, fault, rows=args.rows, seed_value=args.seed, overwrite=args.overwrite)
+    print(f"span {args.date}: wrote {path} with fault {fault.kind}" + (f" on {fault.target}" if fault.target else ""))
     return 0
 
 
@@ -101,8 +117,10 @@ def cmd_node_run(args) -> int:
         if args.verbose:
             traceback.print_exc()
         sys.stdout.flush()
-        print(f"node {args.node} failed for span {config.span_date} (run {args.run_id}): {_one_line(err)}", file=sys.stderr)
-        return 1
+        blocked = isinstance(err, DataError)
+        verb = "blocked the run" if blocked else "failed"
+        print(f"node {args.node} {verb} for span {config.span_date} (run {args.run_id}): {_one_line(err)}", file=sys.stderr)
+        return EXIT_BLOCKED if blocked else 1
     print(f"node {args.node}: {result.status} in {result.seconds:.1f}s"
           + (f" (execution {result.execution_id})" if result.execution_id else ""))
     if args.summary:
@@ -200,6 +218,10 @@ def cmd_airflow(args) -> int:
     from pipelines import airflow_env
 
     paths = _paths(args)
+    if args.airflow_command in ("up", "down", "status", "pause", "unpause"):
+        from pipelines import services  # `make up` / `make down`: the long-running services
+
+        return services.main(paths.home, args)
     airflow_env.init(paths.home)
     if args.airflow_command == "init":
         print(f"Airflow home {airflow_env.airflow_home(paths.home)} ready (pool {airflow_env.POOL}: 1 slot)")
@@ -326,6 +348,22 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     seed.add_argument("--overwrite", action="store_true", help="rewrite spans that already exist")
     seed.set_defaults(handler=cmd_data_seed)
+    from pipelines.data import FAULTS
+
+    make_span = data_commands.add_parser(
+        "make-span",
+        help="write a span with one fault injected (tests, demos, drills)",
+        description="Write data/incoming/DATE/ from the bundled taxi data with one fault: "
+        + "; ".join(f"{k}: {v}" for k, v in FAULTS.items()) + ".",
+    )
+    make_span.add_argument("--date", type=_date, required=True, help="span date, YYYY-MM-DD")
+    make_span.add_argument("--fault", required=True, choices=sorted(FAULTS), help="what to break")
+    make_span.add_argument("--column", help="column to break (default depends on the fault)")
+    make_span.add_argument("--severity", type=float, default=1.0, help="fraction of rows / size of the shift (default: 1.0)")
+    make_span.add_argument("--rows", type=int, default=1500, help="rows in the span (default: 1500)")
+    make_span.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
+    make_span.add_argument("--overwrite", action="store_true", help="replace an existing span")
+    make_span.set_defaults(handler=cmd_data_make_span)
 
     run = commands.add_parser(
         "run",
@@ -344,8 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one node of a pipeline run with TFX's Launcher (caching, resolvers, ML Metadata as in TFX)",
         description="Run one node of the compiled pipeline for one span. All nodes of one pipeline run "
         "must get the same --run-id and options (the nightly DAG passes the Airflow run id). Exit code 0 "
-        "only when the node succeeded (ran or was served from cache); otherwise 1 and the reason on "
-        "the last line, 2 for a configuration error.",
+        "only when the node succeeded (ran or was served from cache); otherwise the reason on the last "
+        "line and exit 1 (node failed), 2 (configuration error) or 3 (data failed validation: the run "
+        "is blocked and must not be retried).",
     )
     node_run.add_argument("--node", required=True, help="node id, e.g. Trainer (see `mlops node list`)")
     node_run.add_argument("--run-id", required=True, help="pipeline run id shared by all nodes of the run")
@@ -364,9 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the nightly DAG through Airflow 3 (in .venv-airflow) with this project's settings",
         description="`init` prepares AIRFLOW_HOME=var/airflow (database, ML Metadata pool), idempotently. "
         "`run` is one nightly cycle through Airflow: `airflow dags test nightly_retrain <span>`, one task "
-        "per TFX node, then the same summary as `mlops run`.",
+        "per TFX node, then the same summary as `mlops run`. `up` starts the api-server (UI), scheduler, "
+        "dag-processor and triggerer in the background (`make up`; pid files and logs under var/), "
+        "`down` stops them and the warm worker, `status` shows them; `pause`/`unpause` a DAG.",
     )
-    airflow.add_argument("airflow_command", choices=("init", "run"), help="what to do")
+    airflow.add_argument(
+        "airflow_command", choices=("init", "run", "up", "down", "status", "pause", "unpause"), help="what to do"
+    )
+    airflow.add_argument("--port", type=int, help="api-server port on 127.0.0.1 for `up` (default: $AIRFLOW_PORT or 8080)")
+    airflow.add_argument("--unpause", action="store_true", help="`up`: also unpause nightly_retrain (runs at 02:00)")
+    airflow.add_argument("--dag", action="append", help="`pause`/`unpause`: DAG id, repeatable (default: nightly_retrain)")
     _add_run_options(airflow)
     airflow.set_defaults(handler=cmd_airflow)
 

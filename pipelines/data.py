@@ -122,3 +122,84 @@ def latest_span(data_root: Path) -> dt.date:
     if not spans:
         raise ConfigError(f"no spans under {data_root}", "seed data with `mlops data seed`")
     return spans[-1]
+
+
+# ------------------------------------------------------------------------------ fault spans
+
+FAULTS = {
+    "none": "a clean span (same distribution as the seeded days)",
+    "missing_column": "drops a required column (default: tips)",
+    "extra_column": "adds a column the schema does not know",
+    "strings_in_numeric": "writes text into a numeric column (default: fare) in --severity of the rows",
+    "empty_file": "header only, no rows",
+    "no_files": "the span folder exists but holds no CSV file",
+    "drift": "scales a numeric column (default: trip_miles) by 1 + --severity",
+    "out_of_range": "puts --severity of a column's values (default: trip_start_hour) outside the schema range",
+}
+DEFAULT_FAULT_COLUMN = {
+    "missing_column": "tips",
+    "strings_in_numeric": "fare",
+    "drift": "trip_miles",
+    "out_of_range": "trip_start_hour",
+    "extra_column": "surge_multiplier",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultSpec:
+    kind: str
+    column: Optional[str] = None
+    severity: float = 1.0
+
+    @property
+    def target(self) -> str:
+        return self.column or DEFAULT_FAULT_COLUMN.get(self.kind, "")
+
+
+def make_span(
+    data_root: Path,
+    day: dt.date,
+    fault: FaultSpec,
+    rows: int = 1500,
+    seed_value: int = 7,
+    overwrite: bool = False,
+) -> Path:
+    """Writes the span folder for `day` with one fault injected (for tests, demos and drills)."""
+    if fault.kind not in FAULTS:
+        raise ConfigError(f"unknown fault {fault.kind!r}", f"use one of: {', '.join(FAULTS)}")
+    if not 0.0 <= fault.severity <= 100.0:
+        raise ConfigError(f"--severity {fault.severity} is out of range", "pass a fraction such as 0.5")
+    folder = data_root / day.isoformat()
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise ConfigError(f"span {day} already exists at {folder}", "pass --overwrite or pick another --date")
+    header, all_rows = read_rows(bundled_csv_path())
+    rng = random.Random(seed_value)
+    picked = [list(all_rows[rng.randrange(len(all_rows))]) for _ in range(rows)]
+    column = fault.target
+    if fault.kind in ("missing_column", "strings_in_numeric", "drift", "out_of_range") and column not in header:
+        raise ConfigError(f"no column {column!r} in the taxi data", f"pick one of: {', '.join(header)}")
+    if fault.kind == "no_files":
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.csv"):
+            stale.unlink()
+        (folder / "README.txt").write_text("fault no_files: this span has no CSV file\n")
+        return folder
+    if fault.kind == "empty_file":
+        picked = []
+    elif fault.kind == "missing_column":
+        index = header.index(column)
+        header = header[:index] + header[index + 1:]
+        picked = [row[:index] + row[index + 1:] for row in picked]
+    elif fault.kind == "extra_column":
+        header = header + [column]
+        picked = [row + [f"{rng.uniform(1, 3):.2f}"] for row in picked]
+    else:
+        index = header.index(column)
+        for row in picked:
+            if fault.kind == "drift" and row[index] != "":
+                row[index] = f"{float(row[index]) * (1.0 + fault.severity):.2f}"
+            elif fault.kind == "strings_in_numeric" and rng.random() < fault.severity:
+                row[index] = rng.choice(["n/a", "unknown", "twelve"])
+            elif fault.kind == "out_of_range" and rng.random() < fault.severity:
+                row[index] = str(100 + rng.randrange(100))
+    return write_span(folder, header, picked)

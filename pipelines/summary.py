@@ -8,6 +8,10 @@ import os
 from typing import Dict, List, Optional
 
 
+# Same as GateConfig.min_slice_examples: smaller slices are neither gated nor worth a line.
+MIN_SHOWN_SLICE_EXAMPLES = 50
+
+
 @dataclasses.dataclass
 class RunSummary:
     run_id: str
@@ -26,9 +30,15 @@ class RunSummary:
         out.append("  rows:      " + (", ".join(f"{k}={v}" for k, v in sorted(self.rows.items())) or "?"))
         out.append("  nodes:     " + ", ".join(f"{k}:{v}" for k, v in self.node_states.items()))
         out.append("  anomalies: " + ("; ".join(self.anomalies) if self.anomalies else "none"))
-        for slice_name, values in self.metrics.items():
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()))
-            out.append(f"  metrics[{slice_name}]: {shown}")
+        small = 0
+        for slice_name, values in sorted(self.metrics.items(), key=lambda kv: (kv[0] != "overall", kv[0])):
+            if slice_name != "overall" and values.get("example_count", 0) < MIN_SHOWN_SLICE_EXAMPLES:
+                small += 1
+                continue
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()) if k != "example_count")
+            out.append(f"  metrics[{slice_name}] ({values.get('example_count', 0):.0f} examples): {shown}")
+        if small:
+            out.append(f"  ({small} slices with fewer than {MIN_SHOWN_SLICE_EXAMPLES} examples not shown; --json has them)")
         if self.blessed is not None:
             out.append(f"  blessed:   {'yes' if self.blessed else 'no'} ({self.blessing_reason})")
         if self.pushed_version:
@@ -48,6 +58,9 @@ def _slice_name(slice_key) -> str:
 
 
 def _read_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # TFMA's reader logs a deprecation notice
     import tensorflow_model_analysis as tfma
 
     out = {}

@@ -1,0 +1,483 @@
+"""`make up` / `make down`: Airflow 3's long-running services for one project home.
+
+`mlops airflow up` starts the api-server (UI + REST API on 127.0.0.1), the scheduler, the
+dag-processor and the triggerer of `.venv-airflow` as background processes, each in its own
+session, with the environment of `airflow_env.environment(home)` plus the settings below. State
+lives under the project home:
+
+    var/airflow/run/<service>.pid        one pid file per service
+    var/airflow/run/services.json        port, URL and log-server ports of the running set
+    var/log/airflow-<service>.log        each service's stdout and stderr
+    var/airflow/simple_auth_manager_passwords.json.generated   the admin password (mode 600)
+
+Settings, and why:
+
+- Executor: LocalExecutor. Airflow 3 removed the SequentialExecutor, LocalExecutor is its
+  default and the one `airflow standalone` forces, and it runs on SQLite (task processes talk to
+  the api-server's execution API, not to the database). Parallelism is cut from 32 to 4: the
+  LocalExecutor forks that many workers at start, and the ML Metadata pool (one slot) lets only
+  one TFX node run at a time anyway.
+- Authentication: the SimpleAuthManager (Airflow 3's default and what `airflow standalone`
+  uses) with one user, `admin` (role admin). The api-server generates its password into the
+  password file the first time; `up` creates that file empty with mode 600 beforehand so the
+  password is never world-readable, and prints the password once, when it was just generated.
+- The execution API URL follows the chosen port (Airflow's default assumes localhost:8080) and
+  the scheduler's and triggerer's log servers get free ports when 8793/8794 are taken, so two
+  project homes can run side by side.
+
+Everything here is the standard library: this module runs in `.venv` (TFX) and drives Airflow's
+Python 3.11 environment only through subprocesses and HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from pipelines import airflow_env
+from pipelines.errors import ConfigError
+
+HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+ADMIN = "admin"
+SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+PARALLELISM = 4
+WORKER_LOG_PORT = 8793
+TRIGGER_LOG_PORT = 8794
+START_TIMEOUT = 240.0
+STOP_TIMEOUT = 30.0
+PROJECT_DAGS = (airflow_env.NIGHTLY_DAG, airflow_env.ROLLBACK_DAG)
+
+
+# ----------------------------------------------------------------------------------- paths
+
+
+def run_dir(home: Path) -> Path:
+    return airflow_env.airflow_home(home) / "run"
+
+
+def pid_file(home: Path, service: str) -> Path:
+    return run_dir(home) / f"{service}.pid"
+
+
+def state_file(home: Path) -> Path:
+    return run_dir(home) / "services.json"
+
+
+def log_file(home: Path, service: str) -> Path:
+    return Path(home) / "var" / "log" / f"airflow-{service}.log"
+
+
+def password_file(home: Path) -> Path:
+    return airflow_env.airflow_home(home) / "simple_auth_manager_passwords.json.generated"
+
+
+def admin_password(home: Path) -> Optional[str]:
+    try:
+        return json.loads(password_file(home).read_text() or "{}").get(ADMIN)
+    except (OSError, ValueError):
+        return None
+
+
+def default_port() -> int:
+    return int(os.environ.get("AIRFLOW_PORT") or DEFAULT_PORT)
+
+
+def base_url(port: int) -> str:
+    return f"http://{HOST}:{port}"
+
+
+def service_environment(home: Path, port: int, worker_log_port: int, trigger_log_port: int) -> Dict[str, str]:
+    """What every service process of this home runs with."""
+    env = airflow_env.environment(home)
+    env.update(
+        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+        AIRFLOW__CORE__PARALLELISM=str(PARALLELISM),
+        AIRFLOW__CORE__AUTH_MANAGER=SIMPLE_AUTH_MANAGER,
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{ADMIN}:admin",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="False",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(password_file(home)),
+        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{base_url(port)}/execution/",
+        AIRFLOW__API__HOST=HOST,
+        AIRFLOW__API__PORT=str(port),
+        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(worker_log_port),
+        AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(trigger_log_port),
+        TF_USE_LEGACY_KERAS="1",  # the node tasks train Keras models (design.md, section 2)
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _command(service: str, port: int) -> List[str]:
+    binary = str(airflow_env.check_installed())
+    if service == "api-server":
+        return [binary, "api-server", "--host", HOST, "--port", str(port), "--workers", "1"]
+    return [binary, service]
+
+
+# ----------------------------------------------------------------------------------- processes
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not running
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _is_airflow(pid: int) -> bool:
+    """Guards against a pid file whose process is gone and whose pid was reused."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"airflow" in cmdline.read()
+    except OSError:
+        return _pid_alive(pid)
+
+
+def running_pid(home: Path, service: str) -> Optional[int]:
+    """The pid of `service` for this home if it runs; removes a stale pid file."""
+    path = pid_file(home, service)
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if _pid_alive(pid) and _is_airflow(pid):
+        return pid
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _read_state(home: Path) -> dict:
+    try:
+        return json.loads(state_file(home).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+# ----------------------------------------------------------------------------------- HTTP
+
+
+def http(url: str, method: str = "GET", body: Optional[dict] = None, token: Optional[str] = None,
+         timeout: float = 10.0) -> tuple:
+    """(status, parsed JSON or text); status 0 when nothing answers."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Accept", "application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    except (urllib.error.URLError, OSError):
+        return 0, None
+    try:
+        return status, json.loads(raw or b"null")
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def health(url: str) -> Optional[dict]:
+    status, answer = http(f"{url}/api/v2/monitor/health", timeout=5.0)
+    return answer if status == 200 and isinstance(answer, dict) else None
+
+
+def _all_healthy(answer: Optional[dict]) -> bool:
+    if not answer:
+        return False
+    parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+    return all((answer.get(part) or {}).get("status") == "healthy" for part in parts)
+
+
+def token(url: str, password: str) -> str:
+    status, answer = http(f"{url}/auth/token", "POST", {"username": ADMIN, "password": password})
+    if status not in (200, 201) or not isinstance(answer, dict) or "access_token" not in answer:
+        raise ConfigError(f"Airflow at {url} refused the admin login (HTTP {status})",
+                          "check the password file, or `make down && make up`")
+    return answer["access_token"]
+
+
+# ----------------------------------------------------------------------------------- commands
+
+
+class Services:
+    def __init__(self, home: Path, emit: Callable[[str], None] = print):
+        self.home = Path(home).resolve()
+        self.emit = emit
+
+    # -- status
+
+    def pids(self) -> Dict[str, Optional[int]]:
+        return {service: running_pid(self.home, service) for service in SERVICES}
+
+    def url(self) -> Optional[str]:
+        return _read_state(self.home).get("url")
+
+    def status(self) -> int:
+        """Prints each service; returns 0 when all run and the api-server answers, else 3."""
+        pids = self.pids()
+        url = self.url()
+        answer = health(url) if url and pids["api-server"] else None
+        for service, pid in pids.items():
+            state = f"running (pid {pid})" if pid else "stopped"
+            key = service.replace("-", "_")
+            if answer and key in answer:
+                state += f", {answer[key].get('status')}"
+            self.emit(f"{service:14} {state:28} log: {log_file(self.home, service)}")
+        if all(pids.values()) and answer:
+            self.emit(f"Airflow UI: {url}/  user: {ADMIN}  password: in {password_file(self.home)}")
+            return 0
+        if any(pids.values()):
+            self.emit("some services are not running: `make up` starts the missing ones, `make down` stops all")
+        return 3
+
+    # -- up
+
+    def up(self, port: Optional[int] = None, unpause: bool = False, timeout: float = START_TIMEOUT) -> int:
+        pids = self.pids()
+        state = _read_state(self.home)
+        if all(pids.values()):
+            url = state.get("url") or base_url(port or default_port())
+            if port and state.get("port") and int(state["port"]) != port:
+                raise ConfigError(f"Airflow for {self.home} already runs on {url}, not on port {port}",
+                                  "`make down` first to move it to another port")
+            self.emit(f"Airflow is already running for {self.home}: {url}/ (user {ADMIN}, password in "
+                      f"{password_file(self.home)})")
+            if unpause:
+                self.set_paused(airflow_env.NIGHTLY_DAG, False)
+            return 0
+        if any(pids.values()):  # a partial set: keep the port the running ones were started with
+            port = int(state.get("port") or port or default_port())
+        port = port or default_port()
+        if not pids["api-server"] and not _port_free(port):
+            raise ConfigError(f"port {port} on {HOST} is already in use",
+                              "stop what uses it, or pick another: `make up AIRFLOW_PORT=8093`")
+        airflow_env.init(self.home, progress=self.emit)
+        new_password = self._prepare_password_file()
+        worker_log_port, trigger_log_port = self._log_ports(state, pids)
+        url = base_url(port)
+        run_dir(self.home).mkdir(parents=True, exist_ok=True)
+        state_file(self.home).write_text(json.dumps(dict(
+            home=str(self.home), port=port, url=url, worker_log_port=worker_log_port,
+            trigger_log_port=trigger_log_port, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        ), indent=2) + "\n")
+        env = service_environment(self.home, port, worker_log_port, trigger_log_port)
+        started = []
+        for service in SERVICES:
+            if pids[service]:
+                continue
+            self._start(service, port, env)
+            started.append(service)
+        self.emit(f"started {', '.join(started)} for {self.home}; waiting for {url} ...")
+        try:
+            self._wait_ready(url, timeout)
+        except ConfigError:
+            self.down(stop_worker=False, quiet=True)
+            raise
+        if unpause:
+            self.set_paused(airflow_env.NIGHTLY_DAG, False)
+        self._announce(url, new_password, unpause)
+        return 0
+
+    def _prepare_password_file(self) -> bool:
+        """Creates the password file empty, mode 600, if there is none; True when it was created.
+
+        The api-server then writes the generated admin password into it (its SimpleAuthManager
+        keeps a file's mode and fills in users missing from it)."""
+        path = password_file(self.home)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and admin_password(self.home):
+            return False
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
+        return True
+
+    def _log_ports(self, state: dict, pids: Dict[str, Optional[int]]) -> tuple:
+        chosen = []
+        for key, preferred, owner in (("worker_log_port", WORKER_LOG_PORT, "scheduler"),
+                                      ("trigger_log_port", TRIGGER_LOG_PORT, "triggerer")):
+            if pids.get(owner) and state.get(key):
+                chosen.append(int(state[key]))  # its server runs: every service must agree on it
+            elif _port_free(preferred) and preferred not in chosen:
+                chosen.append(preferred)
+            else:
+                chosen.append(free_port())
+        return tuple(chosen)
+
+    def _start(self, service: str, port: int, env: Dict[str, str]) -> int:
+        log_path = log_file(self.home, service)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            log.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} mlops airflow up: {service} =====\n".encode())
+            log.flush()
+            process = subprocess.Popen(
+                _command(service, port), env=env, cwd=str(self.home), stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        pid_file(self.home, service).write_text(f"{process.pid}\n")
+        return process.pid
+
+    def _wait_ready(self, url: str, timeout: float) -> None:
+        """Until every service is healthy and the project's DAGs are parsed (or one dies)."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            for service in SERVICES:
+                if not running_pid(self.home, service):
+                    raise ConfigError(
+                        f"airflow {service} exited while starting; last lines of {log_file(self.home, service)}:\n"
+                        f"{_tail(log_file(self.home, service))}",
+                        "fix the cause above, then `make up` again",
+                    )
+            last = health(url)
+            if _all_healthy(last):
+                break
+            if time.monotonic() > deadline:
+                raise ConfigError(f"Airflow did not become healthy within {timeout:.0f}s (health: {last})",
+                                  f"read the logs in {log_file(self.home, 'scheduler').parent}")
+            time.sleep(1.0)
+        password = admin_password(self.home)
+        while not password and time.monotonic() < deadline:
+            time.sleep(0.5)
+            password = admin_password(self.home)
+        if not password:
+            raise ConfigError(f"the api-server wrote no admin password to {password_file(self.home)}",
+                              f"read {log_file(self.home, 'api-server')}")
+        auth = token(url, password)
+        while True:
+            missing = [dag for dag in PROJECT_DAGS if http(f"{url}/api/v2/dags/{dag}", token=auth)[0] != 200]
+            if not missing:
+                return
+            status, errors = http(f"{url}/api/v2/importErrors", token=auth)
+            if status == 200 and isinstance(errors, dict) and errors.get("import_errors"):
+                first = errors["import_errors"][0]
+                raise ConfigError(f"DAG file {first.get('filename')} does not import: "
+                                  f"{(first.get('stack_trace') or '').strip().splitlines()[-1:]}",
+                                  "fix the DAG file; the dag-processor picks it up again by itself")
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the dag-processor did not parse {', '.join(missing)} within {timeout:.0f}s",
+                                  f"read {log_file(self.home, 'dag-processor')}")
+            time.sleep(1.0)
+
+    def _announce(self, url: str, new_password: bool, unpaused: bool) -> None:
+        self.emit(f"Airflow UI and API: {url}/")
+        self.emit(f"  user: {ADMIN}")
+        if new_password:
+            self.emit(f"  password: {admin_password(self.home)}  (generated now; shown only this once, "
+                      f"kept in {password_file(self.home)})")
+        else:
+            self.emit(f"  password: in {password_file(self.home)}")
+        if unpaused:
+            self.emit(f"  DAG {airflow_env.NIGHTLY_DAG} is unpaused: it runs at 02:00")
+        else:
+            self.emit(f"  DAGs are paused: unpause {airflow_env.NIGHTLY_DAG} in the UI, or `mlops airflow unpause`")
+        self.emit(f"  logs: {log_file(self.home, 'scheduler').parent}/airflow-*.log; stop with `make down`")
+
+    # -- down
+
+    def down(self, stop_worker: bool = True, timeout: float = STOP_TIMEOUT, quiet: bool = False) -> int:
+        emit = (lambda _: None) if quiet else self.emit
+        pids = {service: pid for service, pid in self.pids().items() if pid}
+        # The scheduler first (no new tasks), the api-server last (running tasks report to it).
+        order = [s for s in ("scheduler", "triggerer", "dag-processor", "api-server") if s in pids]
+        for service in order:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pids[service], signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(_pid_alive(pids[s]) for s in order) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for service in order:
+            forced = _pid_alive(pids[service])
+            # Whatever is left in the service's session (its own children) goes too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pids[service], signal.SIGKILL)
+            emit(f"stopped {service} (pid {pids[service]}){' with SIGKILL after ' + str(int(timeout)) + 's' if forced else ''}")
+            with contextlib.suppress(OSError):
+                pid_file(self.home, service).unlink()
+        with contextlib.suppress(OSError):
+            state_file(self.home).unlink()
+        if not order:
+            emit(f"Airflow is not running for {self.home}")
+        if stop_worker:
+            self._stop_worker(emit)
+        return 0
+
+    def _stop_worker(self, emit: Callable[[str], None]) -> None:
+        from pipelines import worker  # standard library only
+
+        answer = worker.request(worker.socket_path(self.home), "stop")
+        if answer:
+            emit(f"warm worker {answer['pid']} stops after its {answer['running']} running node(s)")
+
+    # -- pause / unpause
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        verb = "pause" if paused else "unpause"
+        result = airflow_env.run_airflow(self.home, ["dags", verb, dag_id], check=False)
+        if result.returncode != 0:
+            raise ConfigError(f"`airflow dags {verb} {dag_id}` failed: {(result.stderr or result.stdout).strip()[-300:]}",
+                              "is the DAG parsed yet? `make up` waits until it is")
+        self.emit(f"DAG {dag_id}: {'paused' if paused else 'unpaused'}")
+
+
+def main(home: Path, args) -> int:
+    """`mlops airflow up|down|status|pause|unpause`."""
+    services = Services(home, emit=lambda line: print(line, flush=True))
+    command = args.airflow_command
+    if command == "up":
+        return services.up(port=args.port, unpause=args.unpause)
+    if command == "down":
+        return services.down()
+    if command == "status":
+        return services.status()
+    if command in ("pause", "unpause"):
+        airflow_env.init(services.home, progress=services.emit)
+        for dag_id in args.dag or [airflow_env.NIGHTLY_DAG]:
+            services.set_paused(dag_id, command == "pause")
+        return 0
+    raise ValueError(command)

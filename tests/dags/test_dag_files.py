@@ -1,0 +1,185 @@
+"""The DAG files: they load in real Airflow, match the pipeline, and never import TFX.
+
+These run the DAG files with the Airflow environment's Python (3.11), as Airflow's parser does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+
+import pytest
+
+from pipelines import manifest
+from tests.conftest import REPO, mlops
+
+AIRFLOW_PYTHON = REPO / ".venv-airflow" / "bin" / "python"
+MANIFEST = json.loads((REPO / "dags" / "taxi_manifest.json").read_text())
+
+
+def airflow_python(code: str, tmp_path, **env) -> dict:
+    """Runs `code` in the Airflow environment; the code prints one JSON document last."""
+    result = subprocess.run(
+        [str(AIRFLOW_PYTHON), "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={"AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "PATH": "/usr/bin:/bin", **env},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dagbag")
+    return airflow_python(
+        f"""
+        import json
+        from airflow.dag_processing.dagbag import DagBag
+        bag = DagBag(dag_folder={str(REPO / 'dags')!r})
+        out = {{"errors": {{k: str(v)[-500:] for k, v in bag.import_errors.items()}}, "dags": {{}}}}
+        for dag_id, dag in bag.dags.items():
+            out["dags"][dag_id] = {{
+                "schedule": str(next((getattr(dag.timetable, a) for a in ("expression", "_expression", "summary")
+                                     if getattr(dag.timetable, a, None)), None)),
+                "timetable": type(dag.timetable).__name__,
+                "timezone": str(dag.timezone.name),
+                "catchup": dag.catchup,
+                "max_active_runs": dag.max_active_runs,
+                "tags": sorted(dag.tags),
+                "doc_md": bool(dag.doc_md and len(dag.doc_md) > 200),
+                "params": sorted(dag.params.keys()),
+                "tasks": {{
+                    t.task_id: {{
+                        "upstream": sorted(t.upstream_task_ids),
+                        "pool": t.pool,
+                        "retries": t.retries,
+                        "backoff": bool(t.retry_exponential_backoff),
+                        "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
+                        "owner": t.owner,
+                        "command": t.bash_command,
+                    }}
+                    for t in dag.tasks
+                }},
+            }}
+        print(json.dumps(out))
+        """,
+        tmp,
+    )
+
+
+def test_both_dags_load_without_import_errors(dagbag):
+    assert dagbag["errors"] == {}
+    assert {"nightly_retrain", "model_rollback"} <= set(dagbag["dags"])
+
+
+def test_nightly_dag_has_one_task_per_tfx_node_wired_like_the_pipeline(dagbag):
+    tasks = dagbag["dags"]["nightly_retrain"]["tasks"]
+    assert list(tasks) == [n["id"] for n in MANIFEST["nodes"]] or set(tasks) == {n["id"] for n in MANIFEST["nodes"]}
+    for node in MANIFEST["nodes"]:
+        assert tasks[node["id"]]["upstream"] == sorted(node["upstream"]), node["id"]
+    # The validation gate sits between the data and training: Trainer depends on it transitively.
+    assert "DriftValidator" in tasks["Transform"]["upstream"]
+
+
+def test_nightly_dag_schedule_and_safety_settings(dagbag):
+    dag = dagbag["dags"]["nightly_retrain"]
+    assert dag["schedule"] == "0 2 * * *" and dag["timetable"] == "CronDataIntervalTimetable"
+    assert dag["timezone"] == "UTC"
+    assert dag["catchup"] is False and dag["max_active_runs"] == 1
+    assert dag["doc_md"] and "mlops" in dag["tags"]
+    assert {"date", "train_steps", "auc_floor", "min_improvement", "slice_margin"} <= set(dag["params"])
+    for task_id, task in dag["tasks"].items():
+        assert task["pool"] == "mlmd_writers", task_id
+        assert task["retries"] >= 1 and task["backoff"], task_id
+        assert task["timeout"] and task["timeout"] <= 2 * 3600, task_id
+        assert task["owner"] == "mlops"
+        assert f"--node {task_id} " in task["command"]
+        assert "node run" in task["command"] and "{{ tfx_run_id(dag.dag_id, run_id) }}" in task["command"]
+    assert "--summary" in dag["tasks"][MANIFEST["nodes"][-1]["id"]]["command"]
+
+
+def test_timezone_is_configurable(tmp_path):
+    out = airflow_python(
+        f"""
+        import json
+        from airflow.dag_processing.dagbag import DagBag
+        bag = DagBag(dag_folder={str(REPO / 'dags' / 'nightly_retrain.py')!r})
+        print(json.dumps({{"tz": bag.dags["nightly_retrain"].timezone.name}}))
+        """,
+        tmp_path,
+        MLOPS_DAG_TIMEZONE="America/Chicago",
+    )
+    assert out["tz"] == "America/Chicago"
+
+
+def test_rollback_dag_is_manual_with_reason_and_target_params(dagbag):
+    dag = dagbag["dags"]["model_rollback"]
+    assert dag["schedule"] == "None" and dag["timetable"] == "NullTimetable"  # manual trigger only
+    assert {"to_version", "reason", "requested_by"} <= set(dag["params"])
+    assert list(dag["tasks"]) == ["rollback"]
+    assert " rollback " in dag["tasks"]["rollback"]["command"]
+
+
+@pytest.mark.parametrize("module", ["nightly_retrain", "model_rollback"])
+def test_importing_a_dag_module_leaves_tensorflow_and_tfx_out(tmp_path, module):
+    out = airflow_python(
+        f"""
+        import json, sys, importlib.util
+        spec = importlib.util.spec_from_file_location("dag_under_test", {str(REPO / 'dags' / (module + '.py'))!r})
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tfx", "apache_beam", "pipelines"))
+        print(json.dumps({{"heavy": heavy}}))
+        """,
+        tmp_path,
+    )
+    assert out["heavy"] == []
+
+
+def test_span_date_and_run_id_macros(tmp_path):
+    out = airflow_python(
+        f"""
+        import json, importlib.util, datetime as dt, types
+        import pendulum
+        spec = importlib.util.spec_from_file_location("nightly", {str(REPO / 'dags' / 'nightly_retrain.py')!r})
+        mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+        scheduled = types.SimpleNamespace(logical_date=pendulum.datetime(2026, 11, 22, 2, tz="UTC"), run_after=None)
+        manual = types.SimpleNamespace(logical_date=None, run_after=pendulum.datetime(2026, 11, 23, 9, 30, tz="UTC"))
+        late = types.SimpleNamespace(logical_date=pendulum.datetime(2026, 11, 22, 23, tz="UTC"), run_after=None)
+        print(json.dumps({{
+            "scheduled": mod.span_date({{}}, scheduled, "UTC"),
+            "param": mod.span_date({{"date": "2026-11-01"}}, scheduled, "UTC"),
+            "manual": mod.span_date({{"date": None}}, manual, "UTC"),
+            "chicago": mod.span_date({{}}, late, "America/Chicago"),
+            "tokyo": mod.span_date({{}}, late, "Asia/Tokyo"),
+            "run_id": mod.tfx_run_id("nightly_retrain", "scheduled__2026-11-22T02:00:00+00:00"),
+        }}))
+        """,
+        tmp_path,
+    )
+    assert out["scheduled"] == "2026-11-22"
+    assert out["param"] == "2026-11-01"
+    assert out["manual"] == "2026-11-22"  # triggered on the 23rd without a date: yesterday
+    assert out["chicago"] == "2026-11-22" and out["tokyo"] == "2026-11-23"
+    assert out["run_id"] == "nightly_retrain__scheduled__2026-11-22T02:00:00+00:00"
+
+
+def test_committed_manifest_matches_the_pipeline(tmp_path):
+    result = mlops(tmp_path, "dags", "manifest", "--check")
+    assert "matches the pipeline (11 nodes)" in result.stdout
+
+
+def test_manifest_check_names_what_differs(tmp_path):
+    stale = dict(MANIFEST, nodes=[n for n in MANIFEST["nodes"] if n["id"] != "DriftValidator"])
+    path = tmp_path / "manifest.json"
+    path.write_text(manifest.render(stale))
+    result = mlops(tmp_path, "dags", "manifest", "--check", "--output", str(path), check=False)
+    assert result.returncode == 2
+    assert "missing nodes ['DriftValidator']" in result.stderr
+    assert "mlops dags manifest" in result.stderr
+    # Writing fixes it, and writing again is a no-op.
+    assert "wrote" in mlops(tmp_path, "dags", "manifest", "--output", str(path)).stdout
+    assert "unchanged" in mlops(tmp_path, "dags", "manifest", "--output", str(path)).stdout
+    assert manifest.compare(json.loads(path.read_text()), path) is None

@@ -1,0 +1,178 @@
+"""The nightly DAG through real Airflow 3 (`airflow dags test`), real TFX and real ML Metadata.
+
+One sequence on small spans, shared by the tests below (each asserts one behaviour):
+  1. span 1: every task succeeds, version 1 is pushed;
+  2. span 1 again: every task succeeds, nothing new is pushed;
+  3. span 2, with the Trainer's process SIGKILLed mid-run: Airflow retries it and the run
+     completes (gates relaxed so that it pushes version 2);
+  4. the `model_rollback` DAG: version 3 serves version 1's model, audited in ML Metadata;
+  5. span 3 misses a required column: the run fails at validation, Transform/Trainer/Pusher
+     never run, the served version stays 3.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from components.pusher import versions
+from pipelines import airflow_env
+from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops
+
+DAY3 = DAY2 + dt.timedelta(days=1)
+LENIENT = ("--auc-floor", "0.0", "--min-improvement", "-1.0", "--slice-margin", "1.0")
+pytestmark = pytest.mark.e2e
+
+
+def airflow_run(home: Path, day, *extra: str, env=None) -> subprocess.CompletedProcess:
+    """`mlops airflow run`: `airflow dags test nightly_retrain <day>` plus the run summary.
+
+    Task states are read at once: `airflow dags test` replaces a logical date's earlier run."""
+    result = subprocess.run(
+        [str(Path(os.sys.executable).parent / "mlops"), "--home", str(home), "airflow", "run",
+         "--date", day.isoformat(), *FAST_RUN_ARGS, *extra],
+        capture_output=True, text=True, timeout=1100, env={**os.environ, **(env or {})},
+    )
+    result.states = task_states(home, airflow_run_id(result)) if "DAG run " in result.stdout else {}
+    return result
+
+
+def airflow_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(airflow_env.airflow_bin()), *args], capture_output=True, text=True,
+                          timeout=600, env=airflow_env.environment(home))
+
+
+def task_states(home: Path, run_id: str) -> dict:
+    out = airflow_cli(home, "tasks", "states-for-dag-run", "nightly_retrain", run_id, "-o", "json").stdout
+    rows = json.loads(out[out.index("["):])
+    return {row["task_id"]: row for row in rows}
+
+
+def airflow_run_id(result: subprocess.CompletedProcess) -> str:
+    line = next(l for l in result.stdout.splitlines() if l.startswith("DAG run "))
+    return line.split()[2].rstrip(":")
+
+
+class Killer(threading.Thread):
+    """SIGKILLs the process running `node` once, a few seconds after it started."""
+
+    def __init__(self, home: Path, node: str, delay: float = 3.0):
+        super().__init__(daemon=True)
+        self.pid_file = home / "var" / "running" / f"{node}.pid"
+        self.delay = delay
+        self.killed = None
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            if self.pid_file.exists():
+                time.sleep(self.delay)
+                try:
+                    pid = int(self.pid_file.read_text().split()[0])
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed = pid
+                except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
+                    continue
+                return
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def nightly(tmp_path_factory):
+    home = make_home(tmp_path_factory.mktemp("airflow"))
+    mlops(home, "data", "make-span", "--date", DAY3.isoformat(), "--fault", "missing_column", "--column", "tips")
+    bad_span = home / "data" / "incoming" / DAY3.isoformat() / "data.csv"
+    bad_bytes = bad_span.read_bytes()
+    models = home / "serving" / "models" / "taxi"
+    fast_retry = {"MLOPS_RETRY_DELAY_SECONDS": "1"}
+    out = {"home": home, "models": models}
+    try:
+        out["first"] = airflow_run(home, DAY1, "--auc-floor", "0.5")
+        out["after_first"] = versions.list_versions(models)
+        out["rerun"] = airflow_run(home, DAY1, "--auc-floor", "0.5")
+        out["after_rerun"] = versions.list_versions(models)
+        killer = Killer(home, "Trainer")
+        killer.start()
+        out["killed"] = airflow_run(home, DAY2, *LENIENT, env=fast_retry)
+        killer.stop.set()
+        out["killed_pid"] = killer.killed
+        out["after_killed"] = versions.list_versions(models)
+        out["rollback"] = airflow_cli(
+            home, "dags", "test", "model_rollback",
+            "--conf", json.dumps({"to_version": 1, "reason": "canary alert on v2", "requested_by": "on-call"}),
+        )
+        out["after_rollback"] = versions.list_versions(models)
+        out["bad"] = airflow_run(home, DAY3, *LENIENT, env=fast_retry)
+        out["after_bad"] = versions.list_versions(models)
+        out["bad_span_unchanged"] = bad_span.read_bytes() == bad_bytes
+        yield out
+    finally:
+        mlops(home, "worker", "stop", check=False)
+
+
+def test_first_span_every_task_succeeds_and_version_1_is_pushed(nightly):
+    result = nightly["first"]
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    states = result.states
+    manifest = json.loads((airflow_env.DAGS_FOLDER / "taxi_manifest.json").read_text())
+    assert set(states) == {n["id"] for n in manifest["nodes"]}
+    assert {row["state"] for row in states.values()} == {"success"}
+    assert nightly["after_first"] == [1]
+    # The same end-of-run summary as `mlops run`, for the TFX run id derived from the Airflow run.
+    assert f"run nightly_retrain__{airflow_run_id(result)}" in result.stdout
+    assert "pushed:    version 1" in result.stdout
+
+
+def test_same_span_again_pushes_nothing(nightly):
+    result = nightly["rerun"]
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert nightly["after_rerun"] == [1]
+    assert "pushed:    nothing" in result.stdout
+    assert "CsvExampleGen:cached" in result.stdout and "Trainer:cached" in result.stdout
+
+
+def test_a_sigkilled_trainer_is_retried_by_airflow_and_the_run_completes(nightly):
+    result = nightly["killed"]
+    assert nightly["killed_pid"], "the Trainer's pid file never appeared"
+    assert result.returncode == 0, result.stdout[-6000:]
+    states = result.states
+    assert states["Trainer"]["state"] == "success"
+    # Airflow started the Trainer task twice: the killed try, then the retry that succeeded.
+    assert result.stdout.count("task Trainer ...") == 2, result.stdout[-6000:]
+    assert nightly["after_killed"] == [1, 2]
+
+
+def test_rollback_dag_pushes_the_earlier_model_again_and_records_it(nightly):
+    result = nightly["rollback"]
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert nightly["after_rollback"] == [1, 2, 3]
+    models = nightly["models"]
+    assert versions.model_fingerprint(models / "3") == versions.model_fingerprint(models / "1")
+    assert versions.model_fingerprint(models / "3") != versions.model_fingerprint(models / "2")
+    pushes = json.loads(mlops(nightly["home"], "models", "list", "--json").stdout)
+    last = pushes[-1]
+    assert last["version"] == 3 and last["kind"] == "rollback" and last["serving"]
+    assert last["reason"] == "canary alert on v2" and last["requested_by"] == "on-call"
+    assert last["replaced_version"] == 2 and last["model_id"] == pushes[0]["model_id"]
+
+
+def test_a_span_missing_a_required_column_stops_at_validation(nightly):
+    result = nightly["bad"]
+    assert result.returncode != 0
+    states = result.states
+    assert states["DriftValidator"]["state"] == "failed"
+    assert result.stdout.count("task DriftValidator ...") == 1  # bad data is not retried
+    for node in ("Transform", "Trainer", "GatedEvaluator", "AtomicPusher"):
+        assert states[node]["state"] in ("upstream_failed", None, "None", ""), (node, states[node])
+    # The reason names the feature, in the task log relayed to the output, and nothing moved.
+    assert "tips" in result.stdout
+    assert nightly["after_bad"] == [1, 2, 3]
+    assert nightly["bad_span_unchanged"]

@@ -1,0 +1,307 @@
+"""`make up` / `make down` with real Airflow 3 services, driven through the UI, the REST API and a backfill.
+
+One project home (3 small spans) and one set of services, started by `make up` on a free port and
+shared by the tests below, in this order:
+  1. `make up` printed the login once, a second `make up` says it is already running, the API
+     refuses requests without a login, both DAGs are paused;
+  2. headless Chromium logs in as admin and finds every TFX node of the manifest as a task of
+     nightly_retrain (screenshot: test-artifacts/airflow-ui-nightly_retrain.png);
+  3. `airflow backfill create` over the 3 days runs them as 3 DAG runs, one after the other, in
+     date order, each TFX run ingesting its own day's span; a model is pushed;
+  4. `make down` stops every service and the warm worker, and says so again when nothing runs.
+The services are stopped in teardown whatever happens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import struct
+import subprocess
+import time
+import urllib.parse
+import zlib
+from pathlib import Path
+
+import pytest
+
+from pipelines import airflow_env, services, worker
+from tests.conftest import REPO, make_home, mlops
+from tests.e2e import webdriver
+
+pytestmark = pytest.mark.e2e
+
+ROWS = 1500
+DAG = airflow_env.NIGHTLY_DAG
+MANIFEST = json.loads((REPO / "dags" / "taxi_manifest.json").read_text())
+NODE_IDS = [node["id"] for node in MANIFEST["nodes"]]
+EDGES = {f"{upstream}-{node['id']}" for node in MANIFEST["nodes"] for upstream in node["upstream"]}
+SCREENSHOT = REPO / "test-artifacts" / "airflow-ui-nightly_retrain.png"
+BACKFILL_CONF = {"train_steps": 30, "eval_steps": 5}
+BACKFILL_TIMEOUT = 20 * 60  # 3 runs of 3-5 min each on 2 cores
+# `make up` without rebuilding the environments even if a stamp looks stale while tests run.
+MAKE = ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/.built", "-o", ".venv-airflow/.built"]
+
+
+def last_complete_day(now: dt.datetime) -> dt.date:
+    """The logical day of the newest nightly run that is due (its data interval has ended).
+
+    The 02:00 UTC run of day D+1 has logical date D 02:00. Seeding the spans up to this day means
+    the scheduled run that unpausing the DAG creates falls on the backfill's last logical date,
+    so the scheduler does not start a second run beside the backfill (it skips existing dates)."""
+    return (now - dt.timedelta(days=1, hours=2)).date()
+
+
+def make(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*MAKE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory):
+    if not webdriver.available():
+        pytest.fail("headless Chromium is not installed: run `make browser` (Debian chromium + chromium-driver)")
+    last = last_complete_day(dt.datetime.now(dt.timezone.utc))
+    days = [last - dt.timedelta(days=n) for n in (2, 1, 0)]
+    home = make_home(tmp_path_factory.mktemp("airflow-services"), days=3, rows=ROWS, end=last)
+    port = services.free_port()
+    started = time.monotonic()
+    try:
+        up = make("up", f"MLOPS_HOME={home}", f"AIRFLOW_PORT={port}")
+        assert up.returncode == 0, f"make up failed\n{up.stdout}\n{up.stderr}"
+        yield dict(home=home, port=port, url=f"http://127.0.0.1:{port}", days=days, up=up,
+                   up_seconds=time.monotonic() - started, password=services.admin_password(home))
+    finally:
+        down = make("down", f"MLOPS_HOME={home}", timeout=300)
+        if down.returncode != 0:  # still stop what runs, then report
+            services.Services(home).down()
+        assert down.returncode == 0, f"make down failed\n{down.stdout}\n{down.stderr}"
+
+
+def api(airflow, path: str, method: str = "GET", body=None, auth: bool = True):
+    token = services.token(airflow["url"], airflow["password"]) if auth else None
+    return services.http(airflow["url"] + path, method, body, token=token)
+
+
+# ----------------------------------------------------------------------------------- 1. make up
+
+
+def test_make_up_prints_the_login_once_is_idempotent_and_keeps_the_api_closed(airflow):
+    home, up = airflow["home"], airflow["up"]
+    print(f"make up took {airflow['up_seconds']:.1f}s")
+    assert f"Airflow UI and API: {airflow['url']}/" in up.stdout
+    assert "user: admin" in up.stdout
+    password = airflow["password"]
+    assert password and f"password: {password}" in up.stdout  # generated now, so shown once
+    assert (services.password_file(home).stat().st_mode & 0o777) == 0o600
+    for service in services.SERVICES:
+        assert services.running_pid(home, service), service
+        assert services.log_file(home, service).is_file()
+
+    again = make("up", f"MLOPS_HOME={home}", f"AIRFLOW_PORT={airflow['port']}")
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stdout
+    assert password not in again.stdout
+
+    status, _ = api(airflow, "/api/v2/dags", auth=False)
+    assert status in (401, 403), status
+    status, _ = services.http(airflow["url"] + "/auth/token", "POST", {"username": "admin", "password": "wrong"})
+    assert status in (401, 403), status
+    status, answer = api(airflow, "/api/v2/dags")
+    assert status == 200, answer
+    dags = {dag["dag_id"]: dag for dag in answer["dags"]}
+    assert {DAG, airflow_env.ROLLBACK_DAG} <= set(dags)
+    assert all(dag["is_paused"] for dag in dags.values()), "DAGs must stay paused unless asked"
+
+
+# ----------------------------------------------------------------------------------- 2. the UI
+
+
+def png_facts(data: bytes) -> tuple:
+    """(width, height, distinct byte values in a sample of the decoded pixels) of a PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    chunks, offset = [], 8
+    while offset < len(data):
+        size, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        if kind == b"IDAT":
+            chunks.append(data[offset + 8:offset + 8 + size])
+        offset += 12 + size
+    pixels = zlib.decompress(b"".join(chunks))
+    return width, height, len(set(pixels[::101]))
+
+
+def task_ids_on_page(browser: webdriver.Browser) -> list:
+    return browser.execute(
+        "const found = new Set();"
+        "for (const a of document.querySelectorAll('a[href]')) {"
+        "  const m = a.getAttribute('href').match(/\\/dags\\/nightly_retrain\\/tasks\\/([^/?#]+)$/);"
+        "  if (m) found.add(decodeURIComponent(m[1]));"
+        "}"
+        "return Array.from(found);"
+    ) or []
+
+
+def graph_on_page(browser: webdriver.Browser) -> tuple:
+    """(task ids, "upstream-downstream" edge ids) drawn in the React Flow graph."""
+    return tuple(browser.execute(
+        "const ids = (css) => Array.from(document.querySelectorAll(css)).map(e => e.getAttribute('data-id'));"
+        "return [ids('.react-flow__node'), ids('.react-flow__edge')];"
+    ))
+
+
+def layout_settled(browser: webdriver.Browser):
+    """A condition: true once the graph's node boxes stay where they were at the previous poll."""
+    last = {}
+
+    def check() -> bool:
+        boxes = browser.execute(
+            "return Array.from(document.querySelectorAll('.react-flow__node')).map(e => {"
+            "  const r = e.getBoundingClientRect(); return [Math.round(r.x), Math.round(r.y), Math.round(r.width)]; });"
+        )
+        settled = bool(boxes) and boxes == last.get("boxes")
+        last["boxes"] = boxes
+        return settled
+
+    return check
+
+
+def test_ui_login_shows_every_tfx_node_of_nightly_retrain(airflow, tmp_path):
+    started = time.monotonic()
+    with webdriver.Browser(log_path=tmp_path / "chromedriver.log") as browser:
+        browser.get(f"{airflow['url']}/dags/{DAG}")
+        username = browser.wait_element("input[name=username]", timeout=60)
+        assert "/auth/login" in browser.url  # not logged in: the UI sends us to the login page
+        username.send_keys("admin")
+        browser.find("input[name=password]").send_keys(airflow["password"])
+        submit = browser.find("button[type=submit]")
+        browser.wait_for(submit.enabled, what="the Sign in button to be enabled")
+        submit.click()
+        browser.wait_for(lambda: "/auth/login" not in browser.url, timeout=60, what="the login to finish")
+        assert urllib.parse.urlparse(browser.url).path.rstrip("/") == f"/dags/{DAG}", browser.url
+
+        def grid_drawn():
+            found = task_ids_on_page(browser)
+            return found if set(found) >= set(NODE_IDS) else None
+
+        found = browser.wait_for(grid_drawn, timeout=90, what=f"the grid to list the tasks {NODE_IDS}")
+        text = browser.body_text()
+        assert DAG in text
+        for node_id in NODE_IDS:
+            assert node_id in found and node_id in text, node_id
+        # The graph view: one node per task, one edge per upstream link of the manifest.
+        browser.find("button[value=graph]").click()
+        def graph_drawn():
+            nodes, edges = graph_on_page(browser)
+            return (nodes, edges) if set(nodes) >= set(NODE_IDS) and set(edges) >= EDGES else None
+
+        nodes, edges = browser.wait_for(graph_drawn, timeout=60, what=f"the graph to draw {NODE_IDS} and {EDGES}")
+        assert sorted(nodes) == sorted(NODE_IDS) and set(edges) == EDGES, (nodes, edges)
+        browser.wait_for(layout_settled(browser), timeout=30, interval=0.5, what="the graph layout to settle")
+        png = browser.screenshot(SCREENSHOT)
+    width, height, distinct = png_facts(png)
+    print(f"UI check took {time.monotonic() - started:.1f}s; screenshot {SCREENSHOT} {width}x{height}, {len(png)} bytes")
+    assert width >= 1000 and height >= 600, (width, height)
+    assert len(png) > 20_000 and distinct > 8, "the screenshot looks blank"
+
+
+# ----------------------------------------------------------------------------------- 3. backfill
+
+
+def dag_runs(airflow) -> list:
+    status, answer = api(airflow, f"/api/v2/dags/{DAG}/dagRuns?limit=100")
+    assert status == 200, answer
+    return answer["dag_runs"]
+
+
+def mlmd_windows(home: Path, run_ids: list) -> dict:
+    """{TFX run id: (first execution created, last execution updated)} in ms, from ML Metadata."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(home / "var" / "metadata.sqlite")
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(config)
+    windows = {}
+    for run_id in run_ids:
+        context = store.get_context_by_type_and_name("pipeline_run", run_id)
+        assert context is not None, f"no pipeline_run {run_id} in ML Metadata"
+        executions = store.get_executions_by_context(context.id)
+        windows[run_id] = (min(e.create_time_since_epoch for e in executions),
+                           max(e.last_update_time_since_epoch for e in executions))
+    return windows
+
+
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.mark.timeout(BACKFILL_TIMEOUT + 600)
+def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow):
+    home, days = airflow["home"], airflow["days"]
+    started = time.monotonic()
+    create = subprocess.run(
+        [str(airflow_env.airflow_bin()), "backfill", "create", "--dag-id", DAG,
+         "--from-date", days[0].isoformat(), "--to-date", f"{days[-1].isoformat()}T23:59",
+         "--max-active-runs", "1", "--dag-run-conf", json.dumps(BACKFILL_CONF)],
+        capture_output=True, text=True, timeout=300, env=airflow_env.environment(home),
+    )
+    assert create.returncode == 0, create.stdout + create.stderr
+    # Airflow 3.3 does not schedule a paused DAG's runs, backfill runs included.
+    mlops(home, "airflow", "unpause")
+
+    deadline = time.monotonic() + BACKFILL_TIMEOUT
+    while True:
+        runs = dag_runs(airflow)
+        backfill = [run for run in runs if run["run_type"] == "backfill"]
+        if len(backfill) == 3 and all(run["state"] in ("success", "failed") for run in backfill):
+            break
+        assert time.monotonic() < deadline, f"backfill not done after {BACKFILL_TIMEOUT}s: " + ", ".join(
+            f"{run['run_id']}={run['state']}" for run in runs)
+        time.sleep(10)
+    elapsed = time.monotonic() - started
+    print(f"backfill of 3 spans took {elapsed:.0f}s")
+
+    assert [run["state"] for run in backfill] == ["success"] * 3, [(r["run_id"], r["state"]) for r in backfill]
+    assert len(runs) == 3, f"a run beside the backfill: {[(r['run_id'], r['run_type']) for r in runs]}"
+    backfill.sort(key=lambda run: run["start_date"])
+    assert [_time(run["logical_date"]).date() for run in backfill] == days  # executed in date order
+    for earlier, later in zip(backfill, backfill[1:]):
+        assert _time(earlier["end_date"]) <= _time(later["start_date"]), "two DAG runs overlapped"
+
+    tfx_run_ids = [f"{DAG}__{run['dag_run_id']}" for run in backfill]
+    for day, tfx_run_id in zip(days, tfx_run_ids):
+        summary = json.loads(mlops(home, "summary", "--run-id", tfx_run_id, "--json").stdout)
+        assert summary["span"] == day.isoformat(), (tfx_run_id, summary["span"])
+        assert set(summary["node_states"]) == set(NODE_IDS), summary["node_states"]
+        assert set(summary["node_states"].values()) <= {"complete", "cached"}, summary["node_states"]
+    windows = mlmd_windows(home, tfx_run_ids)
+    for earlier, later in zip(tfx_run_ids, tfx_run_ids[1:]):
+        assert windows[earlier][1] <= windows[later][0], f"TFX runs {earlier} and {later} overlapped"
+
+    models = home / "serving" / "models" / "taxi"
+    pushed = sorted(int(p.name) for p in models.iterdir() if p.name.isdigit()) if models.is_dir() else []
+    assert pushed, f"no model version pushed to {models}"
+    assert (models / str(pushed[0]) / "saved_model.pb").is_file()
+
+
+# ----------------------------------------------------------------------------------- 4. make down
+
+
+def test_make_down_stops_every_service_and_the_warm_worker(airflow):
+    home = airflow["home"]
+    pids = {service: services.running_pid(home, service) for service in services.SERVICES}
+    down = make("down", f"MLOPS_HOME={home}", timeout=300)
+    assert down.returncode == 0, down.stderr
+    for service, pid in pids.items():
+        if pid:
+            assert f"stopped {service} (pid {pid})" in down.stdout
+            assert not services._pid_alive(pid), f"{service} (pid {pid}) still runs"
+        assert not services.pid_file(home, service).exists()
+    assert services.health(airflow["url"]) is None
+    deadline = time.monotonic() + 30
+    while worker.request(worker.socket_path(home), "ping") is not None:  # it finishes running nodes first
+        assert time.monotonic() < deadline, "the warm worker still answers after `make down`"
+        time.sleep(0.5)
+    again = make("down", f"MLOPS_HOME={home}", timeout=120)
+    assert again.returncode == 0 and "not running" in again.stdout

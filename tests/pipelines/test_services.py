@@ -1,0 +1,66 @@
+"""`mlops airflow up|down|status` bookkeeping, without starting Airflow (tests/e2e/test_airflow_ui.py does)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from pipelines import airflow_env, services
+from tests.conftest import REPO, mlops
+
+
+def test_service_environment_pins_executor_auth_and_the_port(tmp_path):
+    env = services.service_environment(tmp_path, 8093, 8800, 8801)
+    assert env["AIRFLOW_HOME"] == str(tmp_path / "var" / "airflow")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("simple_auth_manager.SimpleAuthManager")
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == str(services.password_file(tmp_path))
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8093/execution/"
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
+    assert (env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"], env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"]) == ("8800", "8801")
+    assert services._command("api-server", 8093)[1:] == ["api-server", "--host", "127.0.0.1", "--port", "8093", "--workers", "1"]
+
+
+def test_stale_pid_files_are_not_running_services(tmp_path):
+    services.run_dir(tmp_path).mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    services.pid_file(tmp_path, "scheduler").write_text(f"{dead.pid}\n")
+    alive_but_not_airflow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        services.pid_file(tmp_path, "triggerer").write_text(f"{alive_but_not_airflow.pid}\n")
+        assert services.running_pid(tmp_path, "scheduler") is None
+        assert services.running_pid(tmp_path, "triggerer") is None  # a reused pid is not ours
+        assert not services.pid_file(tmp_path, "scheduler").exists()
+    finally:
+        alive_but_not_airflow.kill()
+        alive_but_not_airflow.wait()
+
+
+def test_password_file_is_created_private_and_kept(tmp_path):
+    manager = services.Services(tmp_path, emit=lambda _: None)
+    assert manager._prepare_password_file() is True
+    path = services.password_file(tmp_path)
+    assert path.stat().st_mode & 0o777 == 0o600 and path.read_text() == ""
+    path.write_text(json.dumps({"admin": "s3cret"}) + "\n")  # what the api-server writes
+    assert manager._prepare_password_file() is False
+    assert services.admin_password(tmp_path) == "s3cret"
+
+
+def test_down_and_status_when_nothing_runs(tmp_path):
+    down = mlops(tmp_path, "airflow", "down")
+    assert "Airflow is not running" in down.stdout
+    status = mlops(tmp_path, "airflow", "status", check=False)
+    assert status.returncode == 3
+    assert all(f"{service}" in status.stdout for service in services.SERVICES)
+    assert "stopped" in status.stdout
+
+
+def test_make_help_lists_up_down_status():
+    out = subprocess.run(["make", "-s", "-C", str(REPO), "help"], capture_output=True, text=True, check=True).stdout
+    for target in ("up", "down", "status", "browser"):
+        assert any(line.startswith(f"{target}\t") for line in out.splitlines()), target
+    assert airflow_env.NIGHTLY_DAG in services.PROJECT_DAGS
