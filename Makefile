@@ -53,26 +53,26 @@ test: $(TFX_STAMP) $(AIRFLOW_STAMP) browser  ## the whole test suite (fails when
 	status=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
-BENCHES ?= pipeline_vs_stock airflow_overhead
+BENCHES ?= pipeline_vs_stock airflow_overhead serving_latency
 
 bench: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## benchmarks side by side with baselines (BENCHES="..." picks); writes bench/RESULTS.md
 	for name in $(BENCHES); do $(VENV)/bin/python bench/$$name.py; done
 
 # Airflow's services for a project home (default: this repository): api-server on
-# 127.0.0.1:$(AIRFLOW_PORT) (default 8080), scheduler, dag-processor, triggerer; pid files in
-# var/airflow/run/, logs in var/log/airflow-*.log. UNPAUSE=1 also unpauses nightly_retrain.
+# 127.0.0.1:$(AIRFLOW_PORT) (default 8080), scheduler, dag-processor, triggerer, plus the model server
+# (`mlops serve`, REST 127.0.0.1:8501, gRPC 8500); pid files in var/airflow/run/, logs in var/log/. UNPAUSE=1 also unpauses nightly_retrain.
 MLOPS_HOME ?=
 AIRFLOW_PORT ?=
 UNPAUSE ?=
 MLOPS_AT := $(VENV)/bin/mlops $(if $(MLOPS_HOME),--home $(MLOPS_HOME))
 
-up: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## start Airflow (UI on 127.0.0.1:8080, login admin) in the background; AIRFLOW_PORT=, MLOPS_HOME=, UNPAUSE=1
+up: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## start Airflow (UI on 127.0.0.1:8080, login admin) and the model server (REST 8501, gRPC 8500) in the background; AIRFLOW_PORT=, MLOPS_HOME=, UNPAUSE=1
 	$(MLOPS_AT) airflow up $(if $(AIRFLOW_PORT),--port $(AIRFLOW_PORT)) $(if $(filter 1 yes true,$(UNPAUSE)),--unpause)
 
 down:  ## stop what `make up` started (and the warm worker); MLOPS_HOME=
 	@if [ -x $(VENV)/bin/mlops ]; then $(MLOPS_AT) airflow down; else echo "no $(VENV): nothing can be running"; fi
 
-status:  ## which Airflow services run, and where
+status:  ## which Airflow services and the model server run, and where
 	@$(MLOPS_AT) airflow status || true
 
 # Headless Chromium and its WebDriver for the Airflow UI test (Debian packages); nothing to do

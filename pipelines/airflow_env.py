@@ -116,6 +116,7 @@ class DagTestReport:
         self.run_id: Optional[str] = None
         self.state: Optional[str] = None
         self.current: Optional[str] = None
+        self.in_summary = False
         self.outcome: Dict[str, str] = {}
 
     def feed(self, line: str) -> None:
@@ -127,7 +128,9 @@ class DagTestReport:
             code = re.match(r"Command exited with return code (\d+)", message)
             if code and code[1] != "0":
                 self.emit(f"    exit code {code[1]}" + (" (killed by a signal)" if int(code[1]) > 128 else ""))
-            elif not message.startswith(_SUBPROCESS_NOISE):
+            elif message.startswith(f"run {NIGHTLY_DAG}__"):
+                self.in_summary = True  # the last node's run summary: printed once, after the run
+            elif not message.startswith(_SUBPROCESS_NOISE) and not (self.in_summary and message.startswith(" ")):
                 self.emit(f"    {message}")
             return
         found = re.search(r"\[DAG TEST\] starting task_id=(\S+)", message)
@@ -138,6 +141,7 @@ class DagTestReport:
             return
         found = re.search(r"\[DAG TEST\] end task task_id=(\S+)", message)
         if found:
+            self.in_summary = False
             seconds = time.monotonic() - self.started.get(found[1], time.monotonic())
             self.emit(f"task {found[1]} {self.outcome.pop(found[1], 'done')} in {seconds:.1f}s")
             return

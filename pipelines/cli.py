@@ -438,6 +438,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models_list.add_argument("--json", action="store_true", help="print JSON")
     models_list.set_defaults(handler=cmd_models_list)
+    models_prune = models_commands.add_parser(
+        "prune",
+        help="delete old pushed versions: keep the newest N plus labelled, pinned and served ones",
+        description="Keeps the newest --keep versions, every version the models.config labels or pins, the "
+        "served (newest) version and the newest complete one; deletes the rest atomically (rename to a hidden "
+        "directory, then remove). --dry-run only prints the plan.",
+    )
+    from serving import retention as _retention  # no TensorFlow: argument definitions only
+
+    _retention.add_arguments(models_prune)
+    models_prune.set_defaults(handler=_retention.cmd_prune)
+
+    serve = commands.add_parser(
+        "serve",
+        help="model server: TF Serving's REST and gRPC API over serving/models/<name>/ with hot reload",
+        description="Serves the newest loadable version of serving/models/<name>/ (or what a models.config "
+        "says) with TF Serving's REST API (/v1/models/...) and gRPC API, reloading within about a second "
+        "when a version appears; broken versions are skipped. Prometheus metrics at "
+        "/monitoring/prometheus/metrics. SIGTERM: finish in-flight requests, exit 0.",
+    )
+    from serving import server as _server  # imports TensorFlow only when the command runs
+
+    _server.add_arguments(serve)
+    serve.set_defaults(handler=_server.main)
 
     worker_parser = commands.add_parser(
         "worker",
@@ -494,6 +518,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         # warnings, and absl resets its logger's level on import: filter at the handler.
         for handler in logging.getLogger().handlers:
             handler.addFilter(_quiet_library_warnings)
+        # TensorFlow's logger has its own handler (deprecation notices); keep its errors only.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         return args.handler(args)
     except MlopsError as err:

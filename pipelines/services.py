@@ -8,6 +8,9 @@ lives under the project home:
     var/airflow/run/<service>.pid        one pid file per service
     var/airflow/run/services.json        port, URL and log-server ports of the running set
     var/log/airflow-<service>.log        each service's stdout and stderr
+    var/airflow/run/model-server.pid     the model server (`mlops serve`) started beside Airflow
+    var/airflow/run/model-server.json    its ports
+    var/log/model-server.log             its stdout and stderr
     var/airflow/simple_auth_manager_passwords.json.generated   the admin password (mode 600)
 
 Settings, and why:
@@ -24,6 +27,11 @@ Settings, and why:
 - The execution API URL follows the chosen port (Airflow's default assumes localhost:8080) and
   the scheduler's and triggerer's log servers get free ports when 8793/8794 are taken, so two
   project homes can run side by side.
+
+The model server (`mlops serve`, issue 6) starts with them: REST on 127.0.0.1:8501, gRPC on
+127.0.0.1:8500 ($MLOPS_SERVING_REST_PORT / $MLOPS_SERVING_GRPC_PORT override), base path
+<home>/serving/models/taxi. With no model pushed yet it serves nothing (status 404) and picks up
+the first version the Pusher writes.
 
 Everything here is the standard library: this module runs in `.venv` (TFX) and drives Airflow's
 Python 3.11 environment only through subprocesses and HTTP.
@@ -57,6 +65,10 @@ TRIGGER_LOG_PORT = 8794
 START_TIMEOUT = 240.0
 STOP_TIMEOUT = 30.0
 PROJECT_DAGS = (airflow_env.NIGHTLY_DAG, airflow_env.ROLLBACK_DAG)
+MODEL_SERVER = "model-server"
+MODEL_NAME = "taxi"
+SERVING_REST_PORT = 8501
+SERVING_GRPC_PORT = 8500
 
 
 # ----------------------------------------------------------------------------------- paths
@@ -75,7 +87,14 @@ def state_file(home: Path) -> Path:
 
 
 def log_file(home: Path, service: str) -> Path:
-    return Path(home) / "var" / "log" / f"airflow-{service}.log"
+    prefix = "" if service == MODEL_SERVER else "airflow-"
+    return Path(home) / "var" / "log" / f"{prefix}{service}.log"
+
+
+def serving_ports() -> tuple:
+    """(REST, gRPC) ports for the model server `up` starts."""
+    return (int(os.environ.get("MLOPS_SERVING_REST_PORT") or SERVING_REST_PORT),
+            int(os.environ.get("MLOPS_SERVING_GRPC_PORT") or SERVING_GRPC_PORT))
 
 
 def password_file(home: Path) -> Path:
@@ -142,11 +161,11 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _is_airflow(pid: int) -> bool:
+def _is_airflow(pid: int, marker: bytes = b"airflow") -> bool:
     """Guards against a pid file whose process is gone and whose pid was reused."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"airflow" in cmdline.read()
+            return marker in cmdline.read()
     except OSError:
         return _pid_alive(pid)
 
@@ -158,7 +177,7 @@ def running_pid(home: Path, service: str) -> Optional[int]:
         pid = int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-    if _pid_alive(pid) and _is_airflow(pid):
+    if _pid_alive(pid) and _is_airflow(pid, b"\0serve\0" if service == MODEL_SERVER else b"airflow"):
         return pid
     with contextlib.suppress(OSError):
         path.unlink()
@@ -181,8 +200,16 @@ def free_port() -> int:
 
 
 def _read_state(home: Path) -> dict:
+    return _read_json(state_file(home))
+
+
+def serving_state_file(home: Path) -> Path:
+    return run_dir(home) / f"{MODEL_SERVER}.json"
+
+
+def _read_json(path: Path) -> dict:
     try:
-        return json.loads(state_file(home).read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
@@ -268,6 +295,7 @@ class Services:
             if answer and key in answer:
                 state += f", {answer[key].get('status')}"
             self.emit(f"{service:14} {state:28} log: {log_file(self.home, service)}")
+        self._model_server_status()
         if all(pids.values()) and answer:
             self.emit(f"Airflow UI: {url}/  user: {ADMIN}  password: in {password_file(self.home)}")
             return 0
@@ -287,6 +315,8 @@ class Services:
                                   "`make down` first to move it to another port")
             self.emit(f"Airflow is already running for {self.home}: {url}/ (user {ADMIN}, password in "
                       f"{password_file(self.home)})")
+            self._start_model_server()
+            self._wait_model_server(timeout)
             if unpause:
                 self.set_paused(airflow_env.NIGHTLY_DAG, False)
             return 0
@@ -306,6 +336,7 @@ class Services:
             trigger_log_port=trigger_log_port, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         ), indent=2) + "\n")
         env = service_environment(self.home, port, worker_log_port, trigger_log_port)
+        self._start_model_server()
         started = []
         for service in SERVICES:
             if pids[service]:
@@ -315,6 +346,7 @@ class Services:
         self.emit(f"started {', '.join(started)} for {self.home}; waiting for {url} ...")
         try:
             self._wait_ready(url, timeout)
+            self._wait_model_server(timeout)
         except ConfigError:
             self.down(stop_worker=False, quiet=True)
             raise
@@ -423,8 +455,9 @@ class Services:
     def down(self, stop_worker: bool = True, timeout: float = STOP_TIMEOUT, quiet: bool = False) -> int:
         emit = (lambda _: None) if quiet else self.emit
         pids = {service: pid for service, pid in self.pids().items() if pid}
+        pids.update({MODEL_SERVER: pid} if (pid := running_pid(self.home, MODEL_SERVER)) else {})
         # The scheduler first (no new tasks), the api-server last (running tasks report to it).
-        order = [s for s in ("scheduler", "triggerer", "dag-processor", "api-server") if s in pids]
+        order = [s for s in (MODEL_SERVER, "scheduler", "triggerer", "dag-processor", "api-server") if s in pids]
         for service in order:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pids[service], signal.SIGTERM)
@@ -441,11 +474,80 @@ class Services:
                 pid_file(self.home, service).unlink()
         with contextlib.suppress(OSError):
             state_file(self.home).unlink()
+        with contextlib.suppress(OSError):
+            serving_state_file(self.home).unlink()
         if not order:
             emit(f"Airflow is not running for {self.home}")
         if stop_worker:
             self._stop_worker(emit)
         return 0
+
+    # -- the model server (issue 6)
+
+    def _start_model_server(self) -> Optional[int]:
+        """`mlops serve` for this home in the background, unless it already runs; its pid."""
+        pid = running_pid(self.home, MODEL_SERVER)
+        if pid:
+            return pid
+        rest_port, grpc_port = serving_ports()
+        for port in (rest_port, grpc_port):
+            if not _port_free(port):
+                raise ConfigError(f"model server port {port} on {HOST} is already in use",
+                                  "stop what uses it, or pick others: MLOPS_SERVING_REST_PORT=8511 "
+                                  "MLOPS_SERVING_GRPC_PORT=8510 make up")
+        import sys
+
+        base = self.home / "serving" / "models" / MODEL_NAME
+        cmd = [str(Path(sys.executable).parent / "mlops"), "--home", str(self.home), "serve",
+               "--model-name", MODEL_NAME, "--model-base-path", str(base), "--host", HOST,
+               "--rest-port", str(rest_port), "--grpc-port", str(grpc_port)]
+        log_path = log_file(self.home, MODEL_SERVER)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        run_dir(self.home).mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+        with open(log_path, "ab") as log:
+            log.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} mlops airflow up: {MODEL_SERVER} =====\n".encode())
+            log.flush()
+            process = subprocess.Popen(cmd, env=env, cwd=str(self.home), stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        pid_file(self.home, MODEL_SERVER).write_text(f"{process.pid}\n")
+        serving_state_file(self.home).write_text(json.dumps(dict(
+            rest_port=rest_port, grpc_port=grpc_port, base_path=str(base), pid=process.pid), indent=2) + "\n")
+        return process.pid
+
+    def _wait_model_server(self, timeout: float) -> None:
+        """Until the REST port answers (any HTTP status: 404 while no model is pushed)."""
+        state = _read_json(serving_state_file(self.home))
+        url = f"http://{HOST}:{state.get('rest_port', serving_ports()[0])}/v1/models/{MODEL_NAME}"
+        deadline = time.monotonic() + timeout
+        while True:
+            if not running_pid(self.home, MODEL_SERVER):
+                raise ConfigError(f"the model server exited while starting; last lines of "
+                                  f"{log_file(self.home, MODEL_SERVER)}:\n{_tail(log_file(self.home, MODEL_SERVER))}",
+                                  "fix the cause above, then `make up` again")
+            status, _ = http(url, timeout=2.0)
+            if status:
+                break
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the model server did not answer on {url} within {timeout:.0f}s",
+                                  f"read {log_file(self.home, MODEL_SERVER)}")
+            time.sleep(0.5)
+        self.emit(f"model server: REST http://{HOST}:{state.get('rest_port')}/v1/models/{MODEL_NAME}, "
+                  f"gRPC {HOST}:{state.get('grpc_port')} (serving {state.get('base_path')}; "
+                  f"{'no model yet' if status == 404 else f'HTTP {status}'}); log {log_file(self.home, MODEL_SERVER)}")
+
+    def _model_server_status(self) -> None:
+        pid = running_pid(self.home, MODEL_SERVER)
+        state = _read_json(serving_state_file(self.home)) if pid else {}
+        where = ""
+        if pid:
+            status, body = http(f"http://{HOST}:{state.get('rest_port')}/v1/models/{MODEL_NAME}", timeout=2.0)
+            served = [s.get("version") for s in (body or {}).get("model_version_status", [])
+                      if s.get("state") == "AVAILABLE"] if status == 200 and isinstance(body, dict) else []
+            where = (f", REST :{state.get('rest_port')} gRPC :{state.get('grpc_port')}, "
+                     + (f"serving version {', '.join(map(str, served))}" if served else f"no model (HTTP {status})"))
+        state_text = f"running (pid {pid}){where}" if pid else "stopped"
+        self.emit(f"{MODEL_SERVER:14} {state_text}  log: {log_file(self.home, MODEL_SERVER)}")
 
     def _stop_worker(self, emit: Callable[[str], None]) -> None:
         from pipelines import worker  # standard library only

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import struct
 import subprocess
 import time
@@ -52,8 +53,13 @@ def last_complete_day(now: dt.datetime) -> dt.date:
     return (now - dt.timedelta(days=1, hours=2)).date()
 
 
+# The model server `make up` starts beside Airflow gets free ports, not 8501/8500.
+SERVING_PORTS = {"MLOPS_SERVING_REST_PORT": str(services.free_port()), "MLOPS_SERVING_GRPC_PORT": str(services.free_port())}
+
+
 def make(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*MAKE, *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*MAKE, *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **SERVING_PORTS))
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +99,10 @@ def test_make_up_prints_the_login_once_is_idempotent_and_keeps_the_api_closed(ai
     password = airflow["password"]
     assert password and f"password: {password}" in up.stdout  # generated now, so shown once
     assert (services.password_file(home).stat().st_mode & 0o777) == 0o600
-    for service in services.SERVICES:
+    for service in (*services.SERVICES, services.MODEL_SERVER):
         assert services.running_pid(home, service), service
         assert services.log_file(home, service).is_file()
+    assert f"model server: REST http://127.0.0.1:{SERVING_PORTS['MLOPS_SERVING_REST_PORT']}/" in up.stdout
 
     again = make("up", f"MLOPS_HOME={home}", f"AIRFLOW_PORT={airflow['port']}")
     assert again.returncode == 0, again.stderr
@@ -290,7 +297,7 @@ def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow):
 
 def test_make_down_stops_every_service_and_the_warm_worker(airflow):
     home = airflow["home"]
-    pids = {service: services.running_pid(home, service) for service in services.SERVICES}
+    pids = {service: services.running_pid(home, service) for service in (*services.SERVICES, services.MODEL_SERVER)}
     down = make("down", f"MLOPS_HOME={home}", timeout=300)
     assert down.returncode == 0, down.stderr
     for service, pid in pids.items():

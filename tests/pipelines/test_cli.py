@@ -17,7 +17,8 @@ def test_importing_the_cli_does_not_import_tensorflow_or_tfx():
 @pytest.mark.parametrize(
     "command",
     [[], ["data"], ["data", "seed"], ["run"], ["node"], ["node", "run"], ["node", "list"], ["dags", "manifest"],
-     ["summary"], ["airflow"], ["rollback"], ["models", "list"], ["worker"]],
+     ["summary"], ["airflow"], ["rollback"], ["models", "list"], ["models", "prune"], ["serve"], ["worker"],
+     ["data", "make-span"]],
 )
 def test_every_command_explains_itself(tmp_path, command):
     result = mlops(tmp_path, *command, "--help")

@@ -64,3 +64,30 @@ def test_make_help_lists_up_down_status():
     for target in ("up", "down", "status", "browser"):
         assert any(line.startswith(f"{target}\t") for line in out.splitlines()), target
     assert airflow_env.NIGHTLY_DAG in services.PROJECT_DAGS
+
+
+def test_model_server_starts_with_no_model_pushed_shows_in_status_and_stops_with_down(tmp_path, monkeypatch):
+    """What `make up` adds beside Airflow (issue 6), without starting Airflow itself."""
+    rest, grpc = services.free_port(), services.free_port()
+    monkeypatch.setenv("MLOPS_SERVING_REST_PORT", str(rest))
+    monkeypatch.setenv("MLOPS_SERVING_GRPC_PORT", str(grpc))
+    lines = []
+    manager = services.Services(tmp_path, emit=lines.append)
+    try:
+        pid = manager._start_model_server()
+        manager._wait_model_server(timeout=90)
+        assert manager._start_model_server() == pid  # idempotent
+        assert services.running_pid(tmp_path, services.MODEL_SERVER) == pid
+        assert services.log_file(tmp_path, services.MODEL_SERVER) == tmp_path / "var" / "log" / "model-server.log"
+        assert any(f"REST http://127.0.0.1:{rest}/v1/models/taxi" in line and "no model yet" in line for line in lines)
+        assert services.http(f"http://127.0.0.1:{rest}/v1/models/taxi")[0] == 404
+        manager.status()
+        assert any(line.startswith("model-server") and f"running (pid {pid})" in line and f"REST :{rest}" in line
+                   for line in lines), lines
+        manager.down(stop_worker=False)
+        assert f"stopped model-server (pid {pid})" in lines
+        assert not services._pid_alive(pid)
+        assert not services.pid_file(tmp_path, services.MODEL_SERVER).exists()
+        assert services.http(f"http://127.0.0.1:{rest}/v1/models/taxi", timeout=2)[0] == 0
+    finally:
+        manager.down(stop_worker=False, quiet=True)

@@ -1,0 +1,430 @@
+"""Benchmark (issue 6): the model server's :predict latency and throughput vs the SavedModel called in-process.
+
+    TF_USE_LEGACY_KERAS=1 .venv/bin/python bench/serving_latency.py [--model-dir DIR | --home HOME]
+        [--requests 400] [--rounds 3] [--keep]
+
+One run measures every cell of {direct in-process call, REST :predict, gRPC Predict} x {1, 100
+instances per request} x {concurrency 1, 8}: p50/p99 latency per request and throughput. Direct
+calls are the same SavedModel's `serving_default` signature (serialized tf.Examples in, as the
+gRPC client sends them), with the same batch and the same number of threads. REST clients send
+feature dicts (`instances`), each thread on its own keep-alive connection; gRPC clients send the
+serialized tf.Examples, each thread on its own channel. Rounds alternate the variants so that
+load from other work on the machine hits them alike; latency is the median of the per-round
+percentiles, throughput is all requests over all time per variant.
+
+The model: by default a temp home is seeded and the pipeline runs twice with few training steps
+and relaxed gates (two pushes in ML Metadata), so that the time from `mlops rollback --previous`
+to the first answer from the restored version can be measured too. `--home` reuses a home with
+at least two pushes; `--model-dir` takes a SavedModel directory (no rollback timing then).
+Also timed: a new version directory appearing (staged and renamed as the Pusher does) to the
+first answer from it. The client, the server and the direct calls share this machine's cores.
+
+Targets: p50 overhead <= 1 ms over the direct call; throughput >= 0.8x direct at concurrency 8;
+rollback to first answer <= 5 s. A missed target does not fail the benchmark (exit 0); exit 1
+only when a run itself failed. Writes the "Model serving latency (issue 6)" section of
+bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from common import CHILD_ENV, MLOPS, REPO, log, measure, publish, seed_home  # noqa: E402
+
+SECTION = "## Model serving latency (issue 6)"
+D1, D2 = dt.date(2026, 11, 20), dt.date(2026, 11, 21)
+ROWS = 1500
+FAST = ["--train-steps", "60", "--eval-steps", "10"]
+OVERHEAD_TARGET_MS = 1.0
+THROUGHPUT_TARGET = 0.8
+SWITCH_TARGET_S = 5.0
+ROW = dict(pickup_community_area=28, fare=15.25, trip_start_month=9, trip_start_hour=10, trip_start_day=3,
+           trip_start_timestamp=1379414700, pickup_latitude=41.87, pickup_longitude=-87.66, dropoff_latitude=41.92,
+           dropoff_longitude=-87.69, trip_miles=1.2, payment_type="Cash", company="Blue Ribbon Taxi",
+           trip_seconds=840, dropoff_community_area=22)
+INT_FEATURES = {"pickup_community_area", "trip_start_month", "trip_start_hour", "trip_start_day",
+                "trip_start_timestamp", "trip_seconds", "dropoff_community_area"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def example_bytes(row: dict) -> bytes:
+    import tensorflow as tf
+
+    example = tf.train.Example()
+    for name, value in row.items():
+        feature = example.features.feature[name]
+        if isinstance(value, str):
+            feature.bytes_list.value.append(value.encode())
+        elif name in INT_FEATURES:
+            feature.int64_list.value.append(int(value))
+        else:
+            feature.float_list.value.append(float(value))
+    return example.SerializeToString()
+
+
+def run_checked(name: str, cmd: list, logs: Path) -> dict:
+    result = measure(name, cmd, logs / f"{name}.log", echo=lambda line: "error" in line.lower())
+    if result["code"] != 0:
+        raise SystemExit(f"{name} failed (exit {result['code']}); log in {logs}")
+    return result
+
+
+def prepare_home(tmp: Path) -> tuple:
+    """A temp home with two pushes (D1, then D2 with relaxed gates); returns (home, pipeline seconds)."""
+    home = tmp / "home"
+    seed_home(home, ROWS, D1.isoformat())
+    subprocess.run([str(MLOPS), "--home", str(home), "data", "seed", "--days", "1", "--rows-per-day", str(ROWS),
+                    "--end", D2.isoformat()], check=True, env=CHILD_ENV, stdout=subprocess.DEVNULL)
+    at = [str(MLOPS), "--home", str(home), "run"]
+    first = run_checked("run-d1", at + ["--date", D1.isoformat(), *FAST, "--auc-floor", "0.0"], tmp)
+    second = run_checked("run-d2", at + ["--date", D2.isoformat(), *FAST, "--auc-floor", "0.0",
+                                         "--min-improvement", "-1.0", "--slice-margin", "1.0"], tmp)
+    return home, first["seconds"] + second["seconds"]
+
+
+def versions(base: Path) -> list:
+    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) if base.is_dir() else []
+
+
+class Server:
+    """`mlops serve` on free ports over `base`."""
+
+    def __init__(self, home: Path, base: Path, log_path: Path):
+        self.rest_port, self.grpc_port = free_port(), free_port()
+        while self.grpc_port == self.rest_port:
+            self.grpc_port = free_port()
+        self._log = open(log_path, "ab")
+        self.log_path = log_path
+        cmd = [str(MLOPS), "--home", str(home), "serve", "--model-name", "taxi", "--model-base-path", str(base),
+               "--rest-port", str(self.rest_port), "--grpc-port", str(self.grpc_port)]
+        env = dict(CHILD_ENV, TF_CPP_MIN_LOG_LEVEL="3")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(home))
+
+    def served(self) -> list:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=5)
+            conn.request("GET", "/v1/models/taxi")
+            response = conn.getresponse()
+            body = json.loads(response.read() or b"null")
+            conn.close()
+        except (OSError, http.client.HTTPException, ValueError):
+            return []
+        if response.status != 200:
+            return []
+        return sorted(int(s["version"]) for s in body["model_version_status"] if s["state"] == "AVAILABLE")
+
+    def wait_serving(self, version: int, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while version not in self.served():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not serve version {version}; log {self.log_path}:\n"
+                                 + self.log_path.read_text(errors="replace")[-2000:])
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def percentile(ordered: list, q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def run_cell(make_call, concurrency: int, requests: int) -> dict:
+    """`requests` calls split over `concurrency` threads, each with its own client from `make_call()`."""
+    per_thread = max(1, requests // concurrency)
+    calls = [make_call() for _ in range(concurrency)]
+    for call in calls:  # connect and warm each client
+        call()
+    samples, errors = [[] for _ in range(concurrency)], [0]
+    barrier = threading.Barrier(concurrency + 1)
+
+    def worker(index: int) -> None:
+        call, out = calls[index], samples[index]
+        barrier.wait()
+        for _ in range(per_thread):
+            started = time.perf_counter()
+            try:
+                call()
+            except Exception:  # noqa: BLE001 -- counted, reported
+                errors[0] += 1
+                continue
+            out.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    flat = sorted(s for chunk in samples for s in chunk)
+    return dict(p50=percentile(flat, 0.5) * 1e3, p99=percentile(flat, 0.99) * 1e3, n=len(flat), wall=wall,
+                errors=errors[0])
+
+
+def variants(model_dir: Path, server: Server, batch: int) -> dict:
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    serialized = example_bytes(ROW)
+    signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    key = next(iter(signature.structured_input_signature[1]))
+    body = json.dumps({"instances": [ROW] * batch})
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "taxi"
+    request.inputs["examples"].CopyFrom(tf.make_tensor_proto([serialized] * batch))
+
+    def direct():
+        def call():
+            outputs = signature(**{key: tf.constant([serialized] * batch)})
+            for value in outputs.values():
+                value.numpy()
+        return call
+
+    def rest():
+        conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+
+        def call():
+            conn.request("POST", "/v1/models/taxi:predict", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}")
+        return call
+
+    def grpc_call():
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+        return lambda: stub.Predict(request, timeout=30)
+
+    return {"direct": direct, "REST": rest, "gRPC": grpc_call}
+
+
+def latency_table(model_dir: Path, server: Server, requests: int, rounds: int) -> list:
+    rows = []
+    for batch in (1, 100):
+        makers = variants(model_dir, server, batch)
+        n = requests if batch == 1 else max(16, requests // 8)
+        for concurrency in (1, 8):
+            per_round = {name: [] for name in makers}
+            for round_no in range(rounds):
+                for name, make in makers.items():
+                    per_round[name].append(run_cell(make, concurrency, max(concurrency, n // rounds)))
+            for name, results in per_round.items():
+                done = sum(r["n"] for r in results)
+                row = dict(variant=name, batch=batch, concurrency=concurrency,
+                           p50=statistics.median(r["p50"] for r in results),
+                           p99=statistics.median(r["p99"] for r in results),
+                           rps=done / sum(r["wall"] for r in results),
+                           errors=sum(r["errors"] for r in results), n=done)
+                rows.append(row)
+                log(f"batch {batch:3d} x{concurrency} {name:6s} p50 {row['p50']:7.2f} ms  p99 {row['p99']:7.2f} ms  "
+                    f"{row['rps']:7.1f} req/s  ({done} requests, {row['errors']} errors)")
+    return rows
+
+
+class Poller:
+    """A gRPC client predicting in a loop; notes when the answering version first becomes `want`."""
+
+    def __init__(self, server: Server):
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+        self.request = predict_pb2.PredictRequest()
+        self.request.model_spec.name = "taxi"
+        self.request.inputs["examples"].CopyFrom(tf.make_tensor_proto([example_bytes(ROW)]))
+        self.failed = self.answered = 0
+        self.appeared = None  # when the version directory was first seen, if `watch` was given
+
+    def until_version(self, want: int, started: float, timeout: float = 120.0, watch: Path = None) -> float:
+        self.appeared = None
+        while time.monotonic() - started < timeout:
+            if watch is not None and self.appeared is None and watch.is_dir():
+                self.appeared = time.monotonic()
+            try:
+                reply = self.stub.Predict(self.request, timeout=10)
+            except Exception:  # noqa: BLE001 -- a failed request during the switch is what we count
+                self.failed += 1
+                time.sleep(0.01)
+                continue
+            self.answered += 1
+            if reply.model_spec.version.value == want:
+                return time.monotonic() - started
+            time.sleep(0.01)
+        return float("nan")
+
+
+def switch_times(home: Path, base: Path, model_dir: Path, server: Server, can_rollback: bool, logs: Path) -> dict:
+    out = {}
+    poller = Poller(server)
+    if can_rollback:
+        want = max(versions(base)) + 1
+        cmd = [str(MLOPS), "--home", str(home), "rollback", "--previous", "--reason", "bench: rollback timing",
+               "--by", "bench/serving_latency.py"]
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, env=CHILD_ENV, stdout=open(logs / "rollback.log", "w"), stderr=subprocess.STDOUT)
+        out["rollback"] = poller.until_version(want, started, watch=base / str(want))
+        out["rollback_dir"] = (started + out["rollback"] - poller.appeared) if poller.appeared else float("nan")
+        code = proc.wait()
+        out["rollback_cmd"] = time.monotonic() - started
+        if code != 0:
+            raise SystemExit(f"mlops rollback failed (exit {code}); log {logs / 'rollback.log'}")
+        log(f"rollback: first answer from version {want} after {out['rollback']:.2f}s, "
+            f"{out['rollback_dir']:.2f}s after its directory appeared (the command took {out['rollback_cmd']:.2f}s)")
+    want = max(versions(base)) + 1
+    staging = base / f".incoming-{uuid.uuid4().hex}"
+    shutil.copytree(model_dir, staging)
+    started = time.monotonic()
+    os.rename(staging, base / str(want))
+    out["new_version"] = poller.until_version(want, started)
+    log(f"new version {want}: first answer {out['new_version']:.2f}s after the rename")
+    out["failed"], out["answered"] = poller.failed, poller.answered
+    return out
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def render(rows: list, switch: dict, meta: dict) -> str:
+    by = {(r["variant"], r["batch"], r["concurrency"]): r for r in rows}
+    lines = [SECTION, "",
+             f"Date: {meta['date']}. Machine: {os.cpu_count()} CPUs (nproc); load average {meta['load0']:.2f} at start, "
+             f"{meta['load1']:.2f} at end. Other work may have run on this machine at the same time. "
+             f"Model: {meta['model']}. Client threads, the server and the direct calls share the machine's cores, so at "
+             "concurrency 8 the client's own Python (GIL) work competes with the server.",
+             f"Per cell: {meta['requests']} requests with 1 instance, {max(16, meta['requests'] // 8)} with 100, over "
+             f"{meta['rounds']} alternating rounds; p50/p99 = median of the per-round percentiles; throughput = "
+             "requests / wall time (x instances for instances/s). Direct = `serving_default` called in-process with the "
+             "same serialized tf.Examples; REST = JSON feature dicts (`instances`), one keep-alive connection per thread; "
+             "gRPC = serialized tf.Examples, one channel per thread.", "",
+             "| instances | concurrency | variant | p50 ms | p99 ms | req/s | instances/s | p50 overhead ms | "
+             "throughput vs direct | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    targets = []
+    for batch in (1, 100):
+        for concurrency in (1, 8):
+            direct = by[("direct", batch, concurrency)]
+            for variant in ("direct", "REST", "gRPC"):
+                r = by[(variant, batch, concurrency)]
+                over = r["p50"] - direct["p50"]
+                ratio = r["rps"] / direct["rps"]
+                lines.append(f"| {batch} | {concurrency} | {variant} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "
+                             f"{r['rps'] * batch:.0f} | {'-' if variant == 'direct' else f'{over:+.2f}'} | "
+                             f"{'-' if variant == 'direct' else f'{ratio:.2f}x'} | {r['errors']} |")
+                if variant != "direct":
+                    targets.append(f"- {variant}, {batch} instance(s), concurrency {concurrency}: p50 overhead "
+                                   f"**{over:+.2f} ms** (target <= {OVERHEAD_TARGET_MS:.0f} ms): "
+                                   f"**{verdict(over <= OVERHEAD_TARGET_MS)}**"
+                                   + (f"; throughput **{ratio:.2f}x** direct (target >= {THROUGHPUT_TARGET}x): "
+                                      f"**{verdict(ratio >= THROUGHPUT_TARGET)}**" if concurrency == 8 else ""))
+    lines += ["", "Targets:", "", *targets, ""]
+    lines.append("Hot reload (a gRPC client predicting every ~10 ms, timing until the first answer whose "
+                 "`model_spec.version` is the new one):")
+    lines.append("")
+    if "rollback" in switch:
+        ok = switch["rollback"] <= SWITCH_TARGET_S
+        lines.append(f"- `mlops rollback --previous` started -> first answer from the restored version: "
+                     f"**{switch['rollback']:.2f} s** (target <= {SWITCH_TARGET_S:.0f} s): **{verdict(ok)}**; the "
+                     f"command itself took {switch['rollback_cmd']:.2f} s (Python + TFX start-up, then a two-node run: "
+                     f"resolver + AtomicPusher); from the pushed version directory appearing (polled every ~10 ms) "
+                     f"to the first answer from it: **{switch['rollback_dir']:.2f} s**")
+    else:
+        lines.append("- rollback: not measured (`--model-dir` has no ML Metadata with two pushes)")
+    lines.append(f"- a new version directory renamed into the base path -> first answer from it: "
+                 f"**{switch['new_version']:.2f} s** (the server polls the base path about every second, then loads)")
+    lines.append(f"- requests by the polling client during both switches: {switch['answered']} answered, "
+                 f"{switch['failed']} failed")
+    if meta.get("pipeline_s"):
+        lines.append(f"- setup: two pipeline runs for the model took {meta['pipeline_s']:.0f} s (not part of the numbers)")
+    lines.append("")
+    lines.append("Run: `TF_USE_LEGACY_KERAS=1 .venv/bin/python bench/serving_latency.py` (or `make bench "
+                 "BENCHES=serving_latency`); total wall time this run: " f"{meta['total_s']:.0f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model-dir", type=Path, help="a SavedModel directory (skips the pipeline and the rollback)")
+    source.add_argument("--home", type=Path, help="a project home with at least two pushes (used in place)")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per cell with 1 instance (1/8 with 100)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (home, logs)")
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+
+    began = time.monotonic()
+    meta = dict(date=time.strftime("%Y-%m-%dT%H:%M"), load0=os.getloadavg()[0], requests=args.requests,
+                rounds=args.rounds)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    log(f"work dir {tmp}")
+    if args.model_dir:
+        home = tmp / "home"
+        base = home / "serving" / "models" / "taxi"
+        base.mkdir(parents=True)
+        shutil.copytree(args.model_dir, base / "1")
+        can_rollback = False
+        meta["model"] = f"{args.model_dir} (copied as version 1)"
+    else:
+        if args.home:
+            home = args.home.resolve()
+        else:
+            home, meta["pipeline_s"] = prepare_home(tmp)
+        base = home / "serving" / "models" / "taxi"
+        can_rollback = len(versions(base)) >= 2
+        meta["model"] = ("pushed by `mlops run` (1500 rows, 60 train steps), newest of "
+                         f"{len(versions(base))} versions")
+    newest = max(versions(base))
+    model_dir = base / str(newest)
+    server = Server(home, base, tmp / "server.log")
+    try:
+        server.wait_serving(newest)
+        log(f"server up: REST {server.rest_port}, gRPC {server.grpc_port}, version {newest}")
+        rows = latency_table(model_dir, server, args.requests, args.rounds)
+        switch = switch_times(home, base, model_dir, server, can_rollback, tmp)
+    finally:
+        server.stop()
+    meta["load1"] = os.getloadavg()[0]
+    meta["total_s"] = time.monotonic() - began
+    publish(args.results, SECTION, render(rows, switch, meta), tmp, args.keep)
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

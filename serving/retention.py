@@ -1,0 +1,185 @@
+"""Retention of pushed model versions (`mlops models prune`).
+
+Keeps the newest N versions (default 5), every version a models.config pins (`specific` policy)
+or labels (`stable`, `canary`, ...), the newest version (what a `latest` server serves), the
+newest *complete* version (what the server falls back to when newer ones are broken), and any
+version a running server reports as loaded (`--server URL`). Everything else is deleted
+atomically: renamed to a hidden `.deleting-*` directory (which servers and `list_versions`
+ignore) and then removed. No TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Set
+
+from components.pusher.versions import list_versions
+
+log = logging.getLogger("serving")
+
+DEFAULT_KEEP = 5
+DELETING_PREFIX = ".deleting-"
+
+
+@dataclasses.dataclass
+class PrunePlan:
+    base: Path
+    on_disk: List[int]
+    keep: Dict[int, List[str]]  # version -> why it stays
+    delete: List[int]
+
+    def lines(self) -> List[str]:
+        out = [f"{self.base}: {len(self.on_disk)} version(s) on disk, keeping {len(self.keep)}, "
+               f"deleting {len(self.delete)}"]
+        for version in sorted(self.on_disk, reverse=True):
+            if version in self.keep:
+                out.append(f"  keep   {version:>5}  {'; '.join(self.keep[version])}")
+            else:
+                out.append(f"  delete {version:>5}")
+        return out
+
+    def as_dict(self) -> dict:
+        return {"base": str(self.base), "on_disk": self.on_disk,
+                "keep": {str(v): r for v, r in sorted(self.keep.items())}, "delete": self.delete}
+
+
+def looks_complete(version_dir: Path) -> bool:
+    """A SavedModel with its variables written (cheap check; the server does the real load)."""
+    return ((version_dir / "saved_model.pb").is_file()
+            and (version_dir / "variables" / "variables.index").is_file()
+            and any((version_dir / "variables").glob("variables.data-*")))
+
+
+def plan_prune(base: Path, keep_newest: int = DEFAULT_KEEP, labels: Optional[Dict[str, int]] = None,
+               pinned: Set[int] = frozenset(), served: Set[int] = frozenset()) -> PrunePlan:
+    if keep_newest < 1:
+        raise ValueError("keep at least 1 version (the served one)")
+    base = Path(base)
+    on_disk = list_versions(base)
+    keep: Dict[int, List[str]] = {}
+
+    def mark(version: int, why: str) -> None:
+        if version in on_disk:
+            keep.setdefault(version, []).append(why)
+
+    if on_disk:
+        mark(on_disk[-1], "newest: served")
+        complete = [v for v in on_disk if looks_complete(base / str(v))]
+        if complete and complete[-1] != on_disk[-1]:
+            mark(complete[-1], "newest complete version: served while newer ones are broken")
+    for version in on_disk[-keep_newest:]:
+        mark(version, f"among the newest {keep_newest}")
+    for label, version in sorted((labels or {}).items()):
+        mark(version, f"label {label!r}")
+    for version in sorted(pinned):
+        mark(version, "pinned by the version policy")
+    for version in sorted(served):
+        mark(version, "loaded by the running server")
+    delete = [v for v in on_disk if v not in keep]
+    return PrunePlan(base, on_disk, keep, delete)
+
+
+def remove_version(base: Path, version: int) -> None:
+    """Atomic from a reader's point of view: one rename makes the version disappear, then rmtree."""
+    source = Path(base) / str(version)
+    hidden = Path(base) / f"{DELETING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+    source.rename(hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def apply_prune(plan: PrunePlan, emit: Callable[[str], None] = print) -> List[int]:
+    deleted = []
+    for version in plan.delete:
+        try:
+            remove_version(plan.base, version)
+        except FileNotFoundError:
+            continue  # someone else removed it first
+        deleted.append(version)
+        emit(f"deleted version {version}")
+    for leftover in plan.base.glob(f"{DELETING_PREFIX}*"):  # from an interrupted earlier prune
+        shutil.rmtree(leftover, ignore_errors=True)
+    return deleted
+
+
+def served_versions(server_url: str, model: str, timeout: float = 2.0) -> Set[int]:
+    """Versions a running model server reports AVAILABLE (GET /v1/models/<model>)."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{server_url.rstrip('/')}/v1/models/{model}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 -- operator-given URL
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return set()
+        raise
+    return {int(s["version"]) for s in body.get("model_version_status", []) if s.get("state") == "AVAILABLE"}
+
+
+def cmd_prune(args) -> int:
+    """`mlops models prune`."""
+    from pipelines.config import ProjectPaths
+    from pipelines.errors import ConfigError
+    from serving.config import ConfigFileError, load_model_config, resolve_config_path
+
+    home = ProjectPaths.from_env(args.home).home
+    labels: Dict[str, int] = {}
+    pinned: Set[int] = set()
+    base = None
+    try:
+        config_path = resolve_config_path(home, args.model_config_file)
+        configs = load_model_config(config_path, home) if config_path else []
+    except ConfigFileError as err:
+        raise ConfigError(str(err), "fix the models.config file or pass another --model-config-file") from err
+    for config in configs:
+        if config.name == args.model_name:
+            labels = config.label_map
+            pinned = set(config.policy.versions) if config.policy.kind == "specific" else set()
+            base = config.base_path
+    if args.model_base_path:
+        base = Path(args.model_base_path)
+        base = base if base.is_absolute() else home / base
+    if base is None:
+        base = home / "serving" / "models" / args.model_name
+    served: Set[int] = set()
+    if args.server:
+        try:
+            served = served_versions(args.server, args.model_name)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot ask the model server at {args.server}: {err}",
+                              "start it, or leave out --server") from err
+    if args.keep < 1:
+        raise ConfigError(f"--keep {args.keep} would delete the served version", "keep at least 1")
+    plan = plan_prune(base, args.keep, labels, pinned, served)
+    if args.json:
+        result = plan.as_dict()
+        result["dry_run"] = bool(args.dry_run)
+        result["deleted"] = [] if args.dry_run else apply_prune(plan, emit=lambda _: None)
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    for line in plan.lines():
+        print(line)
+    if args.dry_run:
+        print("dry run: nothing deleted")
+        return 0
+    apply_prune(plan)
+    return 0
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--keep", type=int, default=DEFAULT_KEEP, help="newest versions to keep (default: 5)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    parser.add_argument("--model-name", default="taxi", help="model (default: taxi)")
+    parser.add_argument("--model-base-path", help="version directory (default: from models.config, else "
+                                                  "<home>/serving/models/<name>)")
+    parser.add_argument("--model-config-file", help="models.config whose labels and pinned versions are kept "
+                                                    "(default: <home>/serving/models.config if it exists)")
+    parser.add_argument("--server", help="also keep what the model server at this URL has loaded, "
+                                         "e.g. http://127.0.0.1:8501")
+    parser.add_argument("--json", action="store_true", help="print the plan and result as JSON")

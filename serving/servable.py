@@ -1,0 +1,259 @@
+"""One loaded model version: its SavedModel, signatures, the tf.Example features it parses, warm-up.
+
+Imports TensorFlow: used only inside the server process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.example import example_pb2
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from serving.errors import BadRequest
+
+log = logging.getLogger("serving")
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+# Kinds of tf.train.Feature lists.
+INT, FLOAT, BYTES = "int64", "float", "bytes"
+_KIND_OF_DTYPE = {types_pb2.DT_INT64: INT, types_pb2.DT_FLOAT: FLOAT, types_pb2.DT_STRING: BYTES}
+
+
+class LoadError(Exception):
+    """A version that cannot serve: missing files, corrupt protos, failing restore or warm-up."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """The tf.Example features a signature parses (read from its ParseExample op)."""
+
+    kinds: Mapping[str, str]  # feature name -> INT / FLOAT / BYTES
+    required: frozenset  # dense features without a default value
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}:{v}" for k, v in sorted(self.kinds.items()))
+
+
+@dataclasses.dataclass
+class TensorSpec:
+    dtype: int  # types_pb2 enum
+    shape: Optional[Tuple[Optional[int], ...]]  # None: unknown rank; None dims: any size
+
+
+@dataclasses.dataclass
+class Signature:
+    name: str
+    method_name: str
+    fn: object  # the concrete function (one per signature, built once per loaded version)
+    inputs: Dict[str, TensorSpec]
+    outputs: Dict[str, TensorSpec]
+    feature_spec: Optional[FeatureSpec]
+
+    @property
+    def example_input(self) -> Optional[str]:
+        """The single DT_STRING input that takes serialized tf.Examples, if this signature has one."""
+        if len(self.inputs) == 1:
+            (name, spec), = self.inputs.items()
+            if spec.dtype == types_pb2.DT_STRING and (spec.shape is None or len(spec.shape) == 1):
+                return name
+        return None
+
+    def run(self, feeds: Dict[str, object]) -> Dict[str, np.ndarray]:
+        try:
+            result = self.fn(**feeds)
+        except tf.errors.InvalidArgumentError as err:
+            raise BadRequest(_tf_message(err)) from err
+        except (TypeError, ValueError) as err:  # shapes or dtypes the concrete function rejects
+            raise BadRequest(" ".join(str(err).split())[:2000]) from err
+        return {name: value.numpy() for name, value in result.items()}
+
+
+def _tf_message(err: tf.errors.OpError) -> str:
+    text = err.message or str(err)
+    # Keep what TF says about the input; drop where in the graph it happened ("Graph execution error:
+    # Detected at node ... (most recent call last): <stack>", "[[{{node ...}}]]").
+    if "Detected at node" in text:
+        marker = text.rfind("<stack traces unavailable>")
+        if marker >= 0:
+            text = text[marker + len("<stack traces unavailable>"):]
+        else:
+            lines = [l for l in text.splitlines() if l.strip() and not l.startswith((" ", "\t"))]
+            text = lines[-1] if lines else text
+    text = " ".join(text.split())
+    cut = text.find("[[")
+    return (text[:cut].strip() if cut > 0 else text)[:2000]
+
+
+class Servable:
+    """A fully loaded, warmed-up version. Immutable after load; shared by all request threads."""
+
+    def __init__(self, model_name: str, version: int, path: Path, loaded, meta_graph, signatures):
+        self.model_name = model_name
+        self.version = version
+        self.path = path
+        self._loaded = loaded  # keeps the variables alive as long as a request holds this object
+        self.signature_defs = meta_graph.signature_def
+        self.signatures: Dict[str, Signature] = signatures
+        self.loaded_at = time.time()
+
+    def signature(self, name: str) -> Signature:
+        sig = self.signatures.get(name or DEFAULT_SIGNATURE)
+        if sig is None:
+            raise BadRequest(f'Serving signature name: "{name or DEFAULT_SIGNATURE}" not found in signature def')
+        return sig
+
+
+def _read_meta_graph(path: Path) -> meta_graph_pb2.MetaGraphDef:
+    pb = path / "saved_model.pb"
+    if not pb.is_file():
+        raise LoadError(f"no saved_model.pb in {path}")
+    if not (path / "variables").is_dir():
+        raise LoadError(f"no variables/ directory in {path} (incomplete SavedModel)")
+    try:
+        saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+    except Exception as err:  # noqa: BLE001 -- DecodeError and friends: a corrupt file
+        raise LoadError(f"corrupt saved_model.pb in {path}: {type(err).__name__}: {err}") from err
+    for meta in saved.meta_graphs:
+        if "serve" in meta.meta_info_def.tags:
+            return meta
+    raise LoadError(f"{path} has no MetaGraph tagged 'serve'")
+
+
+def _tensor_spec(info) -> TensorSpec:
+    if info.tensor_shape.unknown_rank:
+        shape = None
+    else:
+        shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
+    return TensorSpec(info.dtype, shape)
+
+
+def _parse_ops(graph_def) -> List[Tuple[object, Dict[str, object]]]:
+    """(ParseExampleV2 node, {const node name: NodeDef}) for every parse op in the function library."""
+    found = []
+    scopes = [list(graph_def.node)] + [list(fn.node_def) for fn in graph_def.library.function]
+    for nodes in scopes:
+        consts = {n.name: n for n in nodes if n.op == "Const"}
+        for node in nodes:
+            if node.op == "ParseExampleV2":
+                found.append((node, consts))
+    return found
+
+
+def _const_value(consts, ref: str):
+    node = consts.get(ref.split(":")[0])
+    if node is None:
+        return None
+    return tf.make_ndarray(node.attr["value"].tensor)
+
+
+def feature_spec_of(fn) -> Optional[FeatureSpec]:
+    """Reads the features (name, kind, required) of the ParseExampleV2 op inside a signature."""
+    try:
+        ops = _parse_ops(fn.graph.as_graph_def())
+    except Exception:  # noqa: BLE001 -- no graph to read: fall back to JSON typing
+        return None
+    specs = []
+    for node, consts in ops:
+        inputs = list(node.input)
+        sparse_keys = _const_value(consts, inputs[2])
+        dense_keys = _const_value(consts, inputs[3])
+        if sparse_keys is None or dense_keys is None:
+            continue
+        sparse_types = list(node.attr["sparse_types"].list.type)
+        dense_types = list(node.attr["Tdense"].list.type)
+        kinds, required = {}, set()
+        for key, dtype in zip(sparse_keys.tolist(), sparse_types):
+            kinds[key.decode()] = _KIND_OF_DTYPE.get(dtype, BYTES)
+        for i, (key, dtype) in enumerate(zip(dense_keys.tolist(), dense_types)):
+            name = key.decode()
+            kinds[name] = _KIND_OF_DTYPE.get(dtype, BYTES)
+            default = _const_value(consts, inputs[5 + i]) if 5 + i < len(inputs) else None
+            if default is None or default.size == 0:
+                required.add(name)
+        specs.append(FeatureSpec(kinds, frozenset(required)))
+    if len(specs) != 1:
+        return None  # none, or several parse ops: do not guess
+    return specs[0]
+
+
+def warmup_example(spec: FeatureSpec) -> bytes:
+    example = example_pb2.Example()
+    for name in spec.required:
+        feature = example.features.feature[name]
+        kind = spec.kinds[name]
+        if kind == INT:
+            feature.int64_list.value.append(0)
+        elif kind == FLOAT:
+            feature.float_list.value.append(0.0)
+        else:
+            feature.bytes_list.value.append(b"")
+    return example.SerializeToString()
+
+
+def _files_present(path: Path) -> None:
+    index = path / "variables" / "variables.index"
+    data = list((path / "variables").glob("variables.data-*"))
+    if not index.is_file() or not data:
+        raise LoadError(f"{path}/variables is missing variables.index or variables.data-* (incomplete copy)")
+
+
+def load_servable(model_name: str, version: int, path: Path) -> Servable:
+    """Loads, checks and warms up one version. Raises LoadError with the reason."""
+    path = Path(path)
+    meta = _read_meta_graph(path)
+    _files_present(path)
+    try:
+        loaded = tf.saved_model.load(str(path), tags=["serve"])
+    except Exception as err:  # noqa: BLE001 -- any restore failure means: do not serve this version
+        raise LoadError(f"TensorFlow cannot load {path}: {type(err).__name__}: {' '.join(str(err).split())[:500]}") from err
+    signatures: Dict[str, Signature] = {}
+    for name, fn in loaded.signatures.items():
+        sdef = meta.signature_def.get(name)
+        if sdef is None:
+            continue
+        signatures[name] = Signature(
+            name=name,
+            method_name=sdef.method_name,
+            fn=fn,
+            inputs={k: _tensor_spec(v) for k, v in sdef.inputs.items()},
+            outputs={k: _tensor_spec(v) for k, v in sdef.outputs.items()},
+            feature_spec=feature_spec_of(fn),
+        )
+    if not signatures:
+        raise LoadError(f"{path} has no callable signature")
+    servable = Servable(model_name, version, path, loaded, meta, signatures)
+    _warm_up(servable)
+    return servable
+
+
+def _warm_up(servable: Servable) -> None:
+    """One request per example-taking signature before the version takes traffic."""
+    sig = servable.signatures.get(DEFAULT_SIGNATURE) or next(iter(servable.signatures.values()))
+    name = sig.example_input
+    if name is None:
+        return
+    spec = sig.feature_spec
+    payload = warmup_example(spec) if spec is not None else example_pb2.Example().SerializeToString()
+    try:
+        outputs = sig.run({name: tf.constant([payload])})
+    except BadRequest as err:
+        if spec is None:
+            return  # unknown features: an empty example may legitimately be rejected
+        raise LoadError(f"warm-up request failed: {err.message}") from err
+    except Exception as err:  # noqa: BLE001
+        raise LoadError(f"warm-up request failed: {type(err).__name__}: {err}") from err
+    for key, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != 1:
+            raise LoadError(f"warm-up: output {key!r} has shape {value.shape}, expected a batch of 1")

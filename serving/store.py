@@ -1,0 +1,302 @@
+"""Model store: which versions of each model are loaded, watched from the model directory.
+
+One watcher thread scans every base path about once a second (and the models.config file, when
+there is one). A new version is loaded and warmed up completely in the watcher thread while the
+old one keeps serving; only then does the served set switch, in one assignment (request threads
+read an immutable snapshot, so the swap needs no lock on the hot path), and the old version is
+dropped. A version that fails to load is logged, recorded as failed, and not retried until its
+files change; the versions already loaded keep serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+from serving.config import ConfigFileError, ModelConfig, config_stamp, load_model_config
+from serving.errors import NotFound, Unavailable
+
+log = logging.getLogger("serving")
+
+# States of TF Serving's ModelVersionStatus.
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str
+    error_code: str = "OK"  # google.rpc code name, as in TF Serving's status
+    error_message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What one model serves right now. Replaced as a whole, never mutated."""
+
+    servables: Dict[int, object]  # version -> Servable
+    labels: Dict[str, int]
+    latest: Optional[int]
+
+
+EMPTY = Snapshot({}, {}, None)
+
+
+def version_stamp(path: Path) -> Tuple:
+    """Names, sizes and mtimes of every file of a version: a failed version is retried when this changes."""
+    entries = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    return tuple(entries)
+
+
+def _list_versions(base: Path) -> List[int]:
+    """Integer version directories, newest first. Hidden ones (`.incoming-*`, `.deleting-*`) are skipped."""
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        name = entry.name
+        if name.isdigit() and not name.startswith(".") and entry.is_dir():
+            out.append(int(name))
+    return sorted(out, reverse=True)
+
+
+class ModelStore:
+    """Versions of one model. `poll()` runs in the watcher thread; `resolve()` in request threads."""
+
+    def __init__(self, config: ModelConfig, loader: Callable, stamp: Callable, metrics=None):
+        self.config = config
+        self._loader = loader  # (name, version, path) -> Servable, raises on failure
+        self._stamp = stamp  # path -> hashable summary of the files
+        self._metrics = metrics
+        self.snapshot: Snapshot = EMPTY
+        self._status: Dict[int, VersionStatus] = {}
+        self._failed: Dict[int, Tuple] = {}  # version -> stamp of the files that failed to load
+        self._status_lock = threading.Lock()
+        self._waiting_logged = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # -- request side -----------------------------------------------------------------------
+
+    def resolve(self, version: Optional[int] = None, label: Optional[str] = None):
+        snap = self.snapshot
+        if label is not None:
+            if label not in snap.labels and label not in self.config.label_map:
+                raise NotFound(f"Unrecognized servable version label: {label}")
+            version = snap.labels.get(label, self.config.label_map.get(label))
+            servable = snap.servables.get(version)
+            if servable is None:
+                raise Unavailable(f"Version {version} of model {self.name} (label {label!r}) is not loaded")
+            return servable
+        if version is None:
+            if snap.latest is None:
+                raise Unavailable(f"Model {self.name} has no loaded version yet (see GET /v1/models/{self.name})")
+            return snap.servables[snap.latest]
+        servable = snap.servables.get(version)
+        if servable is not None:
+            return servable
+        status = self._status.get(version)
+        if status is not None and (status.state in (START, LOADING) or status.error_code != "OK"):
+            why = "is loading" if status.state in (START, LOADING) else f"failed to load: {status.error_message}"
+            raise Unavailable(f"Version {version} of model {self.name} {why}")
+        raise NotFound(f"Servable not found for request: Specific({self.name}, {version})")
+
+    def statuses(self) -> List[VersionStatus]:
+        with self._status_lock:
+            return sorted(self._status.values(), key=lambda s: -s.version)
+
+    def status_of(self, version: Optional[int] = None, label: Optional[str] = None) -> List[VersionStatus]:
+        if label is not None:
+            labels = self.snapshot.labels or self.config.label_map
+            if label not in labels:
+                raise NotFound(f"Unrecognized servable version label: {label}")
+            version = labels[label]
+        if version is None:
+            statuses = self.statuses()
+            if not statuses:
+                raise NotFound(f"Could not find any versions of model {self.name}")
+            return statuses
+        status = self._status.get(version)
+        if status is None:
+            raise NotFound(f"Could not find version {version} of model {self.name}")
+        return [status]
+
+    # -- watcher side -----------------------------------------------------------------------
+
+    def _set_status(self, status: VersionStatus) -> None:
+        with self._status_lock:
+            self._status[status.version] = status
+
+    def _wanted(self, on_disk: List[int]) -> Tuple[List[int], Optional[int]]:
+        """(versions to try, newest first; how many to keep or None for all of them)."""
+        policy = self.config.policy
+        if policy.kind == "specific":
+            return [v for v in on_disk if v in policy.versions], None
+        if policy.kind == "all":
+            return on_disk, None
+        return on_disk, policy.num_versions
+
+    def _try_load(self, version: int, path: Path):
+        stamp = self._stamp(path)
+        if self._failed.get(version) == stamp:
+            return None  # failed before with these very files
+        self._set_status(VersionStatus(version, LOADING))
+        started = time.monotonic()
+        try:
+            servable = self._loader(self.name, version, path)
+        except Exception as err:  # noqa: BLE001 -- every failure is logged and skipped
+            message = " ".join(str(err).split())[:1000]
+            self._failed[version] = self._stamp(path)
+            self._set_status(VersionStatus(version, END, "UNKNOWN", message))
+            log.error("model %s version %d: load FAILED after %.1fs, skipped (old versions keep serving): %s",
+                      self.name, version, time.monotonic() - started, message)
+            if self._metrics:
+                self._metrics.load_failed(self.name)
+            return None
+        self._failed.pop(version, None)
+        log.info("model %s version %d: loaded and warmed up in %.1fs from %s",
+                 self.name, version, time.monotonic() - started, path)
+        if self._metrics:
+            self._metrics.load_succeeded(self.name, time.monotonic() - started)
+        return servable
+
+    def poll(self, stop: Optional[threading.Event] = None) -> bool:
+        """One scan: load what the policy wants, switch, unload the rest. Returns True if anything changed."""
+        base = self.config.base_path
+        on_disk = _list_versions(base)
+        if not on_disk and not self._waiting_logged and not self.snapshot.servables:
+            log.warning("model %s: no version under %s yet; serving 503 until one is pushed", self.name, base)
+            self._waiting_logged = True
+        candidates, keep = self._wanted(on_disk)
+        old = self.snapshot
+        chosen: Dict[int, object] = {}
+        for version in candidates:
+            if keep is not None and len(chosen) >= keep:
+                break
+            if stop is not None and stop.is_set():
+                return False
+            servable = old.servables.get(version)
+            if servable is None:
+                servable = self._try_load(version, base / str(version))
+            if servable is not None:
+                chosen[version] = servable
+        if not chosen and old.servables:
+            # Nothing loadable on disk (directory gone, every version broken): keep what serves.
+            if set(old.servables) - set(on_disk):
+                log.warning("model %s: no loadable version under %s; keeping version(s) %s",
+                            self.name, base, sorted(old.servables))
+            chosen = dict(old.servables)
+        labels = {k: v for k, v in self.config.labels}
+        new = Snapshot(chosen, labels, max(chosen) if chosen else None)
+        if new.servables.keys() == old.servables.keys() and new.labels == old.labels:
+            return False
+        for version in chosen:
+            self._set_status(VersionStatus(version, AVAILABLE))
+        self.snapshot = new  # the switch: one reference assignment
+        if self._metrics:
+            self._metrics.set_loaded(self.name, new.latest, list(chosen))
+        if new.latest != old.latest:
+            log.info("model %s: now serving version %s (loaded: %s)", self.name, new.latest, sorted(chosen))
+        for version in sorted(set(old.servables) - set(chosen)):
+            self._set_status(VersionStatus(version, END))
+            log.info("model %s version %d: unloaded", self.name, version)
+        if set(old.servables) - set(chosen):
+            gc.collect()  # in-flight requests still hold their Servable; memory goes when they finish
+        return True
+
+    def unload_all(self) -> None:
+        old, self.snapshot = self.snapshot, EMPTY
+        for version in sorted(old.servables):
+            self._set_status(VersionStatus(version, END))
+            log.info("model %s version %d: unloaded", self.name, version)
+
+
+class Registry:
+    """All models, the watcher thread, and config reloads."""
+
+    def __init__(self, configs: List[ModelConfig], loader: Callable, stamp: Callable,
+                 config_path: Optional[Path] = None, home: Optional[Path] = None,
+                 poll_seconds: float = 1.0, metrics=None):
+        self._loader, self._stamp, self._metrics = loader, stamp, metrics
+        self.config_path, self.home = config_path, home
+        self._config_stamp = config_stamp(config_path)
+        self.models: Dict[str, ModelStore] = {c.name: ModelStore(c, loader, stamp, metrics) for c in configs}
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def get(self, name: str) -> ModelStore:
+        store = self.models.get(name)
+        if store is None:
+            raise NotFound(f"Servable not found for request: Latest({name})" if name else "Missing model name in request.")
+        return store
+
+    def _reload_config(self) -> None:
+        stamp = config_stamp(self.config_path)
+        if self.config_path is None or stamp == self._config_stamp:
+            return
+        self._config_stamp = stamp
+        try:
+            configs = load_model_config(self.config_path, self.home or Path.cwd())
+        except ConfigFileError as err:
+            log.error("model config %s: %s; keeping the previous config", self.config_path, err)
+            return
+        models = dict(self.models)
+        for config in configs:
+            if config.name in models:
+                if models[config.name].config != config:
+                    models[config.name].config = config
+                    log.info("model %s: config changed (policy %s, labels %s)", config.name,
+                             config.policy.describe(), dict(config.labels))
+            else:
+                models[config.name] = ModelStore(config, self._loader, self._stamp, self._metrics)
+                log.info("model %s: added from %s", config.name, self.config_path)
+        removed = [name for name in models if name not in {c.name for c in configs}]
+        self.models = {name: store for name, store in models.items() if name not in removed}
+        for name in removed:
+            models[name].unload_all()
+            log.info("model %s: removed from %s", name, self.config_path)
+
+    def poll_once(self) -> None:
+        self._reload_config()
+        for store in list(self.models.values()):
+            if self._stop.is_set():
+                return
+            try:
+                store.poll(self._stop)
+            except Exception:  # noqa: BLE001 -- the watcher must survive anything on disk
+                log.exception("model %s: scan failed; will retry", store.name)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.poll_once()
+            self._stop.wait(max(0.05, self.poll_seconds - (time.monotonic() - started)))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,73 @@
+"""`mlops rollback` end to end against a running server (issue 6): two real pushes, then a rollback.
+
+Uses the session's pipeline home (version 1, pushed by the `taxi_model` fixture's run) and runs
+the same span again with more training steps and relaxed gates: only the Trainer, the Evaluator
+and the Pusher run again (the rest is cached), and version 2 is a different model. Then it rolls
+back while clients poll. Other tests only copy version 1's directory, so the extra versions in this
+home's serving directory do not reach them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from tests.conftest import DAY1, mlops
+from tests.serving.helpers import Http, Server
+from tests.serving.test_server_e2e import MODEL, Load, _probabilities
+
+pytestmark = pytest.mark.e2e
+
+
+def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_model, tmp_path):
+    if os.environ.get("MLOPS_SERVING_TEST_MODEL"):
+        pytest.skip("needs the ML Metadata of a real pipeline run (MLOPS_SERVING_TEST_MODEL skips it)")
+    home = taxi_model["home"]
+    base = home / "serving" / "models" / "taxi"
+    body = {"instances": taxi_model["rows"][:4]}
+    server = Server(home, tmp_path / "server.log", base=base)
+    try:
+        server.wait_serving(1)
+        code, _, answer = Http(server.rest_port).post(f"{MODEL}:predict", body)
+        assert code == 200
+        old = tuple(_probabilities(answer))
+
+        mlops(home, "run", "--date", DAY1.isoformat(), "--train-steps", "90", "--eval-steps", "10", "--auc-floor", "0.0",
+              "--min-improvement", "-1.0", "--slice-margin", "1.0", timeout=1200)
+        server.wait_serving(2, timeout=60)
+        server.wait_until(lambda: server.available_versions() == [2], 30, "version 1 unloaded")
+        code, headers, answer = Http(server.rest_port).post(f"{MODEL}:predict", body)
+        assert code == 200 and headers["X-Model-Version"] == "2"
+        new = tuple(_probabilities(answer))
+        assert new != pytest.approx(old, rel=1e-4), "the second run pushed the same model: nothing to roll back"
+
+        with Load(server.rest_port, body, threads=2) as load:
+            server.wait_until(lambda: load.count() > 20, 30, "clients polling")
+            started = time.monotonic()
+            mlops(home, "rollback", "--previous", "--reason", "too many tips predicted", "--by", "oncall")
+            returned = time.monotonic()
+            server.wait_until(lambda: load.latest_version() == 3, 30, "answers from version 3")
+            switched = time.monotonic()
+            settle = load.count()
+            server.wait_until(lambda: load.count() > settle + 10, 30, "more answers from version 3")
+        assert load.failures == [], load.failures[:5]
+        for answers in load.answers:
+            versions = [v for v, _ in answers]
+            assert versions == sorted(versions), "a client saw an older version after a newer one"
+            assert set(versions) <= {2, 3}
+            for version, probabilities in answers:
+                assert probabilities == pytest.approx(new if version == 2 else old, rel=1e-5), version
+        assert switched - returned <= 5.0, f"version 3 served {switched - returned:.1f}s after the rollback returned"
+        print(f"rollback: command {returned - started:.1f}s, first answer from version 3 "
+              f"{switched - returned:.2f}s after it returned; {load.count()} answers, 0 failures")
+    finally:
+        server.stop()
+
+    pushes = json.loads(mlops(home, "models", "list", "--json").stdout)
+    assert [(p["version"], p["kind"]) for p in pushes] == [(1, "nightly"), (2, "nightly"), (3, "rollback")]
+    last = pushes[-1]
+    assert (last["reason"], last["requested_by"], last["replaced_version"]) == ("too many tips predicted", "oncall", 2)
+    assert last["model_id"] == pushes[0]["model_id"] and last["serving"]
