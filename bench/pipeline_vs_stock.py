@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 from common import MLOPS, REPO, log, measure, publish, seed_home
 from components.pusher.versions import list_versions
 from pipelines.data import bundled_csv_path

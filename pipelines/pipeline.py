@@ -38,14 +38,21 @@ def _eval_config(config: PipelineConfig):
                 signature_name="serving_default",
                 label_key=F.TRANSFORMED_LABEL,
                 preprocessing_function_names=["transform_features"],
+                # Without a type TFMA loads each model with Keras just to find out it is one, then
+                # loads it again per Beam stage and re-computes its compiled metrics (duplicates
+                # of ours). We only call signatures: a plain SavedModel load is enough.
+                model_type=tfma.TF_GENERIC,
             )
         ],
+        options=tfma.Options(include_default_metrics={"value": False}),
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[k]) for k in F.SLICE_FEATURES],
         metrics_specs=[
             tfma.MetricsSpec(
                 metrics=[
                     tfma.MetricConfig(
                         class_name="AUC",
+                        # Keep TFMA's 10000 evenly spaced thresholds: 1000 would save only ~1 s, and
+                        # the Cash slice (predictions all < 0.001) would fall to AUC ~0.49 from ~0.85.
                         config='{"name": "%s"}' % HEADLINE_METRIC,
                         per_slice_thresholds=[overall_gate],
                     ),
@@ -114,6 +121,8 @@ def create_pipeline(config: PipelineConfig):
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         disable_statistics=True,
+        # Nothing reads the analyzer cache (one span per run): ~6 s of Transform CPU saved.
+        disable_analyzer_cache=True,
     )
     # Data that failed validation never reaches Transform, Trainer or Pusher.
     transform.add_upstream_node(drift_validator)
