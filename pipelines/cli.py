@@ -254,13 +254,17 @@ def _project_config(args):
 def cmd_rollback(args) -> int:
     import json
 
-    from pipelines.rollback import rollback
+    from pipelines.rollback import AlreadyServing, rollback
 
     config = _project_config(args)
     if not Path(config.metadata.sqlite_path).exists():
         raise ConfigError(f"no ML Metadata store at {config.metadata.sqlite_path}", "run the pipeline first: `make run`")
-    result = rollback(config, None if args.previous else args.to, args.reason, args.by,
-                      progress=(lambda _: None) if args.json else print)
+    try:
+        result = rollback(config, None if args.previous else args.to, args.reason, args.by,
+                          progress=(lambda _: None) if args.json else print, force=args.force)
+    except AlreadyServing as done:
+        print(json.dumps({"already_serving": done.served.version}) if args.json else str(done))
+        return 0
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, sort_keys=True))
     else:
@@ -420,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
         "rollback",
         help="push an earlier blessed model again (audited: an execution in ML Metadata)",
         description="Pick an earlier pushed model and push it again through the Pusher as the newest "
-        "version, recording who, when, why and which version it replaced. `mlops models list` "
+        "version, recording who, when, why and which version it replaced. Refuses unknown versions and "
+        "models the Evaluator never blessed (unless --force); rolling back to the model already served "
+        "does nothing and exits 0. `mlops models list` "
         "shows the versions.",
     )
     target = rollback_parser.add_mutually_exclusive_group(required=True)
@@ -429,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback_parser.add_argument("--reason", required=True, help="why (recorded in ML Metadata)")
     rollback_parser.add_argument("--by", help="who asked (default: the current user)")
     rollback_parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    rollback_parser.add_argument(
+        "--force", action="store_true", help="push the model even if the Evaluator never blessed it"
+    )
     rollback_parser.set_defaults(handler=cmd_rollback)
 
     models = commands.add_parser("models", help="pushed model versions")

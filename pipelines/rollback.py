@@ -88,11 +88,34 @@ def choose_target(pushes: List[PushRecord], to_version: Optional[int]) -> PushRe
             )
         target = earlier[-1]
     if target.fingerprint == served.fingerprint:
-        raise ConfigError(
-            f"version {target.version} holds the model being served now (version {served.version})",
-            "pick an earlier version with --to, or --previous",
-        )
+        raise AlreadyServing(target, served)
     return target
+
+
+class AlreadyServing(Exception):
+    """The chosen model is the one being served: a rollback to it has nothing to do (idempotent)."""
+
+    def __init__(self, target: PushRecord, served: PushRecord):
+        super().__init__(
+            f"version {served.version} already serves model {served.model_id} "
+            f"(the model of version {target.version}); nothing to do"
+        )
+        self.target = target
+        self.served = served
+
+
+def was_blessed(connection_config, model_id: int) -> bool:
+    """True when the Evaluator blessed model `model_id` at least once."""
+    from ml_metadata import metadata_store
+
+    store = metadata_store.MetadataStore(connection_config)
+    for blessing in store.get_artifacts_by_type("ModelBlessing"):
+        props = blessing.custom_properties
+        if (props["current_model_id"].int_value if "current_model_id" in props else -1) == model_id and (
+            props["blessed"].int_value if "blessed" in props else 0
+        ) == 1:
+            return True
+    return False
 
 
 def create_rollback_pipeline(config, model_id: int, reason: str, requested_by: str):
@@ -148,8 +171,12 @@ def rollback(
     reason: str,
     requested_by: Optional[str] = None,
     progress: Callable[[str], None] = print,
+    force: bool = False,
 ) -> RollbackResult:
-    """Pushes an earlier model again through the Pusher; returns what happened."""
+    """Pushes an earlier model again through the Pusher; returns what happened.
+
+    Raises AlreadyServing (nothing done) when the chosen model is the one being served, and
+    ConfigError for an unknown version or a never-blessed model (unless `force`)."""
     from pipelines.node_runner import compile_pipeline, node_ids, run_node
     from pipelines.runner import ensure_state_dirs, prepare_process_env
 
@@ -160,8 +187,13 @@ def rollback(
     ensure_state_dirs(config)
     connection = config.metadata.to_proto()
     pushes = list_pushes(connection)
-    target = choose_target(pushes, to_version)
+    target = choose_target(pushes, to_version)  # raises AlreadyServing when there is nothing to do
     served = pushes[-1]
+    if not force and not was_blessed(connection, target.model_id):
+        raise ConfigError(
+            f"model {target.model_id} (version {target.version}) was never blessed by the Evaluator",
+            "pick a blessed version (`mlops models list`) or pass --force to push it anyway",
+        )
     progress(f"rolling back: serving version {served.version} (model {served.model_id}); "
              f"pushing version {target.version}'s model {target.model_id} again")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")

@@ -35,7 +35,12 @@ def _describe_failures(validation_result, limit: int = 5) -> str:
             or "overall"
         )
         for failure in per_slice.failures:
-            detail = failure.message or f"value {failure.metric_value.double_value.value:.4f} fails {_threshold(failure)}"
+            value = failure.metric_value.double_value.value
+            if failure.metric_key.is_diff:  # TFMA reports the difference to the baseline here
+                detail = f"changed by {value:+.4f} against the served model, short of the {_threshold(failure)}"
+            else:
+                detail = f"value {value:.4f} fails {_threshold(failure)}"
+            detail = failure.message or detail
             failures.append(f"{failure.metric_key.name} on {slice_name}: {detail}")
     if not failures:
         return "validation failed"

@@ -110,6 +110,8 @@ def nightly(tmp_path_factory):
             "--conf", json.dumps({"to_version": 1, "reason": "canary alert on v2", "requested_by": "on-call"}),
         )
         out["after_rollback"] = versions.list_versions(models)
+        out["rollback_again"] = mlops(home, "rollback", "--to", "1", "--reason", "same again", check=False)
+        out["after_rollback_again"] = versions.list_versions(models)
         out["bad"] = airflow_run(home, DAY3, *LENIENT, env=fast_retry)
         out["after_bad"] = versions.list_versions(models)
         out["bad_span_unchanged"] = bad_span.read_bytes() == bad_bytes
@@ -162,6 +164,13 @@ def test_rollback_dag_pushes_the_earlier_model_again_and_records_it(nightly):
     assert last["version"] == 3 and last["kind"] == "rollback" and last["serving"]
     assert last["reason"] == "canary alert on v2" and last["requested_by"] == "on-call"
     assert last["replaced_version"] == 2 and last["model_id"] == pushes[0]["model_id"]
+
+
+def test_rolling_back_to_the_served_model_again_changes_nothing(nightly):
+    again = nightly["rollback_again"]
+    assert again.returncode == 0, again.stderr
+    assert "already serves model" in again.stdout and "nothing to do" in again.stdout
+    assert nightly["after_rollback_again"] == [1, 2, 3]
 
 
 def test_a_span_missing_a_required_column_stops_at_validation(nightly):

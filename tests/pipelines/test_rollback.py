@@ -1,0 +1,47 @@
+"""Choosing what a rollback pushes: the pure part of `mlops rollback` (the e2e tests run it for real)."""
+
+import pytest
+
+from pipelines.errors import ConfigError
+from pipelines.rollback import AlreadyServing, PushRecord, choose_target
+
+
+def push(artifact_id, version, model_id, fingerprint, kind="nightly"):
+    return PushRecord(artifact_id, version, model_id, kind, "why", "who", "2026-11-23T00:00:00", 0, fingerprint)
+
+
+HISTORY = [push(10, 1, 101, "a"), push(20, 2, 102, "b"), push(30, 3, 103, "c")]
+
+
+def test_previous_is_the_model_served_before_the_current_one():
+    assert choose_target(HISTORY, None).version == 2
+
+
+def test_previous_skips_pushes_of_the_bytes_being_served():
+    # v4 rolled back to v1's bytes; "previous" from there is v3, not v1 again.
+    history = HISTORY + [push(40, 4, 101, "a", kind="rollback")]
+    assert choose_target(history, None).version == 3
+
+
+def test_to_version_picks_that_push():
+    assert choose_target(HISTORY, 1).model_id == 101
+
+
+def test_rolling_back_to_the_served_model_is_a_no_op():
+    with pytest.raises(AlreadyServing, match="version 3 already serves model 103"):
+        choose_target(HISTORY, 3)
+    history = HISTORY + [push(40, 4, 101, "a", kind="rollback")]
+    with pytest.raises(AlreadyServing, match="nothing to do"):
+        choose_target(history, 1)  # the same rollback again
+
+
+def test_unknown_version_names_the_known_ones():
+    with pytest.raises(ConfigError, match=r"no pushed version 9 \(pick one of the pushed versions: 1, 2, 3\)"):
+        choose_target(HISTORY, 9)
+
+
+def test_nothing_to_roll_back_to():
+    with pytest.raises(ConfigError, match="nothing has been pushed yet"):
+        choose_target([], None)
+    with pytest.raises(ConfigError, match="the only model ever pushed"):
+        choose_target(HISTORY[:1], None)
