@@ -153,14 +153,19 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
         return self.calls.run(context, "predict", request.model_spec.name, call)
 
+    def _example_request(self, request, method: str):
+        """Servable, signature and serialized tf.Examples of a Classify/Regress request."""
+        servable = self._servable(request.model_spec)
+        sig = servable.signature(request.model_spec.signature_name)
+        codec.example_input_of(sig, method)
+        serialized = _serialized_examples(request.input)
+        if not serialized:
+            raise BadRequest("Input is empty")
+        return servable, sig, serialized
+
     def Classify(self, request, context):
         def call():
-            servable = self._servable(request.model_spec)
-            sig = servable.signature(request.model_spec.signature_name)
-            codec.example_input_of(sig, "classify")
-            serialized = _serialized_examples(request.input)
-            if not serialized:
-                raise BadRequest("Input is empty")
+            servable, sig, serialized = self._example_request(request, "classify")
             results = codec.classify_results(sig, self.api.run_examples(sig, serialized), len(serialized))
             response = classification_pb2.ClassificationResponse()
             for row in results:
@@ -175,12 +180,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Regress(self, request, context):
         def call():
-            servable = self._servable(request.model_spec)
-            sig = servable.signature(request.model_spec.signature_name)
-            codec.example_input_of(sig, "regress")
-            serialized = _serialized_examples(request.input)
-            if not serialized:
-                raise BadRequest("Input is empty")
+            servable, sig, serialized = self._example_request(request, "regress")
             values = codec.regress_results(sig, self.api.run_examples(sig, serialized), len(serialized))
             response = regression_pb2.RegressionResponse()
             for value in values:
