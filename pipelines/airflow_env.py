@@ -79,19 +79,27 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
-def init(home: Path, progress: Callable[[str], None] = print) -> None:
-    """Idempotent: creates or upgrades Airflow's database and the ML Metadata pool."""
+def init(home: Path, progress: Callable[[str], None] = print, force: bool = False) -> None:
+    """Idempotent: creates or upgrades Airflow's database and the ML Metadata pool.
+
+    Each Airflow CLI call costs seconds, so once done for an installed Airflow (the stamp names
+    the binary and its mtime), later calls return at once unless `force` (`mlops airflow init`)."""
     folder = airflow_home(home)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = folder / ".migrated"
+    binary = check_installed()
+    key = f"{binary}:{binary.resolve().stat().st_mtime_ns}:{POOL}=1"
+    default_db = not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+    db_present = (folder / "airflow.db").exists() or not default_db
+    if not force and db_present and stamp.exists() and stamp.read_text().strip() == key:
+        return
     version = run_airflow(home, ["version"]).stdout.strip()
-    if not stamp.exists() or stamp.read_text().strip() != version:
-        progress(f"airflow {version}: preparing its database under {folder}")
-        run_airflow(home, ["db", "migrate"])
-        stamp.write_text(version + "\n")
+    progress(f"airflow {version}: preparing its database under {folder}")
+    run_airflow(home, ["db", "migrate"])
     pools = run_airflow(home, ["pools", "list", "--output", "json"]).stdout
     if not any(p.get("pool") == POOL and str(p.get("slots")) == "1" for p in _json_list(pools)):
         run_airflow(home, ["pools", "set", POOL, "1", POOL_DESCRIPTION])
+    stamp.write_text(key + "\n")
 
 
 def _json_list(text: str) -> list:

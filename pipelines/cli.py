@@ -222,7 +222,7 @@ def cmd_airflow(args) -> int:
         from pipelines import services  # `make up` / `make down`: the long-running services
 
         return services.main(paths.home, args)
-    airflow_env.init(paths.home)
+    airflow_env.init(paths.home, force=args.airflow_command == "init")
     if args.airflow_command == "init":
         print(f"Airflow home {airflow_env.airflow_home(paths.home)} ready (pool {airflow_env.POOL}: 1 slot)")
         return 0
