@@ -238,7 +238,12 @@ def serve(path: Path, idle_timeout: float) -> int:
                 continue
             conn, _ = listener.accept()
             last_activity = time.monotonic()
-            line = _read_line(conn)
+            conn.settimeout(10.0)  # a client that connects and says nothing must not stall the loop
+            try:
+                line = _read_line(conn)
+            except OSError:
+                line = b""
+            conn.settimeout(None)
             try:
                 message = json.loads(line) if line else {}
             except json.JSONDecodeError:
@@ -252,8 +257,16 @@ def serve(path: Path, idle_timeout: float) -> int:
             elif op == "run" and not stopping:
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover -- runs in the supervising child
-                    listener.close()
-                    os._exit(_supervise(conn, message))
+                    code = 1
+                    try:  # never fall back into the server loop (its finally removes the socket)
+                        listener.close()
+                        code = _supervise(conn, message)
+                    except BaseException:  # noqa: BLE001
+                        import traceback
+
+                        traceback.print_exc()
+                    finally:
+                        os._exit(code)
                 children[pid] = time.monotonic()
                 _log(f"started {' '.join(message['argv'][:6])} ... as supervisor {pid}")
                 conn.close()
@@ -312,6 +325,8 @@ def _supervise(conn: socket.socket, message: dict) -> int:  # pragma: no cover -
         os.dup2(write_end, 2)
         os._exit(_run_cli(message))
     os.close(write_end)
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)  # also here, so a kill right after the fork reaches the group
     client_gone = False
     status = None
     while status is None:
@@ -326,7 +341,8 @@ def _supervise(conn: socket.socket, message: dict) -> int:  # pragma: no cover -
             except OSError:
                 client_gone = True
         if client_gone:
-            _kill_group(pid)
+            status = _kill_group(pid)  # reaps it
+            break
         done, raw = os.waitpid(pid, os.WNOHANG)
         if done:
             status = raw
@@ -342,19 +358,21 @@ def _supervise(conn: socket.socket, message: dict) -> int:  # pragma: no cover -
     return 0
 
 
-def _kill_group(pid: int) -> None:
+def _kill_group(pid: int) -> int:
+    """SIGTERM the node's process group, SIGKILL it after KILL_GRACE; returns the wait status."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + KILL_GRACE
     while time.monotonic() < deadline:
-        done, _ = os.waitpid(pid, os.WNOHANG)
+        done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            return
+                os.killpg(pid, signal.SIGKILL)  # whatever the node left running in its group
+            return status
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+    return os.waitpid(pid, 0)[1]
 
 
 def _run_cli(message: dict) -> int:  # pragma: no cover -- forked child

@@ -1,0 +1,39 @@
+"""The warm worker: nodes run in forks of it, with their output and exit codes relayed."""
+
+import os
+import subprocess
+
+from tests.conftest import DAY1, REPO, make_home, mlops
+
+
+def node(home, *args, env=None):
+    return subprocess.run(
+        [str(REPO / ".venv" / "bin" / "mlops"), "--home", str(home), "node", "run", *args],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})},
+    )
+
+
+def test_nodes_run_in_the_warm_worker_with_output_and_exit_codes_relayed(tmp_path):
+    home = make_home(tmp_path, days=1, rows=200, end=DAY1)
+    try:
+        first = node(home, "--node", "served_model", "--run-id", "w1", "--date", DAY1.isoformat())
+        assert first.returncode == 0, first.stderr
+        assert "node served_model: complete" in first.stdout
+        status = mlops(home, "worker", "status").stdout
+        assert status.startswith("warm worker ") and str(home) not in status  # socket in /tmp
+        pid = int(status.split()[2])
+        # A second node is forked from the same worker: not a new one.
+        second = node(home, "--node", "ImportSchemaGen", "--run-id", "w1", "--date", DAY1.isoformat())
+        assert second.returncode == 0 and "node ImportSchemaGen: complete" in second.stdout
+        assert int(mlops(home, "worker", "status").stdout.split()[2]) == pid
+        # Errors keep their exit code and one-line reason through the worker.
+        unknown = node(home, "--node", "NoSuchNode", "--run-id", "w1", "--date", DAY1.isoformat())
+        assert unknown.returncode == 2
+        assert "no node 'NoSuchNode'" in (unknown.stdout + unknown.stderr)
+        assert "mlops node list" in (unknown.stdout + unknown.stderr)
+        # The same node without the worker gives the same answer.
+        cold = node(home, "--node", "served_model", "--run-id", "w2", "--date", DAY1.isoformat(), "--cold")
+        assert cold.returncode == 0 and "node served_model: complete" in cold.stdout
+    finally:
+        stopped = mlops(home, "worker", "stop", check=False).stdout
+    assert "stops after" in stopped
