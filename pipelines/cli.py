@@ -168,22 +168,15 @@ def cmd_worker(args) -> int:
 def cmd_node_list(args) -> int:
     from pipelines.node_runner import compile_for, upstream_ids
 
-    for node_id, upstream in upstream_ids(compile_for(_manifest_config(args.home), "list")).items():
+    for node_id, upstream in upstream_ids(compile_for(_project_config(args), "list")).items():
         print(f"{node_id}\t<- {', '.join(upstream) or '(start)'}")
     return 0
-
-
-def _manifest_config(home):
-    from pipelines.config import PipelineConfig, ProjectPaths
-
-    # Node ids and wiring do not depend on the span or the tuning options.
-    return PipelineConfig.for_project(ProjectPaths.from_env(home), dt.date(1970, 1, 1))
 
 
 def cmd_dags_manifest(args) -> int:
     from pipelines import manifest
 
-    built = manifest.build(_manifest_config(args.home))
+    built = manifest.build(_project_config(args))
     path = Path(args.output) if args.output else manifest.DEFAULT_PATH
     if args.check:
         problem = manifest.compare(built, path)
@@ -197,13 +190,10 @@ def cmd_dags_manifest(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from pipelines.config import ProjectPaths, MetadataConfig
     from pipelines.summary import latest_run_id, read_run_summary
 
-    paths = ProjectPaths.from_env(args.home)
-    connection = MetadataConfig(sqlite_path=str(paths.metadata_path)).to_proto()
-    if not paths.metadata_path.exists():
-        raise ConfigError(f"no ML Metadata store at {paths.metadata_path}", "run the pipeline first: `make run`")
+    config = _require_metadata(_project_config(args))
+    connection = config.metadata.to_proto()
     run_id = args.run_id or latest_run_id(connection)
     if not run_id:
         raise ConfigError("ML Metadata holds no pipeline run yet", "run the pipeline first: `make run`")
@@ -244,8 +234,14 @@ def cmd_airflow(args) -> int:
     return 1 if code else 0
 
 
+def _require_metadata(config):
+    if config.metadata.is_sqlite and not Path(config.metadata.sqlite_path).exists():
+        raise ConfigError(f"no ML Metadata store at {config.metadata.sqlite_path}", "run the pipeline first: `make run`")
+    return config
+
+
 def _project_config(args):
-    """Config for commands that work on the project's state, not on one span."""
+    """Config for commands that work on the project's state (or its shape), not on one span."""
     from pipelines.config import PipelineConfig, ProjectPaths
 
     return PipelineConfig.for_project(ProjectPaths.from_env(args.home), dt.date(1970, 1, 1))
@@ -256,9 +252,7 @@ def cmd_rollback(args) -> int:
 
     from pipelines.rollback import AlreadyServing, rollback
 
-    config = _project_config(args)
-    if not Path(config.metadata.sqlite_path).exists():
-        raise ConfigError(f"no ML Metadata store at {config.metadata.sqlite_path}", "run the pipeline first: `make run`")
+    config = _require_metadata(_project_config(args))
     try:
         result = rollback(config, None if args.previous else args.to, args.reason, args.by,
                           progress=(lambda _: None) if args.json else print, force=args.force)

@@ -119,7 +119,7 @@ def compile_for(config, run_id: str):
     return compile_pipeline(create_pipeline(config), run_id)
 
 
-def run_one_node(config, run_id: str, node_id: str, ir=None) -> NodeResult:
+def run_one_node(config, run_id: str, node_id: str) -> NodeResult:
     """Runs one node of the span's pipeline run `run_id` (what one Airflow task does).
 
     Every task of a run compiles the same config, so the IR (and so the cache keys) agree.
@@ -129,6 +129,6 @@ def run_one_node(config, run_id: str, node_id: str, ir=None) -> NodeResult:
     prepare_process_env()
     config.check()
     ensure_state_dirs(config)
-    ir = ir if ir is not None else compile_for(config, run_id)
+    ir = compile_for(config, run_id)
     with _pid_file(config, run_id, node_id):
         return run_node(ir, node_id)

@@ -8,8 +8,10 @@ import os
 from typing import Dict, List, Optional
 
 
-# Same as GateConfig.min_slice_examples: smaller slices are neither gated nor worth a line.
-MIN_SHOWN_SLICE_EXAMPLES = 50
+from pipelines.config import GateConfig
+
+# Slices too small to be gated are not worth a line either.
+MIN_SHOWN_SLICE_EXAMPLES = GateConfig.min_slice_examples
 
 
 @dataclasses.dataclass
@@ -138,7 +140,7 @@ def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool)
         summary.push_reason = props["reason"].string_value if "reason" in props else ""
 
 
-def latest_run_id(connection_config, pipeline_name: str = "taxi") -> Optional[str]:
+def latest_run_id(connection_config) -> Optional[str]:
     """The id of the most recently created pipeline run, or None."""
     from ml_metadata import metadata_store
 
