@@ -46,6 +46,12 @@ def environment(home: Path, base: Optional[Dict[str, str]] = None) -> Dict[str, 
         MLOPS_HOME=str(Path(home).resolve()),
         MLOPS_BIN=str(Path(sys.executable).parent / "mlops"),
     )
+    if not env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+        # Airflow's default SQLite store, with a longer busy timeout: the scheduler, dag-processor,
+        # api-server and CLI calls such as `airflow backfill create` all write to it, and Python's
+        # default 5 s wait gave "database is locked" on a loaded 2-core machine (CI, session 3).
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = (
+            f"sqlite:///{airflow_home(home).resolve() / 'airflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_S}")
     # The TFX environment's variables must not leak into Airflow's Python 3.11 processes.
     for name in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", ENV_IN_WORKER):
         env.pop(name, None)
@@ -53,6 +59,7 @@ def environment(home: Path, base: Optional[Dict[str, str]] = None) -> Dict[str, 
 
 
 ENV_IN_WORKER = "MLOPS_IN_WORKER"
+SQLITE_BUSY_TIMEOUT_S = 60
 
 
 def check_installed() -> Path:
