@@ -46,21 +46,29 @@ def cmd_data_seed(args) -> int:
 
 def cmd_data_make_span(args) -> int:
     from pipelines.config import ProjectPaths
-    from pipelines.data import FaultSpec, make_span
+    from pipelines.data import DEFAULT_SEVERITY, FaultSpec, make_span
 
     paths = ProjectPaths.from_env(args.home)
     fault = FaultSpec(args.fault, args.column, args.severity)
     path = make_span(paths.data_root, args.date, fault, rows=args.rows, seed_value=args.seed, overwrite=args.overwrite)
-    print(f"span {args.date}: wrote {path} with fault {fault.kind}" + (f" on {fault.target}" if fault.target else ""))
+    target = f" on {fault.target}" if fault.target and fault.kind != "none" else ""
+    severity = f" (severity {fault.amount:g})" if fault.kind in DEFAULT_SEVERITY or args.severity is not None else ""
+    print(f"span {args.date}: wrote {path} with fault {fault.kind}{target}{severity}")
     return 0
 
 
 def _pipeline_config(args):
-    from pipelines.config import GateConfig, PipelineConfig, ProjectPaths
+    import dataclasses
+
+    from pipelines.config import DataGateConfig, GateConfig, PipelineConfig, ProjectPaths, span_fingerprint
     from pipelines.data import latest_span
 
     paths = ProjectPaths.from_env(args.home)
     span_date = args.date or latest_span(paths.data_root)
+    data_gates = DataGateConfig.load(paths.gates_path)
+    if getattr(args, "warn_drift", None):
+        warn = tuple(dict.fromkeys(data_gates.warn_features + tuple(args.warn_drift)))
+        data_gates = dataclasses.replace(data_gates, warn_features=warn)
     overrides = dict(
         train_steps=args.train_steps,
         eval_steps=args.eval_steps,
@@ -72,12 +80,19 @@ def _pipeline_config(args):
         ),
         beam_mode=args.beam_mode,
         enable_cache=not args.no_cache,
+        data_gates=data_gates,
+        span_fingerprint=span_fingerprint(paths.data_root, span_date),
     )
     config = PipelineConfig.for_project(paths, span_date, **overrides)
     if args.schema:
-        import dataclasses
-
         config = dataclasses.replace(config, schema_path=args.schema)
+    elif paths.schema_path.is_file():
+        from pipelines.schema_history import snapshot_for_run
+
+        # The run imports a content-addressed copy: the schema it used stays on disk (30 days of
+        # history), and a changed schema is a new path, so ImportSchemaGen's cache cannot serve
+        # yesterday's schema.
+        config = dataclasses.replace(config, schema_path=str(snapshot_for_run(paths)))
     return config
 
 
@@ -90,7 +105,7 @@ def cmd_run(args) -> int:
     except RunFailed as failed:
         print("\n".join(failed.summary.lines()))
         print(f"run stopped at {failed.node_id}: {failed.cause}", file=sys.stderr)
-        return 1
+        return EXIT_BLOCKED if isinstance(failed.cause, DataError) else 1
     print(summary.to_json() if args.json else "\n".join(summary.lines()))
     return 0
 
@@ -187,6 +202,16 @@ def cmd_dags_manifest(args) -> int:
     changed = manifest.write(built, path)
     print(f"{'wrote' if changed else 'unchanged:'} {path} ({len(built['nodes'])} nodes)")
     return 0
+
+
+def cmd_validate(args) -> int:
+    from pipelines.validate import validate_span
+
+    config = _pipeline_config(args).check()
+    emit = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    report = validate_span(config, progress=emit if not args.quiet else (lambda _: None))
+    print(report.to_json() if args.json else "\n".join(report.lines()), flush=True)
+    return EXIT_BLOCKED if report.blocked else 0
 
 
 def cmd_summary(args) -> int:
@@ -319,6 +344,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="Beam DirectRunner mode: in_memory, multi_processing, multi_threading (default: in_memory)",
     )
     parser.add_argument("--schema", help="schema.pbtxt to import (default: schemas/taxi/schema.pbtxt)")
+    parser.add_argument("--warn-drift", action="append", metavar="FEATURE",
+                        help="let this feature's drift through with a warning (repeatable; adds to "
+                        "[drift] warn in schemas/taxi/gates.toml)")
     parser.add_argument("--no-cache", action="store_true", help="rerun every node even if cached")
 
 
@@ -357,11 +385,31 @@ def build_parser() -> argparse.ArgumentParser:
     make_span.add_argument("--date", type=_date, required=True, help="span date, YYYY-MM-DD")
     make_span.add_argument("--fault", required=True, choices=sorted(FAULTS), help="what to break")
     make_span.add_argument("--column", help="column to break (default depends on the fault)")
-    make_span.add_argument("--severity", type=float, default=1.0, help="fraction of rows / size of the shift (default: 1.0)")
+    make_span.add_argument("--severity", type=float,
+                           help="fraction of rows / size of the shift (default: depends on the fault)")
     make_span.add_argument("--rows", type=int, default=1500, help="rows in the span (default: 1500)")
     make_span.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
     make_span.add_argument("--overwrite", action="store_true", help="replace an existing span")
     make_span.set_defaults(handler=cmd_data_make_span)
+
+    validate = commands.add_parser(
+        "validate",
+        help="run one span's data gates (no training) and print the anomalies table",
+        description="Runs the nightly pipeline's data gates for one span -- raw file checks, statistics, "
+        "schema validation, drift against the served model's training data and the previous good span -- "
+        "and prints every finding (feature, what was seen vs expected, the fix) and each feature's drift "
+        "distance. Results are recorded in ML Metadata like a nightly run's. Exit 0: the span passes; "
+        "3: it would be blocked; 2: configuration error.",
+    )
+    validate.add_argument("--date", type=_date, help="span to validate, YYYY-MM-DD (default: the latest span)")
+    validate.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
+    validate.add_argument("--quiet", action="store_true", help="no per-node progress lines")
+    validate.add_argument("--schema", help="schema.pbtxt to validate against (default: schemas/taxi/schema.pbtxt)")
+    validate.add_argument("--warn-drift", action="append", metavar="FEATURE",
+                          help="let this feature's drift through with a warning (repeatable)")
+    validate.add_argument("--no-cache", action="store_true", help="recompute even if cached")
+    validate.set_defaults(handler=cmd_validate, train_steps=300, eval_steps=50, strategy="auto", auc_floor=0.6,
+                          min_improvement=0.01, slice_margin=0.05, beam_mode="in_memory")
 
     run = commands.add_parser(
         "run",
@@ -499,6 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--run-id", help="pipeline run id (default: the newest run)")
     summary.add_argument("--json", action="store_true", help="print JSON")
     summary.set_defaults(handler=cmd_summary)
+
+    from pipelines import schema_history as _schema_history  # no TFX: argument definitions only
+
+    _schema_history.add_commands(commands)
     return parser
 
 

@@ -54,6 +54,10 @@ class ProjectPaths:
         return self.home / "schemas" / "taxi" / "schema.pbtxt"
 
     @property
+    def gates_path(self) -> Path:
+        return self.home / "schemas" / "taxi" / "gates.toml"
+
+    @property
     def serving_model_dir(self) -> Path:
         return self.home / "serving" / "models" / PIPELINE_NAME
 
@@ -103,6 +107,38 @@ class GateConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataGateConfig:
+    """When a span is blocked before training (drift thresholds themselves live in the schema)."""
+
+    # Features whose drift only warns: the run goes on and the warning is recorded.
+    warn_features: Tuple[str, ...] = ()
+    # More duplicate rows than this fraction of the span blocks it.
+    max_duplicate_fraction: float = 0.05
+
+    @classmethod
+    def load(cls, path: Path) -> "DataGateConfig":
+        """Reads `schemas/taxi/gates.toml`; a missing file means the defaults."""
+        if not path.is_file():
+            return cls()
+        import tomli
+
+        try:
+            data = tomli.loads(path.read_text())
+        except tomli.TOMLDecodeError as err:
+            raise ConfigError(f"{path} is not valid TOML: {err}", "fix the file or restore it from git") from err
+        drift, span = data.get("drift", {}), data.get("span", {})
+        warn = drift.get("warn", [])
+        if not isinstance(warn, list) or not all(isinstance(name, str) for name in warn):
+            raise ConfigError(f"{path}: [drift] warn must be a list of feature names, not {warn!r}",
+                              'write it like: warn = ["company"]')
+        fraction = span.get("max_duplicate_fraction", cls.max_duplicate_fraction)
+        if not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+            raise ConfigError(f"{path}: [span] max_duplicate_fraction {fraction!r} is not a fraction",
+                              "use a number between 0 and 1, such as 0.05")
+        return cls(warn_features=tuple(warn), max_duplicate_fraction=float(fraction))
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """Everything `create_pipeline` needs for one span. Pure data: no I/O happens here."""
 
@@ -118,10 +154,14 @@ class PipelineConfig:
     batch_size: int = 64
     strategy: str = "auto"
     gates: GateConfig = GateConfig()
+    data_gates: DataGateConfig = DataGateConfig()
     beam_mode: str = "in_memory"
     beam_workers: int = 1
     extra_beam_args: Tuple[str, ...] = ()
     enable_cache: bool = True
+    # Name, size and mtime of the span's files (`span_fingerprint()`, read at the edge): a changed
+    # file gives the span check a new cache key.
+    span_fingerprint: str = ""
 
     @classmethod
     def for_project(cls, paths: ProjectPaths, span_date: dt.date, **overrides) -> "PipelineConfig":
@@ -174,8 +214,29 @@ class PipelineConfig:
             )
         if not 0.0 <= self.gates.auc_floor <= 1.0:
             raise ConfigError(f"AUC floor {self.gates.auc_floor} is outside [0, 1]", "pass --auc-floor between 0 and 1")
-        check_span_dir(Path(self.data_root), self.span_date)
+        unknown = [name for name in self.data_gates.warn_features if name not in _schema_feature_names(self.schema_path)]
+        if unknown:
+            raise ConfigError(f"drift warn setting names features the schema does not have: {', '.join(unknown)}",
+                              "fix [drift] warn in schemas/taxi/gates.toml")
         return self
+
+
+def _schema_feature_names(schema_path: str) -> set:
+    """Feature names of a schema.pbtxt, read as text (no protobuf import in the CLI process)."""
+    import re
+
+    return set(re.findall(r'^feature \{\s*\n\s*name: "([^"]+)"', Path(schema_path).read_text(), flags=re.M))
+
+
+def span_fingerprint(data_root: Path, day: dt.date) -> str:
+    import hashlib
+
+    folder = span_dir(Path(data_root), day)
+    digest = hashlib.sha1()
+    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
 
 
 def span_dir(data_root: Path, day: dt.date) -> Path:

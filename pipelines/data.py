@@ -8,8 +8,10 @@ columns slightly, so benchmark spans of 150k or 1.5M rows are not exact copies.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
+import io
 import datetime as dt
 import importlib.util
 import os
@@ -129,31 +131,75 @@ def latest_span(data_root: Path) -> dt.date:
 FAULTS = {
     "none": "a clean span (same distribution as the seeded days)",
     "missing_column": "drops a required column (default: tips)",
-    "extra_column": "adds a column the schema does not know",
+    "extra_column": "adds a column the schema does not know (default: surge_multiplier)",
     "strings_in_numeric": "writes text into a numeric column (default: fare) in --severity of the rows",
     "empty_file": "header only, no rows",
     "no_files": "the span folder exists but holds no CSV file",
-    "drift": "scales a numeric column (default: trip_miles) by 1 + --severity",
-    "out_of_range": "puts --severity of a column's values (default: trip_start_hour) outside the schema range",
+    "malformed_row": "--severity of the rows (at least one) get an extra field, breaking the CSV",
+    "all_null": "a required column (default: trip_miles) is empty in every row",
+    "unknown_category": "--severity of a categorical column's values (default: payment_type) are outside its domain",
+    "out_of_range": "--severity of a numeric column's values (default: fare) outside the schema range "
+    "(negative for fare/tips/trip_miles/trip_seconds, above the maximum otherwise)",
+    "drift": "numeric distribution shift: scales a column (default: trip_miles) by 1 + --severity",
+    "categorical_shift": "--severity of the rows get the column's (default: payment_type) rarest common value",
+    "label_shift": "--severity of the big tippers get tips 0, shifting the label (big_tipper) distribution",
+    "non_utf8": "--severity of a text column's values (default: company) hold Latin-1 bytes that are not UTF-8",
+    "duplicates": "a flood of duplicate rows: --severity of the span's rows are copies of other rows",
 }
 DEFAULT_FAULT_COLUMN = {
     "missing_column": "tips",
     "strings_in_numeric": "fare",
+    "all_null": "trip_miles",
+    "unknown_category": "payment_type",
     "drift": "trip_miles",
-    "out_of_range": "trip_start_hour",
+    "categorical_shift": "payment_type",
+    "out_of_range": "fare",
     "extra_column": "surge_multiplier",
+    "non_utf8": "company",
+    "label_shift": "tips",
 }
+# --severity when none is given: the size of fault a nightly run must catch.
+DEFAULT_SEVERITY = {
+    "strings_in_numeric": 1.0,
+    "malformed_row": 0.01,
+    "unknown_category": 0.2,
+    "out_of_range": 0.2,
+    "drift": 1.0,
+    "categorical_shift": 0.5,
+    "label_shift": 0.9,
+    "non_utf8": 0.05,
+    "duplicates": 0.5,
+}
+NEVER_NEGATIVE = ("fare", "tips", "trip_miles", "trip_seconds")
+_COLUMN_FAULTS = ("missing_column", "strings_in_numeric", "all_null", "unknown_category", "out_of_range", "drift",
+                  "categorical_shift", "non_utf8", "label_shift")
 
 
 @dataclasses.dataclass(frozen=True)
 class FaultSpec:
     kind: str
     column: Optional[str] = None
-    severity: float = 1.0
+    severity: Optional[float] = None
 
     @property
     def target(self) -> str:
         return self.column or DEFAULT_FAULT_COLUMN.get(self.kind, "")
+
+    @property
+    def amount(self) -> float:
+        return DEFAULT_SEVERITY.get(self.kind, 1.0) if self.severity is None else self.severity
+
+
+def _label_shift(header, rows, severity: float, rng: random.Random) -> None:
+    """Zeroes the tips of --severity of the big tippers (tips > 20% of fare): fewer positive labels."""
+    tips, fare = header.index("tips"), header.index("fare")
+    for row in rows:
+        try:
+            big_tipper = float(row[tips]) > 0.2 * float(row[fare])
+        except ValueError:
+            continue
+        if big_tipper and rng.random() < severity:
+            row[tips] = "0.0"
 
 
 def make_span(
@@ -164,19 +210,28 @@ def make_span(
     seed_value: int = 7,
     overwrite: bool = False,
 ) -> Path:
-    """Writes the span folder for `day` with one fault injected (for tests, demos and drills)."""
+    """Writes the span folder for `day` with one fault injected (for tests, demos and drills).
+
+    Rows are drawn without replacement from the bundled sample (with replacement only when more
+    rows than the sample are asked for), so a clean span has no duplicate rows."""
     if fault.kind not in FAULTS:
         raise ConfigError(f"unknown fault {fault.kind!r}", f"use one of: {', '.join(FAULTS)}")
-    if not 0.0 <= fault.severity <= 100.0:
-        raise ConfigError(f"--severity {fault.severity} is out of range", "pass a fraction such as 0.5")
+    severity = fault.amount
+    if not 0.0 <= severity <= 100.0:
+        raise ConfigError(f"--severity {severity} is out of range", "pass a fraction such as 0.5")
+    if rows < 1 and fault.kind not in ("empty_file", "no_files"):
+        raise ConfigError(f"--rows {rows} must be at least 1", "pass --rows 1 or more")
     folder = data_root / day.isoformat()
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise ConfigError(f"span {day} already exists at {folder}", "pass --overwrite or pick another --date")
     header, all_rows = read_rows(bundled_csv_path())
     rng = random.Random(seed_value)
-    picked = [list(all_rows[rng.randrange(len(all_rows))]) for _ in range(rows)]
+    if rows <= len(all_rows):
+        picked = [list(row) for row in rng.sample(all_rows, rows)]
+    else:
+        picked = [list(all_rows[rng.randrange(len(all_rows))]) for _ in range(rows)]
     column = fault.target
-    if fault.kind in ("missing_column", "strings_in_numeric", "drift", "out_of_range") and column not in header:
+    if fault.kind in _COLUMN_FAULTS and column not in header:
         raise ConfigError(f"no column {column!r} in the taxi data", f"pick one of: {', '.join(header)}")
     if fault.kind == "no_files":
         folder.mkdir(parents=True, exist_ok=True)
@@ -184,22 +239,69 @@ def make_span(
             stale.unlink()
         (folder / "README.txt").write_text("fault no_files: this span has no CSV file\n")
         return folder
+    index = header.index(column) if column in header else -1
     if fault.kind == "empty_file":
         picked = []
     elif fault.kind == "missing_column":
-        index = header.index(column)
         header = header[:index] + header[index + 1:]
         picked = [row[:index] + row[index + 1:] for row in picked]
     elif fault.kind == "extra_column":
         header = header + [column]
         picked = [row + [f"{rng.uniform(1, 3):.2f}"] for row in picked]
+    elif fault.kind == "malformed_row":
+        broken = max(1, int(round(severity * len(picked))))
+        for row in rng.sample(picked, broken):
+            row.append("stray field")
+    elif fault.kind == "duplicates":
+        copies = int(round(severity * len(picked)))
+        originals = picked[: len(picked) - copies]
+        picked = originals + [list(rng.choice(originals)) for _ in range(copies)]
+        rng.shuffle(picked)
+    elif fault.kind == "label_shift":
+        _label_shift(header, picked, severity, rng)
+    elif fault.kind == "categorical_shift":
+        counts = collections.Counter(row[index] for row in picked if row[index])
+        common = [value for value, n in counts.most_common() if n >= 0.01 * len(picked)]
+        rare = common[-1] if common else "Cash"
+        for row in picked:
+            if rng.random() < severity:
+                row[index] = rare
+    elif fault.kind == "non_utf8":
+        return _write_non_utf8(folder, header, picked, index, severity, rng)
     else:
-        index = header.index(column)
         for row in picked:
             if fault.kind == "drift" and row[index] != "":
-                row[index] = f"{float(row[index]) * (1.0 + fault.severity):.2f}"
-            elif fault.kind == "strings_in_numeric" and rng.random() < fault.severity:
+                row[index] = f"{float(row[index]) * (1.0 + severity):.2f}"
+            elif fault.kind == "all_null":
+                row[index] = ""
+            elif fault.kind == "strings_in_numeric" and rng.random() < severity:
                 row[index] = rng.choice(["n/a", "unknown", "twelve"])
-            elif fault.kind == "out_of_range" and rng.random() < fault.severity:
-                row[index] = str(100 + rng.randrange(100))
+            elif fault.kind == "unknown_category" and rng.random() < severity:
+                row[index] = rng.choice(["Bitcoin", "Barter", "IOU"])
+            elif fault.kind == "out_of_range" and rng.random() < severity:
+                if column in NEVER_NEGATIVE:
+                    row[index] = f"{-1.0 - abs(float(row[index] or 0)):.2f}"
+                else:
+                    row[index] = str(100 + rng.randrange(100))
     return write_span(folder, header, picked)
+
+
+def _write_non_utf8(folder: Path, header, rows, index: int, severity: float, rng: random.Random) -> Path:
+    """Writes the span as bytes, with --severity of one column's values encoded as Latin-1."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target, tmp = folder / SPAN_FILE, folder / f".{SPAN_FILE}.tmp"
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(header)
+    lines = [buffer.getvalue().encode("utf-8")]
+    touched = 0
+    for row in rows:
+        latin1 = rng.random() < severity or (touched == 0 and row is rows[-1])
+        if latin1:
+            row[index] = "Caf\u00e9 Taxi Soci\u00e9t\u00e9"
+            touched += 1
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(row)
+        lines.append(buffer.getvalue().encode("latin-1" if latin1 else "utf-8"))
+    tmp.write_bytes(b"".join(lines))
+    os.replace(tmp, target)
+    return target

@@ -47,7 +47,8 @@ def upstream_ids(ir) -> dict:
 
 
 def run_node(ir, node_id: str) -> NodeResult:
-    """Launches one node. Raises whatever the executor raised (after TFX marks it FAILED)."""
+    """Launches one node. Raises whatever the executor raised (after TFX marks it FAILED), or
+    DataError when the node is a data gate whose recorded verdict blocks the span."""
     from tfx.orchestration import metadata
     from tfx.orchestration.local import runner_utils
     from tfx.orchestration.portable import launcher
@@ -76,19 +77,34 @@ def run_node(ir, node_id: str) -> NodeResult:
     seconds = time.monotonic() - started
     if info is None:
         return NodeResult(node_id, "skipped", seconds)
-    status = "complete"
-    if getattr(info, "execution_id", None) is not None and _is_cached(connection_config, info.execution_id):
-        status = "cached"
-    return NodeResult(node_id, status, seconds, getattr(info, "execution_id", None))
+    execution_id = getattr(info, "execution_id", None)
+    if execution_id is None:
+        return NodeResult(node_id, "complete", seconds)
+    status, blocked = _outcome(connection_config, execution_id)
+    if blocked:
+        from pipelines.errors import DataError
+
+        raise DataError(*blocked)
+    return NodeResult(node_id, status, seconds, execution_id)
 
 
-def _is_cached(connection_config, execution_id: int) -> bool:
+def _outcome(connection_config, execution_id: int):
+    """("complete" | "cached", (problem, fix) if a data gate's output says blocked, else None)."""
     from ml_metadata import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
+    from components.verdict import verdict_of
+
     store = metadata_store.MetadataStore(connection_config)
     [execution] = store.get_executions_by_id([execution_id])
-    return execution.last_known_state == metadata_store_pb2.Execution.CACHED
+    status = "cached" if execution.last_known_state == metadata_store_pb2.Execution.CACHED else "complete"
+    outputs = [e.artifact_id for e in store.get_events_by_execution_ids([execution_id])
+               if e.type == metadata_store_pb2.Event.OUTPUT]
+    for artifact in store.get_artifacts_by_id(outputs) if outputs else []:
+        found = verdict_of(artifact.custom_properties)
+        if found:
+            return status, found
+    return status, None
 
 
 def running_dir(config) -> Path:

@@ -65,23 +65,32 @@ def _eval_config(config: PipelineConfig):
     )
 
 
-def create_pipeline(config: PipelineConfig):
-    """Builds the nightly pipeline for the single span `config.span_date`."""
+def data_gate_components(config: PipelineConfig) -> list:
+    """ImportSchemaGen ... DriftValidator: everything up to the gate before Transform, in order.
+
+    Shared by the nightly pipeline and `mlops validate` (same pipeline name, so both read and
+    write the same ML Metadata baselines)."""
     # Not `tfx.v1`: it also imports the Google Cloud extensions, ~4 s per process for nothing.
-    from tfx.components import CsvExampleGen, ExampleValidator, StatisticsGen, Trainer, Transform
+    from tfx.components import CsvExampleGen, ExampleValidator, StatisticsGen
     from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
     from tfx.dsl.components.common.resolver import Resolver
-    from tfx.proto import example_gen_pb2, range_config_pb2, trainer_pb2
+    from tfx.proto import example_gen_pb2, range_config_pb2
     from tfx.types import standard_artifacts
-    from tfx.orchestration.pipeline import Pipeline
     from tfx.types.channel import Channel
 
     from components.drift_validator.component import DriftValidator
-    from components.evaluator.component import GatedEvaluator
-    from components.pusher.component import AtomicPusher
-    from pipelines.resolvers import PreviousSpanStatisticsStrategy, ServedModelStrategy
+    from components.span_check.component import SpanCheck
+    from pipelines.resolvers import PreviousSpanStatisticsStrategy, ServedTrainingStatisticsStrategy
 
     span = span_number(config.span_date)
+    schema_gen = ImportSchemaGen(schema_file=config.schema_path)
+    span_check = SpanCheck(
+        schema=schema_gen.outputs["schema"],
+        input_base=config.data_root,
+        span_date=config.span_date.isoformat(),
+        max_duplicate_fraction=config.data_gates.max_duplicate_fraction,
+        fingerprint=config.span_fingerprint,
+    )
     example_gen = CsvExampleGen(
         input_base=config.data_root,
         input_config=example_gen_pb2.Input(
@@ -99,8 +108,17 @@ def create_pipeline(config: PipelineConfig):
             static_range=range_config_pb2.StaticRange(start_span_number=span, end_span_number=span)
         ),
     )
-    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = ImportSchemaGen(schema_file=config.schema_path)
+    # Files the span check blocked never reach ExampleGen (a malformed row would crash it).
+    example_gen.add_upstream_node(span_check)
+    import tensorflow_data_validation as tfdv  # StatisticsGen imports it anyway
+
+    from components.drift_validator.executor import QUANTILE_BUCKETS
+
+    statistics_gen = StatisticsGen(
+        examples=example_gen.outputs["examples"],
+        # Fine quantile histograms: the drift gate's JS divergence reads its deciles off them.
+        stats_options=tfdv.StatsOptions(num_quantiles_histogram_buckets=QUANTILE_BUCKETS),
+    )
     example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
@@ -108,14 +126,56 @@ def create_pipeline(config: PipelineConfig):
         strategy_class=PreviousSpanStatisticsStrategy,
         config={"current_span": span},
         statistics=Channel(type=standard_artifacts.ExampleStatistics),
+        verdicts=Channel(type=standard_artifacts.ExampleAnomalies),
     ).with_id("previous_span_statistics")
+    served_statistics = Resolver(
+        strategy_class=ServedTrainingStatisticsStrategy,
+        model=Channel(type=standard_artifacts.Model),
+        pushed_model=Channel(type=standard_artifacts.PushedModel),
+        statistics=Channel(type=standard_artifacts.ExampleStatistics),
+    ).with_id("served_training_statistics")
     drift_validator = DriftValidator(
         statistics=statistics_gen.outputs["statistics"],
         schema=schema_gen.outputs["schema"],
         schema_anomalies=example_validator.outputs["anomalies"],
         previous_statistics=previous_statistics.outputs["statistics"],
+        served_statistics=served_statistics.outputs["statistics"],
         span_label=config.span_date.isoformat(),
+        warn_only_features=config.data_gates.warn_features,
     )
+    return [schema_gen, span_check, example_gen, statistics_gen, example_validator,
+            previous_statistics, served_statistics, drift_validator]
+
+
+def create_validation_pipeline(config: PipelineConfig):
+    """The data gates alone (`mlops validate`): no Transform, Trainer or Pusher."""
+    from tfx.orchestration.pipeline import Pipeline
+
+    return Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=data_gate_components(config),
+        enable_cache=config.enable_cache,
+        metadata_connection_config=config.metadata.to_proto(),
+        beam_pipeline_args=config.beam_pipeline_args,
+    )
+
+
+def create_pipeline(config: PipelineConfig):
+    """Builds the nightly pipeline for the single span `config.span_date`."""
+    from tfx.components import Trainer, Transform
+    from tfx.dsl.components.common.resolver import Resolver
+    from tfx.orchestration.pipeline import Pipeline
+    from tfx.proto import trainer_pb2
+    from tfx.types import standard_artifacts
+    from tfx.types.channel import Channel
+
+    from components.evaluator.component import GatedEvaluator
+    from components.pusher.component import AtomicPusher
+    from pipelines.resolvers import ServedModelStrategy
+
+    gate = data_gate_components(config)
+    schema_gen, example_gen, drift_validator = gate[0], gate[2], gate[-1]
     transform = Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
@@ -157,12 +217,7 @@ def create_pipeline(config: PipelineConfig):
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[
-            example_gen,
-            statistics_gen,
-            schema_gen,
-            example_validator,
-            previous_statistics,
-            drift_validator,
+            *gate,
             transform,
             trainer,
             served_model,

@@ -2,7 +2,11 @@
 
 - `ServedModelStrategy`: the model behind the newest successful push. That is "the model in
   production", rollbacks included (stock TFX's latest-blessed-model is not, after a rollback).
-- `PreviousSpanStatisticsStrategy`: statistics of the newest span older than the one being run.
+- `PreviousSpanStatisticsStrategy`: statistics of the newest span older than the one being run
+  that passed the drift gate (a blocked span never becomes tomorrow's baseline).
+- `ServedTrainingStatisticsStrategy`: statistics of the data that trained the model being served,
+  found through lineage: newest push -> model -> Trainer -> (Transform ->) ExampleGen's examples
+  -> the StatisticsGen run on those examples.
 - `ModelByIdStrategy`: one model by id, with its blessing (what a rollback pushes again).
 """
 
@@ -11,25 +15,36 @@ from typing import Dict, List, Optional
 from tfx import types
 from tfx.dsl.components.common import resolver
 
+from components.verdict import BLOCKED, GATE, SPAN_DATE
+
 # Kept equal to components.pusher.executor's names; importing it here would pull TFX's
 # Pusher dependencies into the compile step.
 PUSHED = "pushed"
 SOURCE_MODEL_ID = "source_model_id"
+DRIFT_GATE = "drift_validator"  # = components.drift_validator.executor.GATE
+
+
+def _served(input_dict: Dict[str, List[types.Artifact]]):
+    """(model, push) of the newest successful push whose model is known, or (None, None)."""
+    models = {m.id: m for m in input_dict["model"]}
+    pushes = sorted(
+        (p for p in input_dict["pushed_model"] if p.get_int_custom_property(PUSHED) == 1),
+        key=lambda p: p.id,
+        reverse=True,
+    )
+    for push in pushes:
+        model = models.get(push.get_int_custom_property(SOURCE_MODEL_ID))
+        if model is not None:
+            return model, push
+    return None, None
 
 
 class ServedModelStrategy(resolver.ResolverStrategy):
     def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]) -> Optional[Dict]:
-        models = {m.id: m for m in input_dict["model"]}
-        pushes = sorted(
-            (p for p in input_dict["pushed_model"] if p.get_int_custom_property(PUSHED) == 1),
-            key=lambda p: p.id,
-            reverse=True,
-        )
-        for push in pushes:
-            model = models.get(push.get_int_custom_property(SOURCE_MODEL_ID))
-            if model is not None:
-                return {"model": [model], "pushed_model": [push]}
-        return {"model": [], "pushed_model": []}
+        model, push = _served(input_dict)
+        if model is None:
+            return {"model": [], "pushed_model": []}
+        return {"model": [model], "pushed_model": [push]}
 
 
 class PreviousSpanStatisticsStrategy(resolver.ResolverStrategy):
@@ -37,10 +52,103 @@ class PreviousSpanStatisticsStrategy(resolver.ResolverStrategy):
         self._current_span = current_span
 
     def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]) -> Optional[Dict]:
-        older = [s for s in input_dict["statistics"] if 0 <= s.span < self._current_span]
-        if not older:
-            return {"statistics": []}
-        return {"statistics": [max(older, key=lambda s: (s.span, s.id))]}
+        newest_verdict: Dict[str, types.Artifact] = {}
+        for anomalies in input_dict.get("verdicts") or []:
+            if anomalies.get_string_custom_property(GATE) != DRIFT_GATE:
+                continue
+            day = anomalies.get_string_custom_property(SPAN_DATE)
+            if day not in newest_verdict or anomalies.id > newest_verdict[day].id:
+                newest_verdict[day] = anomalies
+
+        def passed(statistics) -> bool:
+            found = newest_verdict.get(_span_date(statistics.span))
+            return found is None or found.get_int_custom_property(BLOCKED) != 1
+
+        statistics = input_dict["statistics"]
+        set_statistics_spans(store, statistics)
+        older = [s for s in statistics if 0 <= s.span < self._current_span and passed(s)]
+        # A resolver answers for every input key; only `statistics` is read downstream.
+        chosen = [max(older, key=lambda s: (s.span, s.id))] if older else []
+        return {"statistics": chosen, "verdicts": []}
+
+
+class ServedTrainingStatisticsStrategy(resolver.ResolverStrategy):
+    def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]) -> Optional[Dict]:
+        model, _ = _served(input_dict)
+        found = []
+        if model is not None:
+            wanted = training_statistics_ids(store, model.id)
+            found = sorted((s for s in input_dict["statistics"] if s.id in wanted), key=lambda s: s.id)[-1:]
+            set_statistics_spans(store, found)
+        # A resolver answers for every input key; only `statistics` is read downstream.
+        return {"statistics": found, "model": [], "pushed_model": []}
+
+
+def training_statistics_ids(store, model_id: int) -> set:
+    """Ids of the ExampleStatistics computed on the raw examples that trained `model_id`."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    event = metadata_store_pb2.Event
+    examples_type = store.get_artifact_type("Examples").id
+    statistics_type = store.get_artifact_type("ExampleStatistics").id
+
+    def producers(artifact_ids):
+        return {e.execution_id for e in store.get_events_by_artifact_ids(list(artifact_ids)) if e.type == event.OUTPUT}
+
+    def inputs_of(execution_ids):
+        ids = [e.artifact_id for e in store.get_events_by_execution_ids(list(execution_ids)) if e.type == event.INPUT]
+        return [a for a in store.get_artifacts_by_id(ids) if a.type_id == examples_type] if ids else []
+
+    examples = inputs_of(producers([model_id]))  # what the Trainer read
+    for _ in range(4):  # walk up through Transform (or other example producers) to ExampleGen's output
+        upstream = inputs_of(producers(a.id for a in examples)) if examples else []
+        if not upstream:
+            break
+        examples = upstream
+    if not examples:
+        return set()
+    consumers = {e.execution_id for e in store.get_events_by_artifact_ids([a.id for a in examples])
+                 if e.type == event.INPUT}
+    outputs = [e.artifact_id for e in store.get_events_by_execution_ids(list(consumers)) if e.type == event.OUTPUT]
+    return {a.id for a in store.get_artifacts_by_id(outputs) if a.type_id == statistics_type} if outputs else set()
+
+
+def set_statistics_spans(store, statistics: List[types.Artifact]) -> None:
+    """StatisticsGen leaves `span` at 0; sets (and saves) the span of the examples each was computed on.
+
+    Found through lineage: statistics <- StatisticsGen -> its input Examples (span custom property,
+    set by ExampleGen's driver). Saved in ML Metadata so the DriftValidator can name the span."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    event = metadata_store_pb2.Event
+    todo = {s.id: s for s in statistics if s.span <= 0}
+    if not todo:
+        return
+    producer = {e.artifact_id: e.execution_id for e in store.get_events_by_artifact_ids(list(todo))
+                if e.type == event.OUTPUT}
+    inputs = store.get_events_by_execution_ids(sorted(set(producer.values())))
+    examples = {}
+    input_ids = [e.artifact_id for e in inputs if e.type == event.INPUT]
+    for artifact in store.get_artifacts_by_id(input_ids) if input_ids else []:
+        value = artifact.properties.get("span") or artifact.custom_properties.get("span")
+        if value is not None and value.int_value > 0:
+            examples[artifact.id] = value.int_value
+    span_of_execution = {e.execution_id: examples[e.artifact_id] for e in inputs
+                         if e.type == event.INPUT and e.artifact_id in examples}
+    changed = []
+    for statistics_id, artifact in todo.items():
+        span = span_of_execution.get(producer.get(statistics_id))
+        if span:
+            artifact.span = span
+            changed.append(artifact.mlmd_artifact)
+    if changed:
+        store.put_artifacts(changed)
+
+
+def _span_date(span: int) -> str:
+    import datetime as dt
+
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=span)).isoformat()
 
 
 class ModelByIdStrategy(resolver.ResolverStrategy):

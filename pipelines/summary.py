@@ -21,6 +21,8 @@ class RunSummary:
     rows: Dict[str, int] = dataclasses.field(default_factory=dict)
     node_states: Dict[str, str] = dataclasses.field(default_factory=dict)
     anomalies: List[str] = dataclasses.field(default_factory=list)
+    # {feature: {"distance", "threshold", "comparator", "baseline", ...}} from the DriftValidator.
+    drift: Dict[str, dict] = dataclasses.field(default_factory=dict)
     metrics: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
     blessed: Optional[bool] = None
     blessing_reason: str = ""
@@ -32,6 +34,10 @@ class RunSummary:
         out.append("  rows:      " + (", ".join(f"{k}={v}" for k, v in sorted(self.rows.items())) or "?"))
         out.append("  nodes:     " + ", ".join(f"{k}:{v}" for k, v in self.node_states.items()))
         out.append("  anomalies: " + ("; ".join(self.anomalies) if self.anomalies else "none"))
+        if self.drift:
+            out.append("  drift:     " + ", ".join(
+                f"{feature} {row['distance']:.2f}/{row['threshold']:.2f}" + (" OVER" if row["distance"] > row["threshold"] else "")
+                for feature, row in sorted(self.drift.items())) + " (distance/threshold)")
         small = 0
         for slice_name, values in sorted(self.metrics.items(), key=lambda kv: (kv[0] != "overall", kv[0])):
             if slice_name != "overall" and values.get("example_count", 0) < MIN_SHOWN_SLICE_EXAMPLES:
@@ -121,11 +127,13 @@ def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool)
                 with open(path, "rb") as handle:
                     stats.ParseFromString(handle.read())
                 summary.rows[split] = int(sum(d.num_examples for d in stats.datasets))
-    elif type_name == "ExampleAnomalies" and node == "DriftValidator":
-        report = os.path.join(artifact.uri, "report.txt")
-        if os.path.exists(report):
-            with open(report) as handle:
-                summary.anomalies = [l.strip() for l in handle.read().splitlines()[1:] if l.strip()]
+    elif type_name == "ExampleAnomalies" and "findings" in props:  # a data gate (components/verdict.py)
+        import json
+
+        for finding in json.loads(props["findings"].string_value or "[]"):
+            summary.anomalies.append(("" if finding.get("blocking") else "(warn) ") + finding["message"])
+        if "drift_distances" in props:
+            summary.drift = json.loads(props["drift_distances"].string_value or "{}")
     elif type_name == "ModelBlessing":
         summary.blessed = props["blessed"].int_value == 1 if "blessed" in props else None
         summary.blessing_reason = props["reason"].string_value if "reason" in props else ""

@@ -58,6 +58,7 @@ PRELOAD = (
     "pipelines.node_runner",
     "pipelines.summary",
     "components.drift_validator.executor",
+    "components.span_check.executor",
     "components.evaluator.executor",
     "components.pusher.executor",
     "pipelines.taxi.model",

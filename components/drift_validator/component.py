@@ -1,4 +1,4 @@
-"""Spec of the data gate: statistics + schema + schema anomalies (+ baseline statistics) in."""
+"""Spec of the drift gate: statistics + schema + schema anomalies (+ two baseline statistics) in."""
 
 from typing import Optional, Sequence
 
@@ -22,6 +22,10 @@ class DriftValidatorSpec(types.ComponentSpec):
         "previous_statistics": component_spec.ChannelParameter(
             type=standard_artifacts.ExampleStatistics, optional=True
         ),
+        # Statistics of the data that trained the model being served (lineage from the newest push).
+        "served_statistics": component_spec.ChannelParameter(
+            type=standard_artifacts.ExampleStatistics, optional=True
+        ),
     }
     OUTPUTS = {
         "anomalies": component_spec.ChannelParameter(type=standard_artifacts.ExampleAnomalies),
@@ -29,7 +33,7 @@ class DriftValidatorSpec(types.ComponentSpec):
 
 
 class DriftValidator(base_component.BaseComponent):
-    """Fails (and so stops everything downstream) on schema anomalies or drift over threshold."""
+    """Records schema anomalies and per-feature drift; the node runner blocks the run on them."""
 
     SPEC_CLASS = DriftValidatorSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
@@ -40,6 +44,7 @@ class DriftValidator(base_component.BaseComponent):
         schema: types.BaseChannel,
         schema_anomalies: types.BaseChannel,
         previous_statistics: Optional[types.BaseChannel] = None,
+        served_statistics: Optional[types.BaseChannel] = None,
         span_label: str = "",
         warn_only_features: Sequence[str] = (),
     ):
@@ -49,6 +54,7 @@ class DriftValidator(base_component.BaseComponent):
                 schema=schema,
                 schema_anomalies=schema_anomalies,
                 previous_statistics=previous_statistics,
+                served_statistics=served_statistics,
                 span_label=span_label,
                 warn_only_features=",".join(warn_only_features),
                 anomalies=types.Channel(type=standard_artifacts.ExampleAnomalies),

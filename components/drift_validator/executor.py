@@ -1,17 +1,30 @@
-"""The data gate: blocks the run before Transform/Trainer on schema anomalies or drift.
+"""The data gate after statistics: schema anomalies + drift against two baselines.
 
-Inputs are the span's statistics, the schema, ExampleValidator's schema anomalies and, when
-ML Metadata has them, the previous span's statistics. Drift uses the comparators declared in the
-schema (Jensen-Shannon divergence for numeric features, L-infinity distance for categorical
-ones), computed by TFDV. Output: an anomalies artifact holding the drift findings and
-`report.txt`; each blocking finding is listed in the error that fails the node.
+Inputs: the span's statistics, the schema, ExampleValidator's schema anomalies and, when ML
+Metadata has them, two baselines:
+
+- `served_statistics`: statistics of the data that trained the model being served now, found
+  through lineage from the newest push (pipelines/resolvers.py);
+- `previous_statistics`: statistics of the newest earlier span that passed this gate.
+
+Drift uses the comparators the schema declares per feature (Jensen-Shannon divergence for
+numeric features, L-infinity distance for categorical ones), computed by TFDV against each
+baseline; a feature drifts when either distance passes its threshold. Features named in the
+`warn_only_features` setting drift with a warning instead of blocking.
+
+Output (always published, so ML Metadata keeps it): an ExampleAnomalies artifact with the drift
+anomalies (`train/SchemaDiff.pb`), `report.txt`, `report.html`, the verdict
+(`components.verdict`) and per-feature distances as custom properties (`drift_distances` JSON,
+plus `drift:<feature>` floats). The first run has no baseline: it passes and says so.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import logging
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from tfx import types
 from tfx.components.statistics_gen import stats_artifact_utils
@@ -19,24 +32,29 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
-from pipelines.errors import DataError
+from components import verdict
 
 log = logging.getLogger(__name__)
 
 SPLIT = "train"
-DRIFT_TYPES = ("COMPARATOR_L_INFTY_HIGH", "COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH")
+GATE = "drift_validator"
+# Numeric drift: JS divergence over this many baseline-quantile bins (+1 for missing values);
+# StatisticsGen computes QUANTILE_BUCKETS-bucket quantile histograms so ties (fares of exactly
+# 3.25, trips of 0.0 miles) become exact point masses instead of interpolation noise.
+JS_BINS = 10
+QUANTILE_BUCKETS = 100
+DRIFT_DISTANCES = "drift_distances"
+BASELINES = (("served_model_training", "served_statistics", "the served model's training data"),
+             ("previous_span", "previous_statistics", "the previous good span"))
+COMPARATORS = {"JENSEN_SHANNON_DIVERGENCE": ("jensen_shannon_divergence", "Jensen-Shannon divergence"),
+               "L_INFTY": ("l_infinity", "L-infinity distance")}
 
 
-class DataValidationError(DataError):
-    """Raised to fail the node; the message names the span, features and the fix."""
-
-
-def _load_schema(schema_artifact):
-    from tfx.utils import io_utils as tfx_io
+def load_schema(schema_artifact):
     from tensorflow_metadata.proto.v0 import schema_pb2
 
     schema_file = io_utils.get_only_uri_in_dir(schema_artifact.uri)
-    return tfx_io.parse_pbtxt_file(schema_file, schema_pb2.Schema())
+    return io_utils.parse_pbtxt_file(schema_file, schema_pb2.Schema())
 
 
 def _load_schema_anomalies(anomalies_artifact):
@@ -48,32 +66,174 @@ def _load_schema_anomalies(anomalies_artifact):
     return anomalies
 
 
-def describe(anomalies) -> List[str]:
-    """One line per anomalous feature: `feature: what was seen (what was expected)`."""
-    lines = []
+def span_date_of(artifact) -> str:
+    import datetime as dt
+
+    span = artifact.span if artifact.has_property("span") else -1
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=span)).isoformat() if span >= 0 else "?"
+
+
+def schema_findings(anomalies, span_date: str) -> List[dict]:
+    """One blocking finding per feature ExampleValidator flagged: what was seen vs expected."""
+    from components.span_check.executor import fix_or_accept
+
+    findings = []
     for feature, info in sorted(anomalies.anomaly_info.items()):
-        lines.append(f"{feature}: {info.short_description} -- {info.description}")
+        findings.append(dict(feature=feature, kind="schema", blocking=True, fix=fix_or_accept(span_date),
+                             message=f"{feature}: {info.short_description} -- {info.description}"))
     if anomalies.HasField("dataset_anomaly_info"):
-        lines.append(f"(dataset): {anomalies.dataset_anomaly_info.description}")
-    return lines
+        findings.append(dict(feature="(dataset)", kind="schema", blocking=True, fix=fix_or_accept(span_date),
+                             message=f"(dataset): {anomalies.dataset_anomaly_info.description}"))
+    return findings
 
 
-def drift_findings(statistics, schema, baseline_statistics):
-    """Anomalies from the schema's drift comparators only, plus the measured distances."""
-    import tensorflow_data_validation as tfdv
+def _feature_stats(statistics) -> Dict[str, Any]:
+    return {".".join(f.path.step) or f.name: f for f in statistics.datasets[0].features} if statistics.datasets else {}
 
-    if baseline_statistics is None:
+
+def _quantile_cdf(histogram):
+    """P(X <= x) from a QUANTILES histogram; equal-edge buckets are point masses (e.g. many 0.0s)."""
+    buckets = [(b.low_value, b.high_value, b.sample_count) for b in histogram.buckets]
+    total = sum(count for _, _, count in buckets) or 1.0
+
+    def cdf(x: float) -> float:
+        mass = 0.0
+        for low, high, count in buckets:
+            if x >= high:
+                mass += count
+            elif low < x < high:
+                mass += count * (x - low) / (high - low)
+        return mass / total
+
+    return cdf
+
+
+def _quantiles(feature_stats):
+    for histogram in feature_stats.num_stats.histograms:
+        if histogram.type == histogram.QUANTILES and histogram.buckets:
+            return histogram
+    return None
+
+
+def quantile_js_divergence(current, baseline) -> Optional[float]:
+    """Jensen-Shannon divergence (log base 2, 0..1) of a numeric feature, on the baseline's deciles.
+
+    TFDV's own JS re-buckets each side's equal-width histogram, which a single long trip (max
+    170 miles: 96% of the rows in the first of 10 buckets) turns into noise: two 1500-row
+    samples of the same data measured up to 0.23 and doubling trip_miles only 0.26. Here both
+    sides are binned at the baseline's quantile edges (distinct values only, so a point mass
+    such as the many 0.0 trip_miles is one bin), read off each side's quantile histogram, plus
+    one bin for missing values."""
+    import math
+
+    base_q, cur_q = _quantiles(baseline), _quantiles(current)
+    if base_q is None or cur_q is None:
         return None
-    result = tfdv.validate_statistics(statistics, schema, previous_statistics=baseline_statistics)
+    # Decile edges of the baseline, read off its (finer) quantile histogram.
+    step = max(1, len(base_q.buckets) // JS_BINS)
+    edges = sorted({b.high_value for b in base_q.buckets[step - 1::step]} | {base_q.buckets[0].low_value})
+
+    def masses(stats, histogram) -> List[float]:
+        cdf = _quantile_cdf(histogram)
+        present = stats.num_stats.common_stats.num_non_missing
+        missing = stats.num_stats.common_stats.num_missing
+        share = present / (present + missing) if present + missing else 1.0
+        points = [0.0] + [cdf(edge) for edge in edges] + [1.0]
+        return [share * max(0.0, b - a) for a, b in zip(points, points[1:])] + [1.0 - share]
+
+    p, q = masses(current, cur_q), masses(baseline, base_q)
+
+    def kl(a, m):
+        return sum(x * math.log2(x / y) for x, y in zip(a, m) if x > 0 and y > 0)
+
+    m = [(x + y) / 2 for x, y in zip(p, q)]
+    return max(0.0, min(1.0, (kl(p, m) + kl(q, m)) / 2))
+
+
+def measure_drift(statistics, schema, baseline) -> Dict[str, dict]:
+    """{feature: {"distance", "threshold", "comparator"}} for every feature with a comparator.
+
+    Categorical features: TFDV's L-infinity distance. Numeric ones: `quantile_js_divergence`
+    (TFDV's value only when a side has no quantile histogram)."""
+    import tensorflow_data_validation as tfdv
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-    drift_only = anomalies_pb2.Anomalies()
-    drift_only.drift_skew_info.extend(result.drift_skew_info)
-    drift_type_values = {anomalies_pb2.AnomalyInfo.Type.Value(t) for t in DRIFT_TYPES}
-    for feature, info in result.anomaly_info.items():
-        if any(reason.type in drift_type_values for reason in info.reason):
-            drift_only.anomaly_info[feature].CopyFrom(info)
-    return drift_only
+    result = tfdv.validate_statistics(statistics, schema, previous_statistics=baseline)
+    current_stats, baseline_stats = _feature_stats(statistics), _feature_stats(baseline)
+    distances = {}
+    for info in result.drift_skew_info:
+        feature = ".".join(info.path.step)
+        for measurement in info.drift_measurements:
+            kind = anomalies_pb2.DriftSkewInfo.Measurement.Type.Name(measurement.type)
+            comparator, _ = COMPARATORS.get(kind, (kind.lower(), kind))
+            value = measurement.value
+            if kind == "JENSEN_SHANNON_DIVERGENCE" and feature in current_stats and feature in baseline_stats:
+                ours = quantile_js_divergence(current_stats[feature], baseline_stats[feature])
+                value = value if ours is None else ours
+            distances[feature] = dict(distance=round(value, 6), threshold=measurement.threshold,
+                                      comparator=comparator)
+    return distances
+
+
+def drift_table(statistics, schema, baselines: Dict[str, Any]) -> Dict[str, dict]:
+    """Per feature: the distance to each baseline, the largest one, and whether it passes."""
+    table: Dict[str, dict] = {}
+    for name, baseline in baselines.items():
+        for feature, measured in measure_drift(statistics, schema, baseline).items():
+            row = table.setdefault(feature, dict(threshold=measured["threshold"], comparator=measured["comparator"],
+                                                 per_baseline={}, distance=-1.0, baseline=name))
+            row["per_baseline"][name] = measured["distance"]
+            if measured["distance"] > row["distance"]:
+                row["distance"], row["baseline"] = measured["distance"], name
+    for row in table.values():
+        row["over"] = row["distance"] > row["threshold"]
+    return table
+
+
+def drift_findings(table: Dict[str, dict], warn_only: set, labels: Dict[str, str], span_date: str) -> List[dict]:
+    from components.span_check.executor import fix_or_accept
+
+    findings = []
+    for feature, row in sorted(table.items()):
+        if not row["over"]:
+            continue
+        name = dict(COMPARATORS.values()).get(row["comparator"], row["comparator"])
+        message = (f"{feature}: {name} {row['distance']:.3f} from {labels[row['baseline']]} "
+                   f"(expected at most {row['threshold']:.2f})")
+        warn = feature in warn_only
+        findings.append(dict(feature=feature, kind="drift", blocking=not warn, fix=fix_or_accept(span_date),
+                             message=message + (" -- allowed by the warn setting" if warn else ""),
+                             distance=row["distance"], threshold=row["threshold"], baseline=row["baseline"]))
+    return findings
+
+
+def render_html(span_date: str, notes: List[str], findings: List[dict], table: Dict[str, dict], labels) -> str:
+    """A self-contained page: verdict, findings, and every feature's distance to each baseline."""
+    blocked = any(f["blocking"] for f in findings)
+    esc = html.escape
+    rows = "".join(
+        f"<tr class='{'bad' if f['blocking'] else 'warn'}'><td>{esc(f['feature'])}</td><td>{esc(f['kind'])}</td>"
+        f"<td>{esc(f['message'])}</td><td>{esc(f['fix'])}</td></tr>" for f in findings)
+    names = [name for name, _, _ in BASELINES]
+    drift_rows = "".join(
+        f"<tr class='{'bad' if row['over'] else 'ok'}'><td>{esc(feature)}</td><td>{esc(row['comparator'])}</td>"
+        + "".join(f"<td>{row['per_baseline'][n]:.3f}</td>" if n in row["per_baseline"] else "<td>-</td>" for n in names)
+        + f"<td>{row['threshold']:.2f}</td><td>{'over' if row['over'] else 'ok'}</td></tr>"
+        for feature, row in sorted(table.items()))
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Data validation: span {esc(span_date)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:4px 8px;text-align:left}}tr.bad{{background:#fdd}}tr.warn{{background:#ffd}}tr.ok{{background:#efe}}</style>
+</head><body>
+<h1>Span {esc(span_date)}: {'BLOCKED' if blocked else 'passed'}</h1>
+<ul>{''.join(f'<li>{esc(n)}</li>' for n in notes)}</ul>
+<h2>Findings</h2>
+{f'<table><tr><th>feature</th><th>kind</th><th>seen vs expected</th><th>fix</th></tr>{rows}</table>' if findings else '<p>none</p>'}
+<h2>Drift per feature</h2>
+{'<table><tr><th>feature</th><th>comparator</th>' + ''.join(f'<th>vs {esc(labels[n])}</th>' for n in names)
+ + '<th>threshold</th><th>status</th></tr>' + drift_rows + '</table>' if table else '<p>no baseline yet</p>'}
+</body></html>
+"""
 
 
 class Executor(base_executor.BaseExecutor):
@@ -87,41 +247,61 @@ class Executor(base_executor.BaseExecutor):
 
         statistics_artifact = artifact_utils.get_single_instance(input_dict["statistics"])
         statistics = stats_artifact_utils.load_statistics(statistics_artifact, SPLIT).proto()
-        schema = _load_schema(artifact_utils.get_single_instance(input_dict["schema"]))
+        schema = load_schema(artifact_utils.get_single_instance(input_dict["schema"]))
         schema_anomalies = _load_schema_anomalies(artifact_utils.get_single_instance(input_dict["schema_anomalies"]))
-        span = exec_properties.get("span_label") or str(statistics_artifact.get_int_custom_property("span"))
-
-        previous = input_dict.get("previous_statistics") or []
-        baseline = stats_artifact_utils.load_statistics(previous[0], SPLIT).proto() if previous else None
-        drift = drift_findings(statistics, schema, baseline) or anomalies_pb2.Anomalies()
+        span_date = exec_properties.get("span_label") or span_date_of(statistics_artifact)
         warn_only = set(filter(None, (exec_properties.get("warn_only_features") or "").split(",")))
+
+        baselines, labels, notes = {}, {}, []
+        for name, key, label in BASELINES:
+            artifacts = input_dict.get(key) or []
+            if artifacts:
+                baselines[name] = stats_artifact_utils.load_statistics(artifacts[0], SPLIT).proto()
+                labels[name] = f"{label} (span {span_date_of(artifacts[0])})"
+                notes.append(f"drift checked against {labels[name]}")
+            else:
+                labels[name] = label
+                notes.append(f"no {label} in ML Metadata yet: that drift check is skipped"
+                             + (" (first run)" if name == "previous_span" else ""))
+        table = drift_table(statistics, schema, baselines)
+        findings = schema_findings(schema_anomalies, span_date) + drift_findings(table, warn_only, labels, span_date)
 
         output = artifact_utils.get_single_instance(output_dict["anomalies"])
         output.split_names = artifact_utils.encode_split_names([SPLIT])
-        split_uri = artifact_utils.get_split_uri([output], SPLIT)
-        io_utils.write_bytes_file(os.path.join(split_uri, "SchemaDiff.pb"), drift.SerializeToString())
+        drift = anomalies_pb2.Anomalies()
+        for finding in findings:
+            if finding["kind"] == "drift":
+                info = drift.anomaly_info[finding["feature"]]
+                info.short_description = "drift over threshold"
+                info.description = finding["message"]
+        io_utils.write_bytes_file(os.path.join(artifact_utils.get_split_uri([output], SPLIT), "SchemaDiff.pb"),
+                                  drift.SerializeToString())
+        distances = {feature: dict(distance=row["distance"], threshold=row["threshold"], comparator=row["comparator"],
+                                   baseline=row["baseline"], per_baseline=row["per_baseline"],
+                                   blocked=row["over"] and feature not in warn_only, warn=feature in warn_only)
+                     for feature, row in table.items()}
+        output.set_string_custom_property(DRIFT_DISTANCES, json.dumps(distances, sort_keys=True))
+        for feature, row in table.items():
+            output.set_float_custom_property(f"drift:{feature}", row["distance"])
+        output.set_int_custom_property("schema_anomaly_count", sum(f["kind"] == "schema" for f in findings))
+        output.set_int_custom_property("drift_anomaly_count", sum(f["kind"] == "drift" and f["blocking"] for f in findings))
+        output.set_int_custom_property("drift_warning_count", sum(f["kind"] == "drift" and not f["blocking"] for f in findings))
+        fixes = sorted({f["fix"] for f in findings if f["blocking"]})
+        verdict.record(output, GATE, span_date, findings,
+                       problem=verdict.blocking_message(span_date, findings, "before training"), fix="; or ".join(fixes))
 
-        schema_lines = describe(schema_anomalies)
-        drift_lines = [line for line in describe(drift) if line.split(":", 1)[0] not in warn_only]
-        warned = [line for line in describe(drift) if line.split(":", 1)[0] in warn_only]
-        baseline_note = (
-            f"drift checked against span {previous[0].get_int_custom_property('span') or previous[0].span}"
-            if previous else "no earlier span in ML Metadata: drift check skipped (first run)"
-        )
-        report = [f"span {span}: {baseline_note}"]
-        report += [f"schema anomaly  {line}" for line in schema_lines]
-        report += [f"drift           {line}" for line in drift_lines]
-        report += [f"drift (warn)    {line}" for line in warned]
+        report = [f"span {span_date}: " + "; ".join(notes)]
+        report += [("BLOCK " if f["blocking"] else "warn  ") + f["message"] for f in findings]
+        report += [f"drift {feature}: {row['comparator']} {row['distance']:.3f} (threshold {row['threshold']:.2f})"
+                   for feature, row in sorted(table.items())]
         io_utils.write_string_file(os.path.join(output.uri, "report.txt"), "\n".join(report) + "\n")
-        output.set_int_custom_property("schema_anomaly_count", len(schema_lines))
-        output.set_int_custom_property("drift_anomaly_count", len(drift_lines))
-        output.set_int_custom_property("blocked", int(bool(schema_lines or drift_lines)))
-        for line in warned:
-            log.warning("drift allowed by warn setting: %s", line)
-        if schema_lines or drift_lines:
-            problems = "; ".join(schema_lines + drift_lines)
-            raise DataValidationError(
-                f"span {span} blocked before training: {problems}",
-                "fix the data producer and rerun, or accept the change by updating schemas/taxi/schema.pbtxt",
-            )
-        log.info("span %s passed validation (%s)", span, baseline_note)
+        io_utils.write_string_file(os.path.join(output.uri, "report.html"),
+                                   render_html(span_date, notes, findings, table, labels))
+        for finding in findings:
+            (log.info if finding["blocking"] else log.warning)("%s", finding["message"])
+        log.info("span %s: %s", span_date, "; ".join(notes))
+
+
+def findings_of(artifact) -> Optional[List[dict]]:
+    value = artifact.get_string_custom_property(verdict.FINDINGS)
+    return json.loads(value) if value else None

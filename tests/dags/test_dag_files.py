@@ -168,7 +168,7 @@ def test_span_date_and_run_id_macros(tmp_path):
 
 def test_committed_manifest_matches_the_pipeline(tmp_path):
     result = mlops(tmp_path, "dags", "manifest", "--check")
-    assert "matches the pipeline (11 nodes)" in result.stdout
+    assert "matches the pipeline (13 nodes)" in result.stdout
 
 
 def test_manifest_check_names_what_differs(tmp_path):

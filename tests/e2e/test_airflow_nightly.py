@@ -28,6 +28,7 @@ from pipelines import airflow_env
 from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops
 
 DAY3 = DAY2 + dt.timedelta(days=1)
+DAY4 = DAY3 + dt.timedelta(days=1)
 LENIENT = ("--auc-floor", "0.0", "--min-improvement", "-1.0", "--slice-margin", "1.0")
 pytestmark = pytest.mark.e2e
 
@@ -91,6 +92,7 @@ def nightly(tmp_path_factory):
     mlops(home, "data", "make-span", "--date", DAY3.isoformat(), "--fault", "missing_column", "--column", "tips")
     bad_span = home / "data" / "incoming" / DAY3.isoformat() / "data.csv"
     bad_bytes = bad_span.read_bytes()
+    mlops(home, "data", "make-span", "--date", DAY4.isoformat(), "--fault", "drift", "--severity", "2")
     models = home / "serving" / "models" / "taxi"
     fast_retry = {"MLOPS_RETRY_DELAY_SECONDS": "1"}
     out = {"home": home, "models": models}
@@ -115,6 +117,8 @@ def nightly(tmp_path_factory):
         out["bad"] = airflow_run(home, DAY3, *LENIENT, env=fast_retry)
         out["after_bad"] = versions.list_versions(models)
         out["bad_span_unchanged"] = bad_span.read_bytes() == bad_bytes
+        out["drifted"] = airflow_run(home, DAY4, *LENIENT, env=fast_retry)
+        out["after_drifted"] = versions.list_versions(models)
         yield out
     finally:
         mlops(home, "worker", "stop", check=False)
@@ -177,11 +181,26 @@ def test_a_span_missing_a_required_column_stops_at_validation(nightly):
     result = nightly["bad"]
     assert result.returncode != 0
     states = result.states
-    assert states["DriftValidator"]["state"] == "failed"
-    assert result.stdout.count("task DriftValidator ...") == 1  # bad data is not retried
-    for node in ("Transform", "Trainer", "GatedEvaluator", "AtomicPusher"):
+    # The raw-file gate sees the header: ExampleGen never parses the span.
+    assert states["SpanCheck"]["state"] == "failed"
+    assert result.stdout.count("task SpanCheck ...") == 1  # bad data is not retried
+    for node in ("CsvExampleGen", "DriftValidator", "Transform", "Trainer", "GatedEvaluator", "AtomicPusher"):
         assert states[node]["state"] in ("upstream_failed", None, "None", ""), (node, states[node])
     # The reason names the feature, in the task log relayed to the output, and nothing moved.
-    assert "tips" in result.stdout
+    assert "tips: required column missing" in result.stdout
+    assert "mlops schema accept --date" in result.stdout
     assert nightly["after_bad"] == [1, 2, 3]
     assert nightly["bad_span_unchanged"]
+
+
+def test_a_drifted_span_stops_at_the_drift_gate_after_statistics(nightly):
+    result = nightly["drifted"]
+    assert result.returncode != 0
+    states = result.states
+    assert states["StatisticsGen"]["state"] == "success" and states["SpanCheck"]["state"] == "success"
+    assert states["DriftValidator"]["state"] == "failed"
+    assert result.stdout.count("task DriftValidator ...") == 1
+    for node in ("Transform", "Trainer", "GatedEvaluator", "AtomicPusher"):
+        assert states[node]["state"] in ("upstream_failed", None, "None", ""), (node, states[node])
+    assert "trip_miles: Jensen-Shannon divergence" in result.stdout
+    assert nightly["after_drifted"] == [1, 2, 3]

@@ -61,14 +61,34 @@ def test_empty_data_dir_is_a_one_line_error_naming_the_fix(tmp_path):
     assert "no spans under" in line and "mlops data seed" in line
 
 
-def test_span_folder_without_csv_is_a_one_line_error(tmp_path):
+def test_span_folder_without_csv_blocks_the_run_at_the_span_check_naming_the_folder(tmp_path):
     home = make_home(tmp_path, days=0)
-    (home / "data" / "incoming" / DAY1.isoformat()).mkdir(parents=True)
-    line = _one_line_error(mlops(home, "run", "--date", DAY1.isoformat(), *FAST_RUN_ARGS, check=False))
-    assert f"span {DAY1} has no CSV files" in line
+    folder = home / "data" / "incoming" / DAY1.isoformat()
+    folder.mkdir(parents=True)
+    result = mlops(home, "run", "--date", DAY1.isoformat(), *FAST_RUN_ARGS, check=False)
+    assert result.returncode == 3, result.stdout + result.stderr  # blocked: retrying would block again
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("run stopped at SpanCheck: ") and f"no CSV file in the span folder {folder}" in last
+    assert "CsvExampleGen" not in result.stdout.split("nodes:")[-1]
 
 
 def test_bad_date_is_rejected_by_the_parser(tmp_path):
     result = mlops(tmp_path, "run", "--date", "22/11/2026", check=False)
     assert result.returncode == 2
     assert "is not a date like" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "gates, words",
+    [("[drift]\nwarn = [\"no_such_feature\"]\n", "names features the schema does not have: no_such_feature"),
+     ("[drift]\nwarn = \"company\"\n", "must be a list of feature names"),
+     ("[span]\nmax_duplicate_fraction = 2\n", "is not a fraction"),
+     ("[drift\n", "is not valid TOML")],
+)
+def test_a_bad_gates_file_is_a_one_line_error_before_anything_runs(tmp_path, gates, words):
+    home = make_home(tmp_path, days=0)
+    (home / "schemas" / "taxi" / "gates.toml").write_text(gates)
+    (home / "data" / "incoming" / DAY1.isoformat()).mkdir(parents=True)
+    line = _one_line_error(mlops(home, "validate", "--date", DAY1.isoformat(), check=False))
+    assert words in line and "gates.toml" in line
+    assert not (home / "var" / "metadata.sqlite").exists()  # nothing ran

@@ -1,0 +1,650 @@
+"""Schema history: `mlops schema history|accept|diff|prune` and the snapshots behind them.
+
+Every pipeline run calls `snapshot_for_run`: the schema in force is copied to a content-addressed
+file under var/schemas/taxi/ and `history.jsonl` gets a line whenever the schema changed, so
+`mlops schema diff` can say what changed since a date. `mlops schema accept` relaxes the schema
+for one span (TFDV's `update_schema` plus drift thresholds from ML Metadata) and records who
+accepted what and why. Importing this module imports neither TensorFlow, TFX nor TFDV.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from pipelines.errors import ConfigError
+
+KEEP_DAYS = 30
+HISTORY_FILE = "history.jsonl"
+LOCK_FILE = ".lock"
+# Comparator names written by the drift validator -> field of the schema's drift_comparator.
+COMPARATOR_FIELDS = {"jensen_shannon_divergence": "jensen_shannon_divergence", "l_infinity": "infinity_norm"}
+DRIFT_HEADROOM = 1.1  # an accepted distance gets 10% room, so the same span passes next time
+
+
+# --- Snapshots and history: plain file operations, cheap enough for every pipeline run ---
+
+
+def history_dir(paths) -> Path:
+    return paths.var / "schemas" / "taxi"
+
+
+def _utc(now: Optional[dt.datetime] = None) -> dt.datetime:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return now.replace(tzinfo=dt.timezone.utc) if now.tzinfo is None else now.astimezone(dt.timezone.utc)
+
+
+def _parse_time(text: str) -> dt.datetime:
+    return _utc(dt.datetime.fromisoformat(text))
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _snapshot_path(directory: Path, sha: str) -> Path:
+    return directory / f"{sha[:12]}.pbtxt"
+
+
+def _read_schema_bytes(paths) -> bytes:
+    try:
+        return paths.schema_path.read_bytes()
+    except FileNotFoundError as err:
+        raise ConfigError(f"schema file {paths.schema_path} does not exist",
+                          "restore schemas/taxi/schema.pbtxt from git") from err
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Readers see the old file or the new one, never half of it."""
+    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Serializes history updates of concurrent runs (Airflow tasks, `mlops run`, `schema accept`)."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_history(paths) -> List[dict]:
+    """The entries of history.jsonl, oldest first (a torn last line from a crash is skipped)."""
+    try:
+        lines = (history_dir(paths) / HISTORY_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            entries.append(json.loads(line))
+    return entries
+
+
+def _append(directory: Path, entry: dict) -> None:
+    with open(directory / HISTORY_FILE, "a") as out:
+        out.write(json.dumps(entry, sort_keys=True) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _entry_sha(entry: dict) -> Optional[str]:
+    """The schema in force after this entry: a snapshot's sha, an acceptance's to_sha."""
+    return entry.get("sha") or entry.get("to_sha")
+
+
+@dataclasses.dataclass(frozen=True)
+class Period:
+    """A stretch of time during which one schema was in force (end None: still in force)."""
+
+    sha: str
+    start: dt.datetime
+    end: Optional[dt.datetime]
+
+
+def periods(entries: List[dict]) -> List[Period]:
+    out: List[Period] = []
+    for entry in entries:
+        sha = _entry_sha(entry)
+        if not sha or (out and out[-1].sha == sha):
+            continue
+        start = _parse_time(entry["time"])
+        if out:
+            out[-1] = dataclasses.replace(out[-1], end=start)
+        out.append(Period(sha, start, None))
+    return out
+
+
+def _snapshot_locked(paths, now: dt.datetime) -> Path:
+    directory = history_dir(paths)
+    data = _read_schema_bytes(paths)
+    sha = _sha(data)
+    entries = read_history(paths)
+    target = _snapshot_path(directory, sha)
+    if not entries or _entry_sha(entries[-1]) != sha:
+        _append(directory, {"event": "snapshot", "time": now.isoformat(timespec="seconds"), "sha": sha,
+                            "file": target.name})
+        entries = read_history(paths)
+    if not target.exists():
+        _write_atomic(target, data)
+    _prune_locked(paths, entries, now, KEEP_DAYS, keep_shas={sha})
+    return target
+
+
+def snapshot_for_run(paths, now: Optional[dt.datetime] = None) -> Path:
+    """Records the schema this run uses; returns its snapshot file. No TFX: runs on every task."""
+    with _locked(history_dir(paths)):
+        return _snapshot_locked(paths, _utc(now))
+
+
+def _prune_locked(paths, entries: List[dict], now: dt.datetime, keep_days: int,
+                  keep_shas=frozenset()) -> List[Tuple[Path, dt.datetime]]:
+    """Deletes snapshots out of force for more than keep_days; files the history never named stay."""
+    directory = history_dir(paths)
+    last_in_force: Dict[str, Optional[dt.datetime]] = {}
+    for period in periods(entries):  # a schema can come back: its newest period counts
+        last_in_force[period.sha] = period.end
+    cutoff = now - dt.timedelta(days=keep_days)
+    removed = []
+    for sha, end in sorted(last_in_force.items()):
+        if end is None or end > cutoff or sha in keep_shas:
+            continue
+        path = _snapshot_path(directory, sha)
+        if path.exists():
+            path.unlink(missing_ok=True)
+            removed.append((path, end))
+    return removed
+
+
+def prune_snapshots(paths, keep_days: int = KEEP_DAYS,
+                    now: Optional[dt.datetime] = None) -> List[Tuple[Path, dt.datetime]]:
+    """Removed snapshot files with the time their schema went out of force. Idempotent."""
+    directory = history_dir(paths)
+    if not directory.is_dir():
+        return []
+    with _locked(directory):
+        keep = {_sha(paths.schema_path.read_bytes())} if paths.schema_path.is_file() else set()
+        return _prune_locked(paths, read_history(paths), _utc(now), keep_days, keep)
+
+
+# --- Comparing schemas (protobuf only, no TensorFlow) ---
+
+
+def parse_schema(text: str):
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    return text_format.Parse(text, schema_pb2.Schema())
+
+
+def _number(value) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.2f}" if round(value, 2) == value else f"{value:g}"
+
+
+def _type_name(feature) -> str:
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    return schema_pb2.FeatureType.Name(feature.type)
+
+
+def _string_values(schema, feature) -> Optional[set]:
+    if feature.HasField("string_domain"):
+        return set(feature.string_domain.value)
+    if feature.HasField("domain"):
+        return next((set(d.value) for d in schema.string_domain if d.name == feature.domain), set())
+    return None
+
+
+def _threshold(feature) -> Optional[float]:
+    for field in COMPARATOR_FIELDS.values():
+        if feature.drift_comparator.HasField(field):
+            return getattr(feature.drift_comparator, field).threshold
+    return None
+
+
+def _range(domain, kind: str) -> Optional[str]:
+    if domain is None:
+        return None
+    low = _number(domain.min) if domain.HasField("min") else "-inf"
+    high = _number(domain.max) if domain.HasField("max") else "inf"
+    return f"{kind} range [{low}, {high}]"
+
+
+def _domain_range(feature) -> Optional[str]:
+    if feature.HasField("int_domain"):
+        return _range(feature.int_domain, "int")
+    if feature.HasField("float_domain"):
+        return _range(feature.float_domain, "float")
+    return None
+
+
+def _feature_changes(old_schema, new_schema, old, new) -> List[str]:
+    name, lines = new.name, []
+    if old.type != new.type:
+        lines.append(f"{name}: type {_type_name(old)} -> {_type_name(new)}")
+    for field in ("min_fraction", "min_count"):
+        before, after = getattr(old.presence, field), getattr(new.presence, field)
+        if before != after:
+            lines.append(f"{name}: presence {field} {_number(before)} -> {_number(after)}")
+    if _domain_range(old) != _domain_range(new):
+        lines.append(f"{name}: {_domain_range(old) or 'no range'} -> {_domain_range(new) or 'no range'}")
+    before_values, after_values = _string_values(old_schema, old), _string_values(new_schema, new)
+    added = sorted((after_values or set()) - (before_values or set()))
+    removed = sorted((before_values or set()) - (after_values or set()))
+    if added:
+        lines.append(f"{name}: {len(added)} new domain value{'s' * (len(added) != 1)} added ({_few(added)})")
+    if removed:
+        lines.append(f"{name}: {len(removed)} domain value{'s' * (len(removed) != 1)} removed ({_few(removed)})")
+    if _threshold(old) != _threshold(new):
+        before, after = _threshold(old), _threshold(new)
+        lines.append(f"{name}: drift threshold {'none' if before is None else _number(before)} -> "
+                     f"{'none' if after is None else _number(after)}")
+    if old.lifecycle_stage != new.lifecycle_stage:
+        lines.append(f"{name}: {_lifecycle(new)}")
+    if not lines and old != new:
+        lines.append(f"{name}: other settings changed")
+    return lines
+
+
+def _lifecycle(feature) -> str:
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    stage = schema_pb2.LifecycleStage.Name(feature.lifecycle_stage)
+    if stage == "DEPRECATED":
+        return "deprecated (no longer validated: the span lacks it or its values do not fit)"
+    return f"lifecycle stage now {stage}"
+
+
+def _few(values: List[str], limit: int = 3) -> str:
+    shown = ", ".join(repr(v) for v in values[:limit])
+    return shown + (f", ... {len(values) - limit} more" if len(values) > limit else "")
+
+
+def describe_changes(old_schema, new_schema) -> List[str]:
+    """One human-readable line per change, e.g. `tips: drift threshold 0.30 -> 0.47`."""
+    old_features = {f.name: f for f in old_schema.feature}
+    new_features = {f.name: f for f in new_schema.feature}
+    lines = []
+    for name, feature in new_features.items():
+        if name not in old_features:
+            lines.append(f"{name}: new feature ({_type_name(feature)})")
+        else:
+            lines.extend(_feature_changes(old_schema, new_schema, old_features[name], feature))
+    lines += [f"{name}: feature removed (was {_type_name(f)})" for name, f in old_features.items()
+              if name not in new_features]
+    if not lines and old_schema != new_schema:
+        lines.append("schema: other settings changed")
+    return lines
+
+
+# --- Accepting a span: TFDV statistics, drift distances from ML Metadata ---
+
+
+def raised_threshold(distance: float) -> float:
+    # round() first: 0.2 * 110 is 22.000000000000004 in floating point, which must not become 0.23.
+    return math.ceil(round(distance * DRIFT_HEADROOM * 100, 6)) / 100
+
+
+def read_drift_distances(metadata_path: Path, span: str) -> Dict[str, dict]:
+    """`drift_distances` of the newest ExampleAnomalies artifact of the span ({} without a store)."""
+    if not metadata_path.is_file():
+        return {}
+    from ml_metadata import errors, metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(metadata_path)
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    try:
+        artifacts = metadata_store.MetadataStore(config).get_artifacts_by_type("ExampleAnomalies")
+    except errors.NotFoundError:
+        return {}
+    except errors.MetadataStoreError as err:
+        raise ConfigError(f"cannot read ML Metadata at {metadata_path}: {err}",
+                          "check the file is the project's metadata store") from err
+    matching = [a for a in artifacts if "drift_distances" in a.custom_properties
+                and "span_date" in a.custom_properties
+                and a.custom_properties["span_date"].string_value == span]
+    if not matching:
+        return {}
+    newest = max(matching, key=lambda a: (a.create_time_since_epoch, a.id))
+    try:
+        return json.loads(newest.custom_properties["drift_distances"].string_value)
+    except ValueError as err:
+        raise ConfigError(f"artifact {newest.id} in {metadata_path} has malformed drift_distances: {err}",
+                          f"rerun the pipeline for span {span}") from err
+
+
+def raise_drift_thresholds(schema, distances: Dict[str, dict]) -> None:
+    """Raises each blocked feature's threshold to just above its measured distance (never lowers)."""
+    features = {f.name: f for f in schema.feature}
+    for name, finding in sorted(distances.items()):
+        if not finding.get("blocked") or name not in features:
+            continue
+        field = COMPARATOR_FIELDS.get(finding.get("comparator"))
+        if field is None:
+            raise ConfigError(f"unknown drift comparator {finding.get('comparator')!r} for {name}",
+                              f"use one of: {', '.join(COMPARATOR_FIELDS)}")
+        comparator = getattr(features[name].drift_comparator, field)
+        wanted = raised_threshold(float(finding["distance"]))
+        if wanted > comparator.threshold:
+            comparator.threshold = wanted
+
+
+def render_schema(schema, original_text: str) -> str:
+    """Text proto with the original file's leading comment block (TFDV's writer drops comments)."""
+    from google.protobuf import text_format
+
+    header = []
+    for line in original_text.splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    return "".join(header) + text_format.MessageToString(schema)
+
+
+@dataclasses.dataclass
+class Acceptance:
+    span: str
+    from_sha: str
+    to_sha: str
+    changes: List[str]
+    new_text: str
+
+
+def plan_accept(paths, span_day: dt.date) -> Acceptance:
+    """What the schema must become for the span to pass; writes nothing."""
+    from pipelines.config import check_span_dir
+
+    folder = check_span_dir(paths.data_root, span_day)
+    original = _read_schema_bytes(paths)
+    import tensorflow_data_validation as tfdv
+
+    schema = parse_schema(original.decode())
+    with tempfile.TemporaryDirectory(prefix="schema-accept-") as scratch:  # TFDV leaves its output otherwise
+        statistics = tfdv.generate_statistics_from_csv(str(folder / "*.csv"),
+                                                       output_path=os.path.join(scratch, "stats.tfrecord"))
+    relaxed = schema
+    if tfdv.validate_statistics(statistics, schema).anomaly_info:
+        relaxed = tfdv.update_schema(schema, statistics)
+    remaining = tfdv.validate_statistics(statistics, relaxed)
+    if remaining.anomaly_info:
+        found = "; ".join(f"{k}: {v.short_description}" for k, v in sorted(remaining.anomaly_info.items()))
+        raise ConfigError(f"span {span_day} still fails after relaxing the schema: {found}",
+                          f"edit {paths.schema_path} by hand")
+    relaxed = type(schema).FromString(relaxed.SerializeToString())
+    raise_drift_thresholds(relaxed, read_drift_distances(paths.metadata_path, span_day.isoformat()))
+    new_text = render_schema(relaxed, original.decode())
+    return Acceptance(span_day.isoformat(), _sha(original), _sha(new_text.encode()),
+                      describe_changes(schema, relaxed), new_text)
+
+
+def apply_accept(paths, plan: Acceptance, by: str, reason: str, now: Optional[dt.datetime] = None) -> Path:
+    """Writes the schema and the history entry; returns the new snapshot."""
+    now = _utc(now)
+    with _locked(history_dir(paths)):
+        _snapshot_locked(paths, now)  # the schema before, in case no run recorded it yet
+        if _sha(_read_schema_bytes(paths)) != plan.from_sha:
+            raise ConfigError(f"{paths.schema_path} changed while `schema accept` ran", "run it again")
+        _write_atomic(paths.schema_path, plan.new_text.encode(), paths.schema_path.stat().st_mode & 0o777)
+        _append(history_dir(paths), {"event": "accept", "time": now.isoformat(timespec="seconds"),
+                                     "span": plan.span, "by": by, "reason": reason, "from_sha": plan.from_sha,
+                                     "to_sha": plan.to_sha, "changes": plan.changes})
+        return _snapshot_locked(paths, now)
+
+
+# --- Command handlers ---
+
+
+def _paths(args):
+    from pipelines.config import ProjectPaths
+
+    return ProjectPaths.from_env(args.home)
+
+
+def _summary(entry: dict, previous: Optional[dict], directory: Path) -> str:
+    if entry.get("event") == "accept":
+        changes = entry.get("changes") or []
+    elif previous is None:
+        return "first snapshot"
+    else:
+        old, new = (_snapshot_path(directory, _entry_sha(e)) for e in (previous, entry))
+        if not (old.is_file() and new.is_file()):
+            return "changed outside `schema accept` (earlier snapshot pruned)"
+        changes = describe_changes(parse_schema(old.read_text()), parse_schema(new.read_text()))
+        changes = ["changed outside `schema accept`"] + changes
+    text = "; ".join(changes) or "no change"
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def cmd_history(args) -> int:
+    paths = _paths(args)
+    entries = read_history(paths)
+    previous: Optional[dict] = None
+    for entry in entries:
+        entry["summary"] = _summary(entry, previous, history_dir(paths))
+        previous = entry
+    if args.json:
+        print(json.dumps(entries, indent=2, sort_keys=True))
+        return 0
+    if not entries:
+        print("no schema history yet (it starts with the next pipeline run or `mlops schema accept`)")
+    for entry in entries:
+        span = f"span {entry['span']}" if entry.get("span") else ""
+        by = f"by {entry['by']}" if entry.get("by") else ""
+        reason = f"reason: {entry['reason']}" if entry.get("reason") else ""
+        fields = [entry["time"], f"{entry.get('event', '?'):<8}", (_entry_sha(entry) or "?")[:12], span, by, reason,
+                  entry["summary"]]
+        print("  ".join(f for f in fields if f))
+    return 0
+
+
+def _is_risky(change: str) -> bool:
+    """A change after which a feature is no longer checked, or checked as something else."""
+    return any(word in change for word in (": deprecated", ": feature removed", ": type "))
+
+
+def cmd_accept(args) -> int:
+    paths = _paths(args)
+    plan = plan_accept(paths, args.date)
+    by = args.by or os.environ.get("USER") or "unknown"
+    result = dataclasses.asdict(plan)
+    del result["new_text"]
+    result.update(by=by, reason=args.reason or "", dry_run=args.dry_run, written=False)
+    risky = [line for line in plan.changes if _is_risky(line)]
+    if risky and not args.dry_run and not args.force:
+        raise ConfigError(f"accepting span {plan.span} would stop validating features: {'; '.join(risky)}",
+                          "fix the data producer instead, or pass --force if the change is intended "
+                          "(`--dry-run` shows every change)")
+    if plan.changes and not args.dry_run:
+        apply_accept(paths, plan, by, args.reason or "")
+        result["written"] = True
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    elif not plan.changes:
+        print(f"nothing to change: span {plan.span} already passes the schema")
+    else:
+        verb = "would change" if args.dry_run else "changed"
+        print(f"span {plan.span}: {verb} {paths.schema_path} ({plan.from_sha[:12]} -> {plan.to_sha[:12]})")
+        for line in plan.changes:
+            print(f"  {line}")
+        print("dry run: nothing written" if args.dry_run else "recorded in `mlops schema history`")
+    return 0
+
+
+def _schema_in_force(paths, entries: List[dict], when: dt.datetime) -> Tuple[Period, List[str]]:
+    """The period in force at `when`, else the oldest one still on disk, with notes saying so."""
+    directory, notes = history_dir(paths), []
+    stretches = periods(entries)
+    started = [i for i, period in enumerate(stretches) if period.start <= when]
+    index = started[-1] if started else 0
+    if not started:
+        notes.append(f"history starts at {stretches[0].start.isoformat()}, after "
+                     f"{when.isoformat(timespec='seconds')}: comparing with the oldest snapshot")
+    for later in stretches[index:]:
+        if _snapshot_path(directory, later.sha).is_file():
+            if later is not stretches[index]:
+                notes.append(f"the snapshot in force then ({stretches[index].sha[:12]}) was pruned: comparing "
+                             f"with the oldest kept one, from {later.start.isoformat()}")
+            return later, notes
+    raise ConfigError(f"no snapshot file under {directory} for the schemas since {when.isoformat()}",
+                      "run the pipeline (or `mlops schema accept`) to take a snapshot")
+
+
+def _window(args) -> Tuple[dt.datetime, Optional[dt.datetime]]:
+    if args.to and not args.start:
+        raise ConfigError("--to needs --from", "pass --from DATE --to DATE, or --since DURATION")
+    if args.start:
+        start = dt.datetime.combine(args.start, dt.time(), dt.timezone.utc)
+        end = dt.datetime.combine(args.to + dt.timedelta(days=1), dt.time(), dt.timezone.utc) if args.to else None
+        if end is not None and end <= start:
+            raise ConfigError(f"--to {args.to} is before --from {args.start}", "swap them")
+        return start, end
+    return _utc() - (args.since or dt.timedelta(days=KEEP_DAYS)), None
+
+
+def cmd_diff(args) -> int:
+    paths = _paths(args)
+    start, end = _window(args)
+    entries = read_history(paths)
+    if not entries:
+        print("no schema history yet (it starts with the next pipeline run or `mlops schema accept`): "
+              "nothing to compare")
+        return 0
+    directory = history_dir(paths)
+    before, notes = _schema_in_force(paths, entries, start)
+    old_file = _snapshot_path(directory, before.sha)
+    if end is None:
+        new_file, new_label = paths.schema_path, f"{paths.schema_path} (current)"
+        new_text = _read_schema_bytes(paths).decode()
+    else:
+        after, more_notes = _schema_in_force(paths, entries, end)
+        notes += more_notes
+        new_file, new_label = _snapshot_path(directory, after.sha), f"schema in force at {end.isoformat()}"
+        new_text = new_file.read_text()
+    old_text = old_file.read_text()
+    changes = describe_changes(parse_schema(old_text), parse_schema(new_text))
+    unified = "".join(difflib.unified_diff(old_text.splitlines(True), new_text.splitlines(True),
+                                           str(old_file), str(new_file))) if args.unified else ""
+    if args.json:
+        print(json.dumps({"from": {"sha": before.sha, "since": before.start.isoformat(), "file": str(old_file)},
+                          "to": str(new_file), "notes": notes, "changes": changes, "unified": unified},
+                         indent=2, sort_keys=True))
+        return 0
+    for note in notes:
+        print(f"note: {note}")
+    print(f"from {old_file} (in force since {before.start.isoformat()})")
+    print(f"to   {new_label}")
+    print("\n".join(f"  {line}" for line in changes) if changes else "no schema changes")
+    if unified:
+        print(unified, end="")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    if args.keep_days < 0:
+        raise ConfigError(f"--keep-days {args.keep_days} is negative", "pass 0 or more days")
+    removed = prune_snapshots(_paths(args), args.keep_days)
+    for path, end in removed:
+        print(f"removed {path} (out of force since {end.isoformat()})")
+    if not removed:
+        print(f"nothing to prune: every snapshot was in force within the last {args.keep_days} days")
+    return 0
+
+
+def _duration(text: str) -> dt.timedelta:
+    import argparse
+
+    match = re.fullmatch(r"(\d+)([wdhm])", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d, 12h, 2w or 45m")
+    unit = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}[match.group(2)]
+    return dt.timedelta(**{unit: int(match.group(1))})
+
+
+def add_commands(commands) -> None:
+    """Adds `mlops schema ...` to the CLI's subparsers (argument definitions only, no TFX)."""
+    from pipelines.cli import _date  # the CLI is loaded already: it is what calls this
+
+    schema = commands.add_parser(
+        "schema", help="history of schemas/taxi/schema.pbtxt: accept a span, diff, prune snapshots",
+        description="Every pipeline run snapshots the schema it uses under var/schemas/taxi/ and notes in "
+        "history.jsonl when it changed. These commands list that history, change the schema so a span "
+        "passes (recording who and why), compare schemas over time and prune old snapshots.",
+    )
+    actions = schema.add_subparsers(dest="schema_command", metavar="ACTION", required=True)
+
+    history = actions.add_parser(
+        "history", help="list schema changes: time, event, sha, span, who, why, what changed",
+        description="One line per entry of var/schemas/taxi/history.jsonl, oldest first: snapshots taken "
+        "by pipeline runs when the schema had changed, and acceptances by `mlops schema accept`.",
+    )
+    history.add_argument("--json", action="store_true", help="print JSON")
+    history.set_defaults(handler=cmd_history)
+
+    accept = actions.add_parser(
+        "accept", help="update the schema so that a span passes validation, and record why",
+        description="Computes the span's statistics with TFDV, relaxes the schema for its anomalies "
+        "(new features, domain values, ranges, presence) and raises the drift threshold of each feature "
+        "whose drift blocked the span (from the drift validator's findings in ML Metadata) to 10% above "
+        "the measured distance. The schema's leading comments are kept; the change is recorded in the "
+        "history. Running it again for the same span changes nothing.",
+    )
+    accept.add_argument("--date", type=_date, required=True, help="span date, YYYY-MM-DD (data/incoming/DATE/)")
+    accept.add_argument("--reason", help="why the change is acceptable (recorded in the history)")
+    accept.add_argument("--by", help="who accepts it (default: $USER)")
+    accept.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
+    accept.add_argument("--force", action="store_true",
+                        help="also write changes that stop validating a feature (deprecated, removed, new type)")
+    accept.add_argument("--json", action="store_true", help="print the result as JSON")
+    accept.set_defaults(handler=cmd_accept)
+
+    diff = actions.add_parser(
+        "diff", help="what changed in the schema since a time: features, types, presence, domains, drift",
+        description="Compares the schema in force at the start (from the history and its snapshots) with "
+        "the current schema, or the one in force at the end of --to. --from/--to are whole UTC days. When "
+        "the history does not reach back that far, the oldest snapshot is used and a note says so.",
+    )
+    window = diff.add_mutually_exclusive_group()
+    window.add_argument("--since", type=_duration, help="duration like 30d, 12h, 2w (default: 30d)")
+    window.add_argument("--from", dest="start", type=_date, metavar="DATE", help="start of this day (UTC)")
+    diff.add_argument("--to", type=_date, metavar="DATE", help="end of this day (UTC); needs --from")
+    diff.add_argument("--unified", action="store_true", help="also print a unified diff of the two files")
+    diff.add_argument("--json", action="store_true", help="print JSON")
+    diff.set_defaults(handler=cmd_diff)
+
+    prune = actions.add_parser(
+        "prune", help="delete schema snapshots out of force for more than --keep-days days",
+        description="Pipeline runs prune after each snapshot (30 days); this runs it explicitly and prints "
+        "what was removed. The current schema's snapshot and files the history does not name are kept; "
+        "history.jsonl itself is never shortened.",
+    )
+    prune.add_argument("--keep-days", type=int, default=KEEP_DAYS, help="days to keep (default: 30)")
+    prune.set_defaults(handler=cmd_prune)
