@@ -3,6 +3,7 @@
 import datetime as dt
 import hashlib
 import json
+import re
 import multiprocessing
 import subprocess
 import sys
@@ -165,15 +166,16 @@ def test_describe_changes_names_each_kind_of_change(tmp_path):
     ]:
         assert before in new_text
         new_text = new_text.replace(before, after, 1)
-    tips_at = new_text.index('name: "tips"')
-    new_text = new_text[:tips_at] + new_text[tips_at:].replace("threshold: 0.3", "threshold: 0.47", 1)
+    tips = re.search(r'name: "tips".*?threshold: ([0-9.]+)', new_text, flags=re.S)
+    tips_threshold = float(tips[1])
+    new_text = new_text[:tips.start(1)] + "0.47" + new_text[tips.end(1):]
     old, new = schema_history.parse_schema(old_text), schema_history.parse_schema(new_text)
     assert sorted(schema_history.describe_changes(old, new)) == sorted([
         "trip_start_hour: int range [0, 23] -> int range [0, 30]",
         "trip_start_timestamp: type INT -> FLOAT",
         "payment_type: 1 domain value removed ('Prcard')",
         "company: 3 new domain values added ('A Cab', 'B Cab', 'C Cab')",
-        "tips: drift threshold 0.30 -> 0.47",
+        f"tips: drift threshold {tips_threshold:.2f} -> 0.47",
         "pickup_latitude: feature removed (was FLOAT)",
         "dropoff_community_area: deprecated (no longer validated: the span lacks it or its values do not fit)",
     ])
@@ -286,14 +288,16 @@ def test_accept_raises_blocked_drift_thresholds_from_ml_metadata(tmp_path, capsy
         "payment_type": finding(0.2, 0.1, True, comparator="l_infinity"),
         "fare": finding(0.5, 0.3, False),  # warn-only: not blocked, not accepted
     })
+    before = thresholds(paths)
     code, out = run_cli(capsys, paths, "schema", "accept", "--date", SPAN, "--reason", "new tipping UI", "--json")
     assert code == 0
     result = json.loads(out)
-    assert sorted(result["changes"]) == ["payment_type: drift threshold 0.10 -> 0.22",
-                                         "tips: drift threshold 0.30 -> 0.47"]
+    assert sorted(result["changes"]) == [f"payment_type: drift threshold {before['payment_type']:.2f} -> 0.22",
+                                         f"tips: drift threshold {before['tips']:.2f} -> 0.47"]
     assert result["written"] is True
     now = thresholds(paths)
-    assert (now["tips"], now["payment_type"], now["fare"], now["trip_seconds"]) == (0.47, 0.22, 0.3, 0.3)
+    assert (now["tips"], now["payment_type"]) == (0.47, 0.22)
+    assert (now["fare"], now["trip_seconds"]) == (before["fare"], before["trip_seconds"])  # not blocked: untouched
     code, out = run_cli(capsys, paths, "schema", "accept", "--date", SPAN)
     assert out.strip() == f"nothing to change: span {SPAN} already passes the schema"
 
