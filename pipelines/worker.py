@@ -9,7 +9,7 @@ task per node, retries it, times it out and kills it like any other process.
 
 Protocol (Unix socket, one request per connection): the client sends one JSON line
 `{"argv": [...], "env": {...}, "cwd": "..."}`; the worker answers with frames
-`b"o" + 4-byte length + output bytes` and a final `b"x" + 4-byte length + exit code`.
+`b"o"` (stdout) or `b"e"` (stderr) + 4-byte length + output bytes, and a final `b"x"` + 4-byte length + exit code.
 If the client goes away (task killed or timed out), the node's process group is killed.
 
 The main loop is single-threaded, so forking is safe; the worker exits after `--idle-timeout`
@@ -37,7 +37,7 @@ from typing import Dict, List, Optional
 REPO = Path(__file__).resolve().parents[1]
 ENV_SWITCH = "MLOPS_WARM_WORKER"  # "0" runs every node in a cold process
 ENV_IN_WORKER = "MLOPS_IN_WORKER"
-DEFAULT_IDLE_TIMEOUT = 900.0
+DEFAULT_IDLE_TIMEOUT = float(os.environ.get("MLOPS_WORKER_IDLE_SECONDS", "900"))
 START_TIMEOUT = 180.0
 KILL_GRACE = 10.0
 _HEADER = struct.Struct("!cI")
@@ -146,7 +146,7 @@ def run_remote(path: Path, argv: List[str]) -> Optional[int]:
             sock.sendall(json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode() + b"\n")
         except OSError:
             return None
-        out = sys.stdout.buffer
+        outputs = {b"o": sys.stdout, b"e": sys.stderr}
         while True:
             header = _recv_exact(sock, _HEADER.size)
             if header is None:
@@ -154,9 +154,16 @@ def run_remote(path: Path, argv: List[str]) -> Optional[int]:
                 return 1
             kind, size = _HEADER.unpack(header)
             payload = _recv_exact(sock, size) or b""
-            if kind == b"o":
-                out.write(payload)
-                out.flush()
+            if kind in outputs:
+                stream = outputs[kind]
+                stream.flush()
+                # The real console streams take bytes; a redirected one (tests) takes text.
+                target = getattr(stream, "buffer", None)
+                if target is not None:
+                    target.write(payload)
+                    target.flush()
+                else:
+                    stream.write(payload.decode(errors="replace"))
             elif kind == b"x":
                 return int(payload)
 
@@ -314,28 +321,32 @@ def _send(conn: socket.socket, kind: bytes, payload: bytes) -> bool:
 def _supervise(conn: socket.socket, message: dict) -> int:  # pragma: no cover -- forked child
     """Forks the node process, relays its output, kills it if the client goes away."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    read_end, write_end = os.pipe()
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(read_end)
+        os.close(out_read)
+        os.close(err_read)
         os.setpgid(0, 0)  # the node and anything it spawns form one group, killed together
         conn.close()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        os.dup2(write_end, 1)
-        os.dup2(write_end, 2)
+        os.dup2(out_write, 1)
+        os.dup2(err_write, 2)
         os._exit(_run_cli(message))
-    os.close(write_end)
+    os.close(out_write)
+    os.close(err_write)
     with contextlib.suppress(OSError):
         os.setpgid(pid, pid)  # also here, so a kill right after the fork reaches the group
+    streams = {out_read: b"o", err_read: b"e"}  # stdout and stderr stay apart (`--json` output)
     client_gone = False
     status = None
     while status is None:
-        ready, _, _ = select.select([read_end, conn], [], [], 0.5)
-        if read_end in ready:
-            data = os.read(read_end, 65536)
+        ready, _, _ = select.select([*streams, conn], [], [], 0.5)
+        for fd in (fd for fd in streams if fd in ready):
+            data = os.read(fd, 65536)
             if data and not client_gone:
-                client_gone = not _send(conn, b"o", data)
+                client_gone = not _send(conn, streams[fd], data)
         if conn in ready and not client_gone:
             try:
                 client_gone = conn.recv(1, socket.MSG_PEEK) == b""
@@ -347,11 +358,13 @@ def _supervise(conn: socket.socket, message: dict) -> int:  # pragma: no cover -
         done, raw = os.waitpid(pid, os.WNOHANG)
         if done:
             status = raw
-    while True:  # drain what the node wrote last
-        data = os.read(read_end, 65536)
-        if not data:
-            break
-        _send(conn, b"o", data)
+    for fd, kind in streams.items():  # drain what the node wrote last
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            _send(conn, kind, data)
+        os.close(fd)
     code = os.waitstatus_to_exitcode(status)
     code = 128 - code if code < 0 else code  # killed by signal N -> 128+N, like a shell
     _send(conn, b"x", str(code).encode())

@@ -22,6 +22,9 @@ DAY2 = dt.date(2026, 11, 21)
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Every test home gets its own warm worker; let idle ones go after 2 min, not 15, so a 25-minute
+# suite does not keep a dozen TFX processes (~0.5 GB each) alive.
+os.environ.setdefault("MLOPS_WORKER_IDLE_SECONDS", "120")
 
 
 def make_home(root: Path, days: int = 2, rows: int = SMALL_ROWS, end: dt.date = DAY2) -> Path:

@@ -77,7 +77,7 @@ def _run_in_process(home: Path, day: dt.date, *extra: str):
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(["--home", str(home), "run", "--date", day.isoformat(), *FAST_RUN_ARGS, "--json", *extra])
+        code = cli.main(["--home", str(home), "run", "--cold", "--date", day.isoformat(), *FAST_RUN_ARGS, "--json", *extra])
     return code, out.getvalue(), err.getvalue()
 
 
