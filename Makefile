@@ -53,7 +53,7 @@ test: $(TFX_STAMP) $(AIRFLOW_STAMP) browser  ## the whole test suite (fails when
 	status=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
-BENCHES ?= pipeline_vs_stock airflow_overhead serving_latency
+BENCHES ?= pipeline_vs_stock airflow_overhead serving_latency validation_throughput
 
 bench: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## benchmarks side by side with baselines (BENCHES="..." picks); writes bench/RESULTS.md
 	for name in $(BENCHES); do $(VENV)/bin/python bench/$$name.py; done

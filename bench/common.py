@@ -66,17 +66,19 @@ def count_rows(path: Path) -> int:
         return sum(1 for _ in csv.reader(handle)) - 1
 
 
-def seed_home(home: Path, rows: int, date: str) -> Path:
-    """A project home with one span of `rows` rows; checks the seeded row count."""
+def seed_home(home: Path, rows: int, date: str, days: int = 1) -> Path:
+    """A project home with `days` spans of `rows` rows each, the last one on `date`; checks every
+    seeded row count and returns the last span's CSV."""
     (home / "schemas" / "taxi").mkdir(parents=True)
     shutil.copy(REPO / "schemas" / "taxi" / "schema.pbtxt", home / "schemas" / "taxi" / "schema.pbtxt")
-    cmd = [str(MLOPS), "--home", str(home), "data", "seed", "--days", "1", "--rows-per-day", str(rows), "--end", date]
+    cmd = [str(MLOPS), "--home", str(home), "data", "seed", "--days", str(days), "--rows-per-day", str(rows),
+           "--end", date]
     subprocess.run(cmd, check=True, env=CHILD_ENV)
-    span_csv = home / "data" / "incoming" / date / "data.csv"
-    found = count_rows(span_csv)
-    if found != rows:
-        raise SystemExit(f"seeded {found} rows in {span_csv}, expected {rows}")
-    return span_csv
+    for span_csv in sorted((home / "data" / "incoming").glob("*/data.csv")):
+        found = count_rows(span_csv)
+        if found != rows:
+            raise SystemExit(f"seeded {found} rows in {span_csv}, expected {rows}")
+    return home / "data" / "incoming" / date / "data.csv"
 
 
 def write_section(path: Path, heading: str, section: str) -> None:
