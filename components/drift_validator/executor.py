@@ -261,7 +261,7 @@ class Executor(base_executor.BaseExecutor):
                 notes.append(f"drift checked against {labels[name]}")
             else:
                 labels[name] = label
-                notes.append(f"no {label} in ML Metadata yet: that drift check is skipped"
+                notes.append(f"{label}: none in ML Metadata yet, so that drift check is skipped"
                              + (" (first run)" if name == "previous_span" else ""))
         table = drift_table(statistics, schema, baselines)
         findings = schema_findings(schema_anomalies, span_date) + drift_findings(table, warn_only, labels, span_date)
