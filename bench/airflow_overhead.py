@@ -132,7 +132,8 @@ def render(args, r: dict, startup: dict, parse: dict, load: tuple) -> str:
         "shared the machine, so treat single-run seconds as +-10-20%.",
         f"Span: {args.rows} rows (seeded), {args.train_steps} train steps, {args.eval_steps} eval steps, Beam "
         "in_memory, SQLite ML Metadata. Each way runs in its own fresh home (full run), then again (no-change rerun). "
-        "Airflow runs are `airflow dags test nightly_retrain <span>` (Airflow 3, 11 tasks, one per TFX node); the "
+        "Airflow runs are `airflow dags test nightly_retrain <span>` (Airflow 3, "
+        f"{len(json.loads((REPO / 'dags' / 'taxi_manifest.json').read_text())['nodes'])} tasks, one per TFX node); the "
         "Airflow database is prepared before timing (`mlops airflow init`, once per home).", "",
         "| way | full run s | vs LocalDagRunner | rerun s | vs LocalDagRunner rerun | peak RSS MB (largest process) | rerun pushed? |",
         "|---|---|---|---|---|---|---|",
@@ -161,7 +162,7 @@ def render(args, r: dict, startup: dict, parse: dict, load: tuple) -> str:
         "", "Commands (H = a fresh temp home per way):", "", "```",
         f"mlops --home H data seed --days 1 --rows-per-day {args.rows} --end {args.day}",
         f"python -c \"$LOCAL_DAG_RUNNER\" H {args.day} {args.train_steps} {args.eval_steps}   # twice",
-        f"mlops --home H run --date {args.day} --train-steps {args.train_steps} --eval-steps {args.eval_steps}   # twice",
+        f"mlops --home H run --cold --date {args.day} --train-steps {args.train_steps} --eval-steps {args.eval_steps}   # twice",
         f"mlops --home H airflow init; mlops --home H airflow run --date {args.day} --train-steps {args.train_steps} "
         f"--eval-steps {args.eval_steps}   # twice; cold: MLOPS_WARM_WORKER=0",
         "```", "",
@@ -197,7 +198,7 @@ def main() -> int:
     home = home_for(tmp, "ours", args.rows, args.day)
     for name in ("ours_full", "ours_rerun"):
         before = versions_pushed(home)
-        cmd = [str(MLOPS), "--home", str(home), "run", "--date", args.day, *steps]
+        cmd = [str(MLOPS), "--home", str(home), "run", "--cold", "--date", args.day, *steps]  # in this process
         results[name] = measure(name, cmd, logs / f"{name}.log", echo=lambda l: l.startswith("["))
         results[name]["pushed_new"] = "yes" if versions_pushed(home) > before else "no"
 
