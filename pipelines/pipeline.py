@@ -17,6 +17,11 @@ def span_number(day: dt.date) -> int:
     return (day - dt.date(1970, 1, 1)).days
 
 
+def span_date(span: int) -> str:
+    """The date (ISO) of a TFX span number: the inverse of `span_number`."""
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=span)).isoformat()
+
+
 def _eval_config(config: PipelineConfig):
     import tensorflow_model_analysis as tfma
 

@@ -16,6 +16,7 @@ from tfx import types
 from tfx.dsl.components.common import resolver
 
 from components.verdict import BLOCKED, GATE, SPAN_DATE
+from pipelines.pipeline import span_date
 
 # Kept equal to components.pusher.executor's names; importing it here would pull TFX's
 # Pusher dependencies into the compile step.
@@ -61,7 +62,7 @@ class PreviousSpanStatisticsStrategy(resolver.ResolverStrategy):
                 newest_verdict[day] = anomalies
 
         def passed(statistics) -> bool:
-            found = newest_verdict.get(_span_date(statistics.span))
+            found = newest_verdict.get(span_date(statistics.span))
             return found is None or found.get_int_custom_property(BLOCKED) != 1
 
         statistics = input_dict["statistics"]
@@ -143,12 +144,6 @@ def set_statistics_spans(store, statistics: List[types.Artifact]) -> None:
             changed.append(artifact.mlmd_artifact)
     if changed:
         store.put_artifacts(changed)
-
-
-def _span_date(span: int) -> str:
-    import datetime as dt
-
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=span)).isoformat()
 
 
 class ModelByIdStrategy(resolver.ResolverStrategy):

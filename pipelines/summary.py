@@ -113,10 +113,9 @@ def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool)
     props = artifact.custom_properties
     type_name = store.get_artifact_types_by_id([artifact.type_id])[0].name
     if type_name == "Examples" and "span" in props:
-        import datetime as dt
+        from pipelines.pipeline import span_date
 
-        span = props["span"].int_value
-        summary.span = (dt.date(1970, 1, 1) + dt.timedelta(days=span)).isoformat()
+        summary.span = span_date(props["span"].int_value)
     elif type_name == "ExampleStatistics":
         from tensorflow_metadata.proto.v0 import statistics_pb2
 

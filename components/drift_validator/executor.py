@@ -67,10 +67,10 @@ def _load_schema_anomalies(anomalies_artifact):
 
 
 def span_date_of(artifact) -> str:
-    import datetime as dt
+    from pipelines.pipeline import span_date
 
     span = artifact.span if artifact.has_property("span") else -1
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=span)).isoformat() if span >= 0 else "?"
+    return span_date(span) if span >= 0 else "?"
 
 
 def schema_findings(anomalies, span_date: str) -> List[dict]:
