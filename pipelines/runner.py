@@ -24,9 +24,17 @@ def prepare_process_env() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
 
 
-def default_run_id(span_date: dt.date) -> str:
+def default_run_id(span_date: dt.date, kind: str = "local") -> str:
+    """A new run id, unique per call: `<kind>__<span>__<UTC time>-<6 random hex digits>`.
+
+    Seconds are not enough: a cached run through the warm worker ends in well under a
+    second, and two runs sharing an id share one ML Metadata run context, so the second
+    report would read the first run's verdict.
+    """
+    import secrets
+
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return f"local__{span_date.isoformat()}__{now}"
+    return f"{kind}__{span_date.isoformat()}__{now}-{secrets.token_hex(3)}"
 
 
 def ensure_state_dirs(config: PipelineConfig) -> None:

@@ -8,12 +8,10 @@ per-feature distances land in ML Metadata exactly as in a nightly run, and reads
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 from typing import Callable, Dict, List, Optional
 
 from pipelines.config import PipelineConfig
-
 
 @dataclasses.dataclass
 class ValidationReport:
@@ -58,24 +56,18 @@ class ValidationReport:
         out += [f"  report: {path}" for path in self.reports.values()]
         return out
 
-
-def default_run_id(span_date: dt.date) -> str:
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return f"validate__{span_date.isoformat()}__{now}"
-
-
 def validate_span(config: PipelineConfig, run_id: Optional[str] = None,
                   progress: Callable[[str], None] = print) -> ValidationReport:
     """Runs the data gates for `config.span_date`; never raises for bad data (see `.blocked`)."""
     from pipelines.errors import DataError
     from pipelines.node_runner import compile_pipeline, node_ids, run_node
     from pipelines.pipeline import create_validation_pipeline
-    from pipelines.runner import ensure_state_dirs, prepare_process_env
+    from pipelines.runner import default_run_id, ensure_state_dirs, prepare_process_env
 
     prepare_process_env()
     config.check()
     ensure_state_dirs(config)
-    run_id = run_id or default_run_id(config.span_date)
+    run_id = run_id or default_run_id(config.span_date, kind="validate")
     ir = compile_pipeline(create_validation_pipeline(config), run_id)
     report = ValidationReport(span=config.span_date.isoformat(), run_id=run_id)
     nodes = node_ids(ir)
@@ -89,7 +81,6 @@ def validate_span(config: PipelineConfig, run_id: Optional[str] = None,
         progress(f"[{index}/{len(nodes)}] {node_id} {result.status} in {result.seconds:.1f}s")
     _read_gates(config, run_id, report)
     return report
-
 
 def _read_gates(config: PipelineConfig, run_id: str, report: ValidationReport) -> None:
     import os

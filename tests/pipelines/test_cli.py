@@ -92,3 +92,15 @@ def test_a_bad_gates_file_is_a_one_line_error_before_anything_runs(tmp_path, gat
     line = _one_line_error(mlops(home, "validate", "--date", DAY1.isoformat(), check=False))
     assert words in line and "gates.toml" in line
     assert not (home / "var" / "metadata.sqlite").exists()  # nothing ran
+
+
+def test_run_ids_made_in_the_same_second_differ():
+    # A cached validate through the warm worker ends in well under a second; two runs that
+    # shared an id shared one ML Metadata run context and the second reported the first's verdict.
+    import datetime as dt
+
+    from pipelines.runner import default_run_id
+
+    ids = {default_run_id(dt.date(2026, 11, 20), kind="validate") for _ in range(50)}
+    assert len(ids) == 50
+    assert all(i.startswith("validate__2026-11-20__") for i in ids)
