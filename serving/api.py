@@ -8,11 +8,10 @@ import threading
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
-from serving import codec
+from serving import batching, codec
 from serving.errors import BadRequest, Unavailable
 from serving.store import Registry, VersionStatus
 
@@ -68,17 +67,38 @@ class Api:
         # thread that loads a new version. Measured with 8 saturating clients on 2 cores: loading a
         # version took 18 s with no limit, 6.9 s with 2 slots, 5.3 s with 1 slot (3 s idle), and
         # throughput was 267, 273 and 298 requests/s.
+        # A request gives its slot back while its model call runs (`infer`): the call itself is
+        # TensorFlow's (no GIL), and requests waiting on one batch must not hold the slots that the
+        # requests forming the next batch need.
         self.slots = threading.BoundedSemaphore(max_concurrent or default_concurrency())
+        self._holds = threading.local()
 
     @contextlib.contextmanager
     def inference_slot(self, timeout: float):
         """Waits (without the GIL) for a free slot; 503 when none frees up within the request timeout."""
         if not self.slots.acquire(timeout=max(0.001, timeout)):
             raise Unavailable(f"server busy: no capacity for this request within {timeout:.1f}s")
+        self._holds.slot = True
         try:
             yield
         finally:
+            if self._holds.slot:
+                self.slots.release()
+            self._holds.slot = False
+
+    def infer(self, sig, feeds) -> Dict[str, np.ndarray]:
+        """The model's outputs for one request's inputs, batched with concurrent requests when the
+        signature has a Batcher; the caller's inference slot is free while the model runs."""
+        held = getattr(self._holds, "slot", False)
+        if held:
             self.slots.release()
+            self._holds.slot = False
+        try:
+            return batching.infer(sig, feeds)
+        finally:
+            if held:
+                self.slots.acquire()
+                self._holds.slot = True
 
     def resolve(self, name: str, version: Optional[int], label: Optional[str]):
         return self.registry.get(name).resolve(version, label)
@@ -88,18 +108,15 @@ class Api:
 
     # -- inference ---------------------------------------------------------------------------
 
-    @staticmethod
-    def run_examples(sig, serialized: List[bytes]) -> Dict[str, np.ndarray]:
-        name = sig.example_input
-        return sig.run({name: tf.constant(serialized, dtype=tf.string)})
+    def run_examples(self, sig, serialized: List[bytes]) -> Dict[str, np.ndarray]:
+        return self.infer(sig, {sig.example_input: list(serialized)})
 
     def predict_json(self, servable, body) -> Tuple[dict, str]:
         if isinstance(body, dict) and "signature_name" in body and not isinstance(body["signature_name"], str):
             raise BadRequest("'signature_name' key must be a string value.")
         sig = servable.signature(body.get("signature_name", "") if isinstance(body, dict) else "")
         feeds, row_format = codec.predict_feeds(body, sig)
-        outputs = sig.run({k: tf.constant(v) if v.dtype != object else tf.constant(v.tolist(), dtype=tf.string)
-                           for k, v in feeds.items()})
+        outputs = self.infer(sig, feeds)
         return codec.predict_response(outputs, row_format), sig.name
 
     def classify_regress_json(self, servable, body, verb: str) -> dict:
@@ -110,7 +127,7 @@ class Api:
             raise BadRequest("'signature_name' key must be a string value.")
         sig = servable.signature(signame)
         codec.example_input_of(sig, verb)
-        serialized = codec.examples_from_classify_request(body, sig.feature_spec, verb)
+        serialized = codec.examples_from_classify_request(body, sig.feature_spec, verb, sig.encoder)
         outputs = self.run_examples(sig, serialized)
         if verb == "classify":
             results = codec.classify_results(sig, outputs, len(serialized))

@@ -136,8 +136,17 @@ def _fill_example(example: example_pb2.Example, obj: Any, spec: Optional[Feature
         _add_values(features[name], name, values, kind)
 
 
-def serialize_examples(items: Sequence[Any], spec: Optional[FeatureSpec], context: Any = None) -> List[bytes]:
-    """Serialized tf.Examples from JSON feature dicts (with an optional shared context dict)."""
+def serialize_examples(items: Sequence[Any], spec: Optional[FeatureSpec], context: Any = None,
+                       encoder=None) -> List[bytes]:
+    """Serialized tf.Examples from JSON feature dicts (with an optional shared context dict).
+
+    `encoder` (the signature's ExampleEncoder) writes the common case without protobuf objects;
+    whatever it declines goes through the protobuf path below, which also words the errors.
+    """
+    if encoder is not None and context is None:
+        fast = encoder.encode_all(items)
+        if fast is not None:
+            return fast
     base = None
     if context is not None:
         base = example_pb2.Example()
@@ -152,7 +161,7 @@ def serialize_examples(items: Sequence[Any], spec: Optional[FeatureSpec], contex
     return out
 
 
-def examples_from_classify_request(body: Any, spec: Optional[FeatureSpec], verb: str) -> List[bytes]:
+def examples_from_classify_request(body: Any, spec: Optional[FeatureSpec], verb: str, encoder=None) -> List[bytes]:
     if not isinstance(body, dict):
         raise BadRequest(f"JSON Value: {_show(body)} Is not object")
     examples = body.get("examples")
@@ -162,7 +171,7 @@ def examples_from_classify_request(body: Any, spec: Optional[FeatureSpec], verb:
         raise BadRequest("Expecting 'examples' value to be an list/array")
     if not examples:
         raise BadRequest("'examples' value is an empty array")
-    return serialize_examples(examples, spec, body.get("context"))
+    return serialize_examples(examples, spec, body.get("context"), encoder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +321,13 @@ def predict_feeds(body: Any, sig: Signature) -> Tuple[Dict[str, np.ndarray], boo
             return isinstance(item, dict) and not is_b64(item) and set(item) == set(names)
 
         if len(names) == 1 and not named(instances[0]):
+            want = sig.inputs[names[0]].shape
+            if example_input and sig.encoder is not None and (want is None or want[0] in (None, len(instances))):
+                fast = sig.encoder.encode_all(instances)
+                if fast is not None:  # feature dicts, written without protobuf objects
+                    array = np.empty(len(fast), dtype=object)
+                    array[:] = fast
+                    return {names[0]: array}, True
             return {names[0]: tensor_from_json(None, names[0], sig.inputs[names[0]], sig, instances)}, True
         if len(names) > 1 and not isinstance(instances[0], dict):
             raise BadRequest(

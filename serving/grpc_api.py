@@ -74,13 +74,14 @@ class _Calls:
                                  time.perf_counter() - started, "grpc")
 
 
-def _tensor_from_proto(tensor):
-    # Fast path for the common case (a batch of serialized tf.Examples): make_ndarray costs ~40 us.
+def _feed_from_proto(tensor):
+    """A request input as the Batcher takes it: a list of bytes (a batch of serialized tf.Examples,
+    the common case, without make_ndarray's ~40 us) or a numpy array."""
     if tensor.dtype == types_pb2.DT_STRING and len(tensor.tensor_shape.dim) == 1 and not tensor.tensor_content:
         values = list(tensor.string_val)
         if len(values) == tensor.tensor_shape.dim[0].size:
-            return tf.constant(values, dtype=tf.string)
-    return tf.constant(tf.make_ndarray(tensor))
+            return values
+    return tf.make_ndarray(tensor)
 
 
 def _fill_tensor_proto(proto, array: np.ndarray) -> None:
@@ -135,13 +136,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     raise BadRequest(f"input tensor alias not found in signature: {name}. Inputs expected to be "
                                      f"in the set {{{','.join(sorted(sig.inputs))}}}.")
                 try:
-                    feeds[name] = _tensor_from_proto(tensor)
+                    feeds[name] = _feed_from_proto(tensor)
                 except Exception as err:  # noqa: BLE001 -- malformed TensorProto
                     raise BadRequest(f"input {name}: not a valid tensor: {err}") from err
             missing = sorted(set(sig.inputs) - set(feeds))
             if missing:
                 raise BadRequest(f"input tensors missing from the request: {','.join(missing)}")
-            outputs = sig.run(feeds)
+            outputs = self.api.infer(sig, feeds)
             wanted = list(request.output_filter) or list(outputs)
             response = predict_pb2.PredictResponse()
             for name in wanted:

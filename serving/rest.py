@@ -42,8 +42,58 @@ MAX_LINE = 65536
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
+MAX_HEADERS = 100
+
+
 def _json_bytes(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class _HeaderError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Headers(dict):
+    """Request headers by lower-cased name (repeated headers joined with ", ")."""
+
+    def get(self, name: str, default=None):  # type: ignore[override]
+        return dict.get(self, name.lower(), default)
+
+    def __getitem__(self, name: str):
+        return dict.get(self, name.lower())
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name.lower())
+
+
+def read_headers(rfile) -> Headers:
+    """The header block of a request. The standard library's parser (http.client.parse_headers)
+    runs the email package's feed parser: ~70 us a request, more than the rest of the routing."""
+    headers = Headers()
+    last = None
+    for _ in range(MAX_HEADERS + 1):
+        line = rfile.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise _HeaderError(431, "Line too long")
+        if line in (b"\r\n", b"\n", b""):
+            return headers
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        if text[:1] in (" ", "\t"):  # obsolete line folding: continues the previous value
+            if last is None:
+                raise _HeaderError(400, "malformed header: continuation line first")
+            headers[last] = (dict.get(headers, last) + " " + text.strip()).strip()
+            continue
+        name, sep, value = text.partition(":")
+        name = name.strip().lower()
+        if not sep or not name or " " in name:
+            raise _HeaderError(400, f"malformed header line: {text[:80]!r}")
+        value = value.strip()
+        previous = dict.get(headers, name)
+        headers[name] = value if previous is None else previous + ", " + value
+        last = name
+    raise _HeaderError(431, "Too many headers")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -68,6 +118,47 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:  # noqa: A002 -- no access log on the hot path
         pass
+
+    def parse_request(self) -> bool:
+        """BaseHTTPRequestHandler.parse_request with `read_headers` instead of the email parser."""
+        self.command = None
+        self.request_version = self.default_request_version
+        self.close_connection = True
+        self.requestline = requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = requestline.split()
+        if not words:
+            return False
+        if len(words) != 3:
+            self.send_error(400, f"Bad request syntax ({requestline[:200]!r})")
+            return False
+        command, path, version = words
+        try:
+            if not version.startswith("HTTP/"):
+                raise ValueError
+            major, minor = version[5:].split(".")
+            number = int(major), int(minor)
+        except ValueError:
+            self.send_error(400, f"Bad request version ({version[:40]!r})")
+            return False
+        if number >= (2, 0):
+            self.send_error(505, f"Invalid HTTP version ({version[5:][:20]})")
+            return False
+        self.close_connection = number < (1, 1)
+        self.request_version = version
+        self.command, self.path = command, ("/" + path.lstrip("/") if path.startswith("//") else path)
+        try:
+            self.headers = read_headers(self.rfile)
+        except _HeaderError as err:
+            self.send_error(err.status, err.message)
+            return False
+        connection = self.headers.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
+        if self.headers.get("Expect", "").lower() == "100-continue" and number >= (1, 1):
+            return self.handle_expect_100()
+        return True
 
     def handle_expect_100(self) -> bool:
         try:

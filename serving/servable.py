@@ -60,6 +60,8 @@ class Signature:
     inputs: Dict[str, TensorSpec]
     outputs: Dict[str, TensorSpec]
     feature_spec: Optional[FeatureSpec]
+    encoder: Optional[object] = None  # example_encoder.ExampleEncoder for feature_spec, when there is one
+    batcher: Optional[object] = None  # batching.Batcher, when the server batches this signature
 
     @property
     def example_input(self) -> Optional[str]:
@@ -231,6 +233,11 @@ def load_servable(model_name: str, version: int, path: Path) -> Servable:
             outputs={k: _tensor_spec(v) for k, v in sdef.outputs.items()},
             feature_spec=feature_spec_of(fn),
         )
+        spec = signatures[name].feature_spec
+        if spec is not None:
+            from serving.example_encoder import ExampleEncoder
+
+            signatures[name].encoder = ExampleEncoder(spec.kinds)
     if not signatures:
         raise LoadError(f"{path} has no callable signature")
     servable = Servable(model_name, version, path, loaded, meta, signatures)

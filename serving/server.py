@@ -7,6 +7,7 @@ accepting connections, let in-flight requests finish (up to --grace-seconds), ex
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -39,6 +40,9 @@ class ServerOptions:
     max_connections: int = 256
     grpc_workers: int = 8
     max_concurrent_requests: int = 0  # 0: half the CPUs, at least 1 (see serving/api.py)
+    enable_batching: bool = True  # concurrent requests share model calls (serving/batching.py)
+    max_batch_size: int = 256  # rows (instances / examples) per batched call
+    num_batch_threads: int = 1  # batches of one signature computed at once
 
 
 def setup_logging() -> None:
@@ -67,14 +71,13 @@ class ModelServer:
     def __init__(self, options: ServerOptions, configs=None):
         from serving.api import Api
         from serving.metrics import ServingMetrics
-        from serving.servable import load_servable
         from serving.store import Registry, version_stamp
 
         self.options = options
         configs = model_configs(options) if configs is None else configs
         self.metrics = ServingMetrics(c.name for c in configs)
         self.registry = Registry(
-            configs, loader=load_servable, stamp=version_stamp, config_path=options.model_config_file,
+            configs, loader=self._load, stamp=version_stamp, config_path=options.model_config_file,
             home=options.home, poll_seconds=options.poll_seconds, metrics=self.metrics,
         )
         self.api = Api(self.registry, options.max_concurrent_requests)
@@ -83,6 +86,15 @@ class ModelServer:
         self.rest_port = self.grpc_port = 0
         self._rest_thread: Optional[threading.Thread] = None
         self.stopped = threading.Event()
+
+    def _load(self, model_name: str, version: int, path: Path):
+        from serving.batching import attach_batchers
+        from serving.servable import load_servable
+
+        servable = load_servable(model_name, version, path)
+        if self.options.enable_batching:
+            attach_batchers(servable, self.options.max_batch_size, self.options.num_batch_threads)
+        return servable
 
     def start(self) -> None:
         opts = self.options
@@ -108,10 +120,11 @@ class ModelServer:
             config = store.config
             log.info("model %s: watching %s (policy %s%s)", config.name, config.base_path, config.policy.describe(),
                      f", labels {dict(config.labels)}" if config.labels else "")
-        log.info("listening: REST %s, gRPC %s (body limit %d bytes, request timeout %.0fs)",
+        log.info("listening: REST %s, gRPC %s (body limit %d bytes, request timeout %.0fs, batching %s)",
                  f"http://{opts.host}:{self.rest_port}" if self.rest else "off",
                  f"{opts.host}:{self.grpc_port}" if self.grpc else "off",
-                 opts.max_body_bytes, opts.request_timeout)
+                 opts.max_body_bytes, opts.request_timeout,
+                 f"up to {opts.max_batch_size} rows" if opts.enable_batching else "off")
         self.registry.start()
 
     def stop(self) -> bool:
@@ -170,6 +183,8 @@ def options_from_args(args) -> ServerOptions:
         model_config_file=config_file, host=args.host, rest_port=args.rest_port, grpc_port=args.grpc_port,
         poll_seconds=args.poll_seconds, max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
         grace_seconds=args.grace_seconds, max_concurrent_requests=args.max_concurrent_requests,
+        enable_batching=args.enable_batching, max_batch_size=args.max_batch_size,
+        num_batch_threads=args.num_batch_threads,
     )
 
 
@@ -194,8 +209,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--grace-seconds", type=float, default=10.0,
                         help="on SIGTERM, how long in-flight requests may take to finish (default: 10)")
     parser.add_argument("--max-concurrent-requests", type=int, default=0,
-                        help="inference requests computed at once; others queue (default: half the CPUs, at "
-                             "least 1: more only contend for Python's GIL and slow down loading new versions)")
+                        help="requests decoded and encoded (JSON, tf.Examples) at once; others queue (default: "
+                             "half the CPUs, at least 1: more only contend for Python's GIL and slow down loading "
+                             "new versions)")
+    parser.add_argument("--enable-batching", action=argparse.BooleanOptionalAction, default=True,
+                        help="run concurrent requests to a signature as one model call, without waiting for a "
+                             "timer (TF Serving's --enable_batching with batch_timeout_micros 0) (default: on)")
+    parser.add_argument("--max-batch-size", type=int, default=256,
+                        help="most rows (instances, examples) in one batched model call; a larger request runs "
+                             "alone (default: 256)")
+    parser.add_argument("--num-batch-threads", type=int, default=1,
+                        help="batches of one signature computed at the same time (default: 1)")
 
 
 def main(args) -> int:

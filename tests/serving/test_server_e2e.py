@@ -364,6 +364,9 @@ def test_fuzzed_requests_get_only_4xx_and_the_server_stays_up(contract):
     for junk in (b"\x00\xff garbage\r\n\r\n", b"GET /v1/models/taxi HTTP/9.9\r\n\r\n",
                  b"POST /v1/models/taxi:predict HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
                  b"POST /v1/models/taxi:predict HTTP/1.1\r\nContent-Length: zz\r\n\r\n",
+                 b"POST /v1/models/taxi:predict HTTP/1.1\r\nno colon in this header\r\n\r\n",
+                 b"GET /v1/models/taxi HTTP/1.1\r\n" + b"X-A: b\r\n" * 150 + b"\r\n",
+                 b"GET /v1/models/taxi HTTP/1.1\r\n folded first\r\n\r\n",
                  b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", bytes(range(256)) * 4):
         with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
             sock.sendall(junk)

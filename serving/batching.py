@@ -1,0 +1,219 @@
+"""Server-side batching: concurrent requests to one signature run as one model call.
+
+What TF Serving's `--enable_batching` does, without its extra thread: the first request to find
+no batch running becomes the leader, runs every request queued at that moment (up to
+`max_batch_rows` rows) as one call, hands each request its rows of the outputs, and passes the
+lead to the oldest request still waiting. Nobody waits for a timer (TF Serving's
+`batch_timeout_micros` defaults to 0 too): at concurrency 1 a request runs alone, at once;
+under load, requests that arrive while a batch runs form the next one.
+
+One model call on a batch of 8 examples costs about what a call on 1 costs, so under load
+this turns N calls into about one (bench/RESULTS.md, "Model serving latency").
+
+Only signatures whose every input and output is batch-major (first dimension unknown) are
+batched; a request whose combined batch fails with a bad-input error is rerun alone, so one
+bad request never fails the requests it was batched with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Deque, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from serving.errors import BadRequest
+
+log = logging.getLogger("serving")
+
+Feed = Union[np.ndarray, List[bytes]]
+
+DEFAULT_MAX_BATCH_ROWS = 256
+DEFAULT_MAX_CONCURRENT_BATCHES = 1
+
+
+def to_tensor(value: Feed):
+    import tensorflow as tf
+
+    if isinstance(value, list):
+        return tf.constant(value, dtype=tf.string)
+    if value.dtype == object:
+        return tf.constant(value.tolist(), dtype=tf.string)
+    return tf.constant(value)
+
+
+def run_now(sig, feeds: Dict[str, Feed]) -> Dict[str, np.ndarray]:
+    """One model call for one request's inputs (no batching)."""
+    tensors = {}
+    for name, value in feeds.items():
+        try:
+            tensors[name] = to_tensor(value)
+        except (TypeError, ValueError) as err:  # ragged lists, mixed types
+            raise BadRequest(f"input {name}: cannot make a tensor of it: {' '.join(str(err).split())[:500]}") from err
+    return sig.run(tensors)
+
+
+def batchable(sig) -> bool:
+    """Every input and output has a known rank >= 1 and an unknown first dimension."""
+    specs = list(sig.inputs.values()) + list(sig.outputs.values())
+    return bool(sig.inputs) and all(s.shape is not None and len(s.shape) >= 1 and s.shape[0] is None for s in specs)
+
+
+def _rows(feeds: Dict[str, Feed]) -> int:
+    sizes = {len(value) for value in feeds.values()}
+    return sizes.pop() if len(sizes) == 1 else -1
+
+
+def _concatenate(parts: Sequence[Feed]) -> Feed:
+    if all(isinstance(p, list) for p in parts):
+        return [item for part in parts for item in part]
+    arrays = [np.asarray(p, dtype=object) if isinstance(p, list) else p for p in parts]
+    return np.concatenate(arrays, axis=0)
+
+
+class _Request:
+    __slots__ = ("feeds", "rows", "wake", "state", "leads", "outputs", "error")
+
+    def __init__(self, feeds: Dict[str, Feed], rows: int):
+        self.feeds, self.rows = feeds, rows
+        self.wake = threading.Event()
+        self.state = "queued"  # -> "done" once its outputs (or error) are in
+        self.leads = False  # this request's thread runs batches (set under the Batcher's lock)
+        self.outputs: Optional[Dict[str, np.ndarray]] = None
+        self.error: Optional[BaseException] = None
+
+    def finish(self, outputs=None, error=None) -> None:
+        self.outputs, self.error, self.state = outputs, error, "done"
+        self.wake.set()
+
+
+class Batcher:
+    """Batches the requests of one signature of one loaded version."""
+
+    def __init__(self, sig, max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+                 max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES):
+        self.sig = sig
+        self.max_batch_rows = max(1, max_batch_rows)
+        self.max_concurrent_batches = max(1, max_concurrent_batches)
+        self._lock = threading.Lock()
+        self._queue: Deque[_Request] = deque()
+        self._leaders = 0
+        # batches run and the requests in them: their ratio is the mean batch size
+        self.batches = 0
+        self.batched_requests = 0
+
+    def run(self, feeds: Dict[str, Feed]) -> Dict[str, np.ndarray]:
+        rows = _rows(feeds)
+        if rows <= 0:
+            return run_now(self.sig, feeds)  # inputs of different lengths: let the model say what is wrong
+        request = _Request(feeds, rows)
+        with self._lock:
+            self._queue.append(request)
+            if self._leaders < self.max_concurrent_batches:
+                self._leaders += 1
+                request.leads = True
+        while request.state != "done" or request.leads:
+            if request.leads:
+                self._lead(request)
+                continue
+            request.wake.wait()
+            request.wake.clear()  # the loop condition rereads why it woke (done, or handed the lead)
+        if request.error is not None:
+            raise request.error
+        return request.outputs
+
+    def _take(self) -> List[_Request]:
+        batch, rows = [], 0
+        while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch_rows):
+            item = self._queue.popleft()
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    def _lead(self, me: _Request) -> None:
+        """Runs batches until this thread's own request is done (or taken by another leader), then
+        hands the lead to the oldest waiting request, or gives it up when none waits."""
+        try:
+            while me.state != "done":
+                with self._lock:
+                    batch = self._take()
+                if not batch:
+                    break  # another leader has `me` in its batch: wait for it as a follower
+                self._execute(batch)
+        finally:
+            with self._lock:
+                me.leads = False
+                successor = next((r for r in self._queue if not r.leads), None)
+                if successor is not None:
+                    successor.leads = True  # the leader count stays: the lead passes on
+                    successor.wake.set()
+                else:
+                    self._leaders -= 1
+
+    def _execute(self, batch: List[_Request]) -> None:
+        self.batches += 1
+        self.batched_requests += len(batch)
+        if len(batch) == 1:
+            self._execute_alone(batch[0])
+            return
+        names = list(batch[0].feeds)
+        if any(list(r.feeds) != names for r in batch):
+            for request in batch:
+                self._execute_alone(request)
+            return
+        try:
+            combined = {n: _concatenate([r.feeds[n] for r in batch]) for n in names}
+        except (TypeError, ValueError):  # trailing shapes differ: not one tensor
+            combined = None
+        if combined is None:
+            for request in batch:
+                self._execute_alone(request)
+            return
+        try:
+            outputs = run_now(self.sig, combined)
+        except BadRequest:
+            for request in batch:  # find the culprit: each request alone gets its own answer
+                self._execute_alone(request)
+            return
+        except BaseException as err:  # noqa: BLE001 -- every request of the batch gets the error
+            for request in batch:
+                request.finish(error=err)
+            return
+        total = sum(r.rows for r in batch)
+        if any(value.ndim == 0 or value.shape[0] != total for value in outputs.values()):
+            log.warning("signature %s: outputs are not batch-major; running its requests one by one", self.sig.name)
+            for request in batch:
+                self._execute_alone(request)
+            return
+        start = 0
+        for request in batch:
+            end = start + request.rows
+            request.finish({name: value[start:end] for name, value in outputs.items()})
+            start = end
+
+    def _execute_alone(self, request: _Request) -> None:
+        try:
+            request.finish(run_now(self.sig, request.feeds))
+        except BaseException as err:  # noqa: BLE001 -- raised in the request's own thread
+            request.finish(error=err)
+
+
+def attach_batchers(servable, max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+                    max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES) -> int:
+    """Gives every batchable signature of a loaded version a Batcher; returns how many."""
+    count = 0
+    for sig in servable.signatures.values():
+        if batchable(sig):
+            sig.batcher = Batcher(sig, max_batch_rows, max_concurrent_batches)
+            count += 1
+    return count
+
+
+def infer(sig, feeds: Dict[str, Feed]) -> Dict[str, np.ndarray]:
+    """The signature's outputs for one request: through its Batcher when it has one."""
+    batcher = sig.batcher
+    if batcher is not None:
+        return batcher.run(feeds)
+    return run_now(sig, feeds)
