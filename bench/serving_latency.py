@@ -56,6 +56,7 @@ FAST = ["--train-steps", "60", "--eval-steps", "10"]
 OVERHEAD_TARGET_MS = 1.0
 THROUGHPUT_TARGET = 0.8
 SWITCH_TARGET_S = 5.0
+UNBATCHED_REST, UNBATCHED_GRPC = "REST, no batching", "gRPC, no batching"
 ROW = dict(pickup_community_area=28, fare=15.25, trip_start_month=9, trip_start_hour=10, trip_start_day=3,
            trip_start_timestamp=1379414700, pickup_latitude=41.87, pickup_longitude=-87.66, dropoff_latitude=41.92,
            dropoff_longitude=-87.69, trip_miles=1.2, payment_type="Cash", company="Blue Ribbon Taxi",
@@ -112,14 +113,14 @@ def versions(base: Path) -> list:
 class Server:
     """`mlops serve` on free ports over `base`."""
 
-    def __init__(self, home: Path, base: Path, log_path: Path):
+    def __init__(self, home: Path, base: Path, log_path: Path, extra: tuple = ()):
         self.rest_port, self.grpc_port = free_port(), free_port()
         while self.grpc_port == self.rest_port:
             self.grpc_port = free_port()
         self._log = open(log_path, "ab")
         self.log_path = log_path
         cmd = [str(MLOPS), "--home", str(home), "serve", "--model-name", "taxi", "--model-base-path", str(base),
-               "--rest-port", str(self.rest_port), "--grpc-port", str(self.grpc_port)]
+               "--rest-port", str(self.rest_port), "--grpc-port", str(self.grpc_port), *extra]
         env = dict(CHILD_ENV, TF_CPP_MIN_LOG_LEVEL="3")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(home))
 
@@ -193,7 +194,7 @@ def run_cell(make_call, concurrency: int, requests: int) -> dict:
                 errors=errors[0])
 
 
-def variants(model_dir: Path, server: Server, batch: int) -> dict:
+def variants(model_dir: Path, server: Server, batch: int, unbatched: Server) -> dict:
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -213,8 +214,8 @@ def variants(model_dir: Path, server: Server, batch: int) -> dict:
                 value.numpy()
         return call
 
-    def rest():
-        conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+    def rest(target=server):
+        conn = http.client.HTTPConnection("127.0.0.1", target.rest_port, timeout=30)
 
         def call():
             conn.request("POST", "/v1/models/taxi:predict", body, {"Content-Type": "application/json"})
@@ -224,18 +225,19 @@ def variants(model_dir: Path, server: Server, batch: int) -> dict:
                 raise RuntimeError(f"HTTP {response.status}")
         return call
 
-    def grpc_call():
+    def grpc_call(target=server):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(
-            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+            grpc.insecure_channel(f"127.0.0.1:{target.grpc_port}"))
         return lambda: stub.Predict(request, timeout=30)
 
-    return {"direct": direct, "REST": rest, "gRPC": grpc_call}
+    return {"direct": direct, "REST": rest, "gRPC": grpc_call,
+            UNBATCHED_REST: lambda: rest(unbatched), UNBATCHED_GRPC: lambda: grpc_call(unbatched)}
 
 
-def latency_table(model_dir: Path, server: Server, requests: int, rounds: int) -> list:
+def latency_table(model_dir: Path, server: Server, unbatched: Server, requests: int, rounds: int) -> list:
     rows = []
     for batch in (1, 100):
-        makers = variants(model_dir, server, batch)
+        makers = variants(model_dir, server, batch, unbatched)
         n = requests if batch == 1 else max(16, requests // 8)
         for concurrency in (1, 8):
             per_round = {name: [] for name in makers}
@@ -250,7 +252,7 @@ def latency_table(model_dir: Path, server: Server, requests: int, rounds: int) -
                            rps=done / sum(r["wall"] for r in results),
                            errors=sum(r["errors"] for r in results), n=done)
                 rows.append(row)
-                log(f"batch {batch:3d} x{concurrency} {name:6s} p50 {row['p50']:7.2f} ms  p99 {row['p99']:7.2f} ms  "
+                log(f"batch {batch:3d} x{concurrency} {name:20s} p50 {row['p50']:7.2f} ms  p99 {row['p99']:7.2f} ms  "
                     f"{row['rps']:7.1f} req/s  ({done} requests, {row['errors']} errors)")
     return rows
 
@@ -332,7 +334,10 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              f"{meta['rounds']} alternating rounds; p50/p99 = median of the per-round percentiles; throughput = "
              "requests / wall time (x instances for instances/s). Direct = `serving_default` called in-process with the "
              "same serialized tf.Examples; REST = JSON feature dicts (`instances`), one keep-alive connection per thread; "
-             "gRPC = serialized tf.Examples, one channel per thread.", "",
+             "gRPC = serialized tf.Examples, one channel per thread. REST and gRPC are the server as shipped "
+             f"(batching on: concurrent requests share model calls); \"{UNBATCHED_REST}\" and "
+             f"\"{UNBATCHED_GRPC}\" are a second server in the same run with `--no-enable-batching`, the "
+             "baseline the batching is measured against.", "",
              "| instances | concurrency | variant | p50 ms | p99 ms | req/s | instances/s | p50 overhead ms | "
              "throughput vs direct | errors |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -340,14 +345,14 @@ def render(rows: list, switch: dict, meta: dict) -> str:
     for batch in (1, 100):
         for concurrency in (1, 8):
             direct = by[("direct", batch, concurrency)]
-            for variant in ("direct", "REST", "gRPC"):
+            for variant in ("direct", "REST", "gRPC", UNBATCHED_REST, UNBATCHED_GRPC):
                 r = by[(variant, batch, concurrency)]
                 over = r["p50"] - direct["p50"]
                 ratio = r["rps"] / direct["rps"]
                 lines.append(f"| {batch} | {concurrency} | {variant} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "
                              f"{r['rps'] * batch:.0f} | {'-' if variant == 'direct' else f'{over:+.2f}'} | "
                              f"{'-' if variant == 'direct' else f'{ratio:.2f}x'} | {r['errors']} |")
-                if variant != "direct":
+                if variant in ("REST", "gRPC"):
                     targets.append(f"- {variant}, {batch} instance(s), concurrency {concurrency}: p50 overhead "
                                    f"**{over:+.2f} ms** (target <= {OVERHEAD_TARGET_MS:.0f} ms): "
                                    f"**{verdict(over <= OVERHEAD_TARGET_MS)}**"
@@ -361,8 +366,8 @@ def render(rows: list, switch: dict, meta: dict) -> str:
         ok = switch["rollback"] <= SWITCH_TARGET_S
         lines.append(f"- `mlops rollback --previous` started -> first answer from the restored version: "
                      f"**{switch['rollback']:.2f} s** (target <= {SWITCH_TARGET_S:.0f} s): **{verdict(ok)}**; the "
-                     f"command itself took {switch['rollback_cmd']:.2f} s (Python + TFX start-up, then a two-node run: "
-                     f"resolver + AtomicPusher); from the pushed version directory appearing (polled every ~10 ms) "
+                     f"command itself took {switch['rollback_cmd']:.2f} s (a two-node run, resolver + AtomicPusher, in the "
+                     f"home's warm worker that the pipeline runs started); from the pushed version directory appearing (polled every ~10 ms) "
                      f"to the first answer from it: **{switch['rollback_dir']:.2f} s**")
     else:
         lines.append("- rollback: not measured (`--model-dir` has no ML Metadata with two pushes)")
@@ -413,13 +418,17 @@ def main() -> int:
     newest = max(versions(base))
     model_dir = base / str(newest)
     server = Server(home, base, tmp / "server.log")
+    unbatched = Server(home, base, tmp / "server-unbatched.log", ("--no-enable-batching",))
     try:
         server.wait_serving(newest)
+        unbatched.wait_serving(newest)
         log(f"server up: REST {server.rest_port}, gRPC {server.grpc_port}, version {newest}")
-        rows = latency_table(model_dir, server, args.requests, args.rounds)
+        rows = latency_table(model_dir, server, unbatched, args.requests, args.rounds)
+        unbatched.stop()
         switch = switch_times(home, base, model_dir, server, can_rollback, tmp)
     finally:
         server.stop()
+        unbatched.stop()
     meta["load1"] = os.getloadavg()[0]
     meta["total_s"] = time.monotonic() - began
     publish(args.results, SECTION, render(rows, switch, meta), tmp, args.keep)
