@@ -57,6 +57,7 @@ OVERHEAD_TARGET_MS = 1.0
 THROUGHPUT_TARGET = 0.8
 SWITCH_TARGET_S = 5.0
 UNBATCHED_REST, UNBATCHED_GRPC = "REST, no batching", "gRPC, no batching"
+FLOOR_REST, FLOOR_GRPC = "REST floor", "gRPC floor"
 ROW = dict(pickup_community_area=28, fare=15.25, trip_start_month=9, trip_start_hour=10, trip_start_day=3,
            trip_start_timestamp=1379414700, pickup_latitude=41.87, pickup_longitude=-87.66, dropoff_latitude=41.92,
            dropoff_longitude=-87.69, trip_miles=1.2, payment_type="Cash", company="Blue Ribbon Taxi",
@@ -108,6 +109,26 @@ def prepare_home(tmp: Path) -> tuple:
 
 def versions(base: Path) -> list:
     return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) if base.is_dir() else []
+
+
+class EchoServer:
+    """bench/echo_server.py: the same HTTP and gRPC stacks answering without a model."""
+
+    def __init__(self, log_path: Path):
+        self.rest_port, self.grpc_port = free_port(), free_port()
+        while self.grpc_port == self.rest_port:
+            self.grpc_port = free_port()
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "echo_server.py"), str(self.rest_port),
+                                      str(self.grpc_port)], stdout=subprocess.PIPE, stderr=self._log, env=CHILD_ENV)
+        if self.proc.stdout.readline().strip() != b"ready":
+            raise SystemExit(f"bench/echo_server.py did not start; log {log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        self._log.close()
 
 
 class Server:
@@ -194,7 +215,7 @@ def run_cell(make_call, concurrency: int, requests: int) -> dict:
                 errors=errors[0])
 
 
-def variants(model_dir: Path, server: Server, batch: int, unbatched: Server) -> dict:
+def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, echo: EchoServer) -> dict:
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -231,13 +252,15 @@ def variants(model_dir: Path, server: Server, batch: int, unbatched: Server) -> 
         return lambda: stub.Predict(request, timeout=30)
 
     return {"direct": direct, "REST": rest, "gRPC": grpc_call,
-            UNBATCHED_REST: lambda: rest(unbatched), UNBATCHED_GRPC: lambda: grpc_call(unbatched)}
+            UNBATCHED_REST: lambda: rest(unbatched), UNBATCHED_GRPC: lambda: grpc_call(unbatched),
+            FLOOR_REST: lambda: rest(echo), FLOOR_GRPC: lambda: grpc_call(echo)}
 
 
-def latency_table(model_dir: Path, server: Server, unbatched: Server, requests: int, rounds: int) -> list:
+def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: EchoServer, requests: int,
+                  rounds: int) -> list:
     rows = []
     for batch in (1, 100):
-        makers = variants(model_dir, server, batch, unbatched)
+        makers = variants(model_dir, server, batch, unbatched, echo)
         n = requests if batch == 1 else max(16, requests // 8)
         for concurrency in (1, 8):
             per_round = {name: [] for name in makers}
@@ -337,7 +360,9 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              "gRPC = serialized tf.Examples, one channel per thread. REST and gRPC are the server as shipped "
              f"(batching on: concurrent requests share model calls); \"{UNBATCHED_REST}\" and "
              f"\"{UNBATCHED_GRPC}\" are a second server in the same run with `--no-enable-batching`, the "
-             "baseline the batching is measured against.", "",
+             "baseline the batching is measured against. \"REST floor\" and \"gRPC floor\" send the same requests "
+             "to bench/echo_server.py, the same Python HTTP and gRPC stacks answering without a model: their latency "
+             "(client included) is transport and framework cost that no change to the server's own code removes.", "",
              "| instances | concurrency | variant | p50 ms | p99 ms | req/s | instances/s | p50 overhead ms | "
              "throughput vs direct | errors |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -345,19 +370,23 @@ def render(rows: list, switch: dict, meta: dict) -> str:
     for batch in (1, 100):
         for concurrency in (1, 8):
             direct = by[("direct", batch, concurrency)]
-            for variant in ("direct", "REST", "gRPC", UNBATCHED_REST, UNBATCHED_GRPC):
+            for variant in ("direct", "REST", "gRPC", UNBATCHED_REST, UNBATCHED_GRPC, FLOOR_REST, FLOOR_GRPC):
                 r = by[(variant, batch, concurrency)]
                 over = r["p50"] - direct["p50"]
                 ratio = r["rps"] / direct["rps"]
+                no_model = variant in ("direct", FLOOR_REST, FLOOR_GRPC)
                 lines.append(f"| {batch} | {concurrency} | {variant} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "
-                             f"{r['rps'] * batch:.0f} | {'-' if variant == 'direct' else f'{over:+.2f}'} | "
-                             f"{'-' if variant == 'direct' else f'{ratio:.2f}x'} | {r['errors']} |")
+                             f"{r['rps'] * batch:.0f} | {'-' if no_model else f'{over:+.2f}'} | "
+                             f"{'-' if no_model else f'{ratio:.2f}x'} | {r['errors']} |")
                 if variant in ("REST", "gRPC"):
+                    floor = by[(FLOOR_REST if variant == "REST" else FLOOR_GRPC, batch, concurrency)]
                     targets.append(f"- {variant}, {batch} instance(s), concurrency {concurrency}: p50 overhead "
                                    f"**{over:+.2f} ms** (target <= {OVERHEAD_TARGET_MS:.0f} ms): "
                                    f"**{verdict(over <= OVERHEAD_TARGET_MS)}**"
                                    + (f"; throughput **{ratio:.2f}x** direct (target >= {THROUGHPUT_TARGET}x): "
-                                      f"**{verdict(ratio >= THROUGHPUT_TARGET)}**" if concurrency == 8 else ""))
+                                      f"**{verdict(ratio >= THROUGHPUT_TARGET)}**" if concurrency == 8 else "")
+                                   + f" -- the {variant} stack alone (no model) takes {floor['p50']:.2f} ms p50, "
+                                     f"{floor['rps']:.0f} req/s")
     lines += ["", "Targets:", "", *targets, ""]
     lines.append("Hot reload (a gRPC client predicting every ~10 ms, timing until the first answer whose "
                  "`model_spec.version` is the new one):")
@@ -419,16 +448,19 @@ def main() -> int:
     model_dir = base / str(newest)
     server = Server(home, base, tmp / "server.log")
     unbatched = Server(home, base, tmp / "server-unbatched.log", ("--no-enable-batching",))
+    echo = EchoServer(tmp / "echo-server.log")
     try:
         server.wait_serving(newest)
         unbatched.wait_serving(newest)
         log(f"server up: REST {server.rest_port}, gRPC {server.grpc_port}, version {newest}")
-        rows = latency_table(model_dir, server, unbatched, args.requests, args.rounds)
+        rows = latency_table(model_dir, server, unbatched, echo, args.requests, args.rounds)
         unbatched.stop()
+        echo.stop()
         switch = switch_times(home, base, model_dir, server, can_rollback, tmp)
     finally:
         server.stop()
         unbatched.stop()
+        echo.stop()
     meta["load1"] = os.getloadavg()[0]
     meta["total_s"] = time.monotonic() - began
     publish(args.results, SECTION, render(rows, switch, meta), tmp, args.keep)
