@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Deque, Dict, List, Optional, Sequence, Union
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -93,8 +93,10 @@ class Batcher:
     """Batches the requests of one signature of one loaded version."""
 
     def __init__(self, sig, max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
-                 max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES):
+                 max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
+                 on_batch: Optional[Callable[[int], None]] = None):
         self.sig = sig
+        self.on_batch = on_batch  # called with the number of requests in each batch (metrics)
         self.max_batch_rows = max(1, max_batch_rows)
         self.max_concurrent_batches = max(1, max_concurrent_batches)
         self._lock = threading.Lock()
@@ -155,58 +157,66 @@ class Batcher:
     def _execute(self, batch: List[_Request]) -> None:
         self.batches += 1
         self.batched_requests += len(batch)
-        if len(batch) == 1:
-            self._execute_alone(batch[0])
-            return
-        names = list(batch[0].feeds)
-        if any(list(r.feeds) != names for r in batch):
-            for request in batch:
-                self._execute_alone(request)
-            return
-        try:
-            combined = {n: _concatenate([r.feeds[n] for r in batch]) for n in names}
-        except (TypeError, ValueError):  # trailing shapes differ: not one tensor
-            combined = None
-        if combined is None:
-            for request in batch:
-                self._execute_alone(request)
-            return
-        try:
-            outputs = run_now(self.sig, combined)
-        except BadRequest:
-            for request in batch:  # find the culprit: each request alone gets its own answer
-                self._execute_alone(request)
-            return
-        except BaseException as err:  # noqa: BLE001 -- every request of the batch gets the error
-            for request in batch:
-                request.finish(error=err)
-            return
-        total = sum(r.rows for r in batch)
-        if any(value.ndim == 0 or value.shape[0] != total for value in outputs.values()):
-            log.warning("signature %s: outputs are not batch-major; running its requests one by one", self.sig.name)
-            for request in batch:
-                self._execute_alone(request)
-            return
-        start = 0
-        for request in batch:
-            end = start + request.rows
-            request.finish({name: value[start:end] for name, value in outputs.items()})
-            start = end
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        for request, result in zip(batch, run_batch(self.sig, [r.feeds for r in batch])):
+            if isinstance(result, BaseException):
+                request.finish(error=result)
+            else:
+                request.finish(result)
 
-    def _execute_alone(self, request: _Request) -> None:
-        try:
-            request.finish(run_now(self.sig, request.feeds))
-        except BaseException as err:  # noqa: BLE001 -- raised in the request's own thread
-            request.finish(error=err)
+
+Outcome = Union[Dict[str, np.ndarray], BaseException]
+
+
+def _alone(sig, feeds: Dict[str, Feed]) -> Outcome:
+    try:
+        return run_now(sig, feeds)
+    except BaseException as err:  # noqa: BLE001 -- handed to the request it belongs to
+        return err
+
+
+def run_batch(sig, requests: List[Dict[str, Feed]]) -> List[Outcome]:
+    """One model call for several requests' inputs; each request's outputs (its rows) or error.
+
+    Falls back to one call per request when the inputs do not concatenate, when the combined
+    call fails on bad input (so only the culprit gets the error) or when the outputs are not
+    batch-major after all."""
+    if len(requests) == 1:
+        return [_alone(sig, requests[0])]
+    names = list(requests[0])
+    if any(list(feeds) != names for feeds in requests):
+        return [_alone(sig, feeds) for feeds in requests]
+    try:
+        combined = {n: _concatenate([feeds[n] for feeds in requests]) for n in names}
+    except (TypeError, ValueError):  # trailing shapes differ: not one tensor
+        return [_alone(sig, feeds) for feeds in requests]
+    try:
+        outputs = run_now(sig, combined)
+    except BadRequest:
+        return [_alone(sig, feeds) for feeds in requests]
+    except BaseException as err:  # noqa: BLE001 -- every request of the batch gets the error
+        return [err] * len(requests)
+    sizes = [_rows(feeds) for feeds in requests]
+    if any(value.ndim == 0 or value.shape[0] != sum(sizes) for value in outputs.values()):
+        log.warning("signature %s: outputs are not batch-major; running its requests one by one", sig.name)
+        return [_alone(sig, feeds) for feeds in requests]
+    results: List[Outcome] = []
+    start = 0
+    for size in sizes:
+        results.append({name: value[start:start + size] for name, value in outputs.items()})
+        start += size
+    return results
 
 
 def attach_batchers(servable, max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
-                    max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES) -> int:
+                    max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
+                    on_batch: Optional[Callable[[int], None]] = None) -> int:
     """Gives every batchable signature of a loaded version a Batcher; returns how many."""
     count = 0
     for sig in servable.signatures.values():
         if batchable(sig):
-            sig.batcher = Batcher(sig, max_batch_rows, max_concurrent_batches)
+            sig.batcher = Batcher(sig, max_batch_rows, max_concurrent_batches, on_batch)
             count += 1
     return count
 

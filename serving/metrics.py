@@ -9,6 +9,7 @@
 | mlops_serving_model_load_failures_total | counter | model |
 | mlops_serving_model_loads_total | counter | model |
 | mlops_serving_model_load_seconds | histogram | model |
+| mlops_serving_batch_requests | histogram | model: requests (REST and gRPC alike) answered by one model call |
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class ServingMetrics:
             "mlops_serving_model_load_seconds", "Time to load and warm up a version", ("model",),
             buckets=(0.5, 1, 2, 5, 10, 20, 40, 80), registry=self.registry,
         )
+        self.batch_requests = Histogram(
+            "mlops_serving_batch_requests", "Requests answered by one model call (1 = not batched with others)",
+            ("model",), buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
+        )
         self._known = set(known_models)
         self._children: Dict[Tuple, Tuple] = {}
         self._lock = threading.Lock()
@@ -98,6 +103,9 @@ class ServingMetrics:
         self.add_model(model)
         self.loads.labels(model).inc()
         self.load_seconds.labels(model).observe(seconds)
+
+    def batch_ran(self, model: str, requests: int) -> None:
+        self.batch_requests.labels(model).observe(requests)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -93,7 +93,8 @@ class ModelServer:
 
         servable = load_servable(model_name, version, path)
         if self.options.enable_batching:
-            attach_batchers(servable, self.options.max_batch_size, self.options.num_batch_threads)
+            attach_batchers(servable, self.options.max_batch_size, self.options.num_batch_threads,
+                            on_batch=lambda requests: self.metrics.batch_ran(model_name, requests))
         return servable
 
     def start(self) -> None:

@@ -119,6 +119,7 @@ class Http:
         self.conn: Optional[http.client.HTTPConnection] = None
 
     def request(self, method: str, path: str, body=None, headers=None) -> Tuple[int, dict, object]:
+        reused = self.conn is not None
         if self.conn is None:
             self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
         if isinstance(body, (dict, list)):
@@ -127,6 +128,13 @@ class Http:
             self.conn.request(method, path, body=body, headers=headers or {})
             response = self.conn.getresponse()
             data = response.read()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            self.close()
+            if not reused:
+                raise
+            # The server closed an idle keep-alive connection (--request-timeout): reconnect once,
+            # as HTTP client libraries do.
+            return self.request(method, path, body, headers)
         except Exception:
             self.close()
             raise

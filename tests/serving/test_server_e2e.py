@@ -627,3 +627,79 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(taxi_model, reload_dir)
         socket.create_connection(("127.0.0.1", server.rest_port), timeout=2).close()
     print(f"SIGTERM: exit 0 after {exit_seconds:.1f}s; {len(in_flight)} requests sent before it, all answered 200")
     server.stop()
+
+
+def test_concurrent_rest_and_grpc_clients_each_get_their_own_answers_from_shared_model_calls(contract):
+    """8 clients at once (4 REST, 4 gRPC), each sending its own rows, one bad request among them:
+    every good answer equals the answer to the same rows sent alone, the bad one alone is a 400 /
+    INVALID_ARGUMENT, and some model calls answered several requests (batching)."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    server, rows = contract["server"], contract["rows"]
+    version = max(server.available_versions())  # earlier tests change the config; pin what serves now
+    path = f"{MODEL}/versions/{version}:predict"
+    http = Http(server.rest_port)
+    alone = {i: _probabilities(http.post(path, {"instances": rows[i:i + 1 + i % 3]})[2]) for i in range(12)}
+
+    def batch_count() -> float:
+        text = Http(server.rest_port).get("/monitoring/prometheus/metrics")[2].decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("mlops_serving_batch_requests_count{") and 'model="taxi"' in line)
+
+    before_batches = batch_count()
+    failures, answered = [], [0]
+    start = threading.Barrier(8)
+
+    def rest_client(k: int) -> None:
+        http = Http(server.rest_port)
+        start.wait()
+        for n in range(15):
+            i = (k * 5 + n) % 12
+            if k == 0 and n == 7:
+                code, _, body = http.post(path, {"instances": [dict(rows[0], fare="not a number")]})
+                if code != 400 or "fare" not in body.get("error", ""):
+                    failures.append(("bad REST request", code, body))
+                continue
+            code, _, body = http.post(path, {"instances": rows[i:i + 1 + i % 3]})
+            if code != 200 or _probabilities(body) != pytest.approx(alone[i], rel=1e-5):
+                failures.append(("REST", i, code, body))
+            answered[0] += 1
+
+    def grpc_client(k: int) -> None:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+        start.wait()
+        for n in range(15):
+            i = (k * 7 + n) % 12
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "taxi"
+            request.model_spec.version.value = version
+            if k == 0 and n == 4:
+                request.inputs["examples"].CopyFrom(tf.make_tensor_proto([b"\xff not an example"]))
+                try:
+                    stub.Predict(request, timeout=30)
+                    failures.append(("bad gRPC request answered",))
+                except grpc.RpcError as err:
+                    if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                        failures.append(("bad gRPC request", err.code(), err.details()))
+                continue
+            request.inputs["examples"].CopyFrom(tf.make_tensor_proto([example_bytes(r) for r in rows[i:i + 1 + i % 3]]))
+            reply = stub.Predict(request, timeout=30)
+            got = tf.make_ndarray(reply.outputs["probabilities"])[:, 0].tolist()
+            if got != pytest.approx(alone[i], rel=1e-5):
+                failures.append(("gRPC", i, got, alone[i]))
+            answered[0] += 1
+
+    threads = [threading.Thread(target=rest_client if k < 4 else grpc_client, args=(k % 4,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures[:5]
+    assert answered[0] == 8 * 15 - 2
+    calls = batch_count() - before_batches
+    reached_the_model = answered[0] + 1  # the bad REST request is refused before the model, the gRPC one is not
+    assert 0 < calls < reached_the_model, f"{calls} model calls for {reached_the_model} requests: nothing was batched"
+    assert server.alive()
