@@ -215,7 +215,7 @@ def add_arguments(parser) -> None:
                              "new versions)")
     parser.add_argument("--enable-batching", action=argparse.BooleanOptionalAction, default=True,
                         help="run concurrent requests to a signature as one model call, without waiting for a "
-                             "timer (TF Serving's --enable_batching with batch_timeout_micros 0) (default: on)")
+                             "timer (TF Serving's --enable_batching with batch_timeout_micros 0)")
     parser.add_argument("--max-batch-size", type=int, default=256,
                         help="most rows (instances, examples) in one batched model call; a larger request runs "
                              "alone (default: 256)")
