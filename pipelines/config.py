@@ -23,6 +23,12 @@ _BEAM_DEPENDENCY_FLAGS = ("extra_package", "extra_packages", "setup_file", "requ
 DIRECT_RUNNER_IMAGE = "unused-by-the-direct-runner"
 
 
+def _beam_version() -> str:
+    from importlib.metadata import version  # the installed wheel's metadata: no Beam import
+
+    return version("apache-beam")
+
+
 @dataclasses.dataclass(frozen=True)
 class ProjectPaths:
     """Where a project keeps its inputs and state. Everything mutable lives under `var/`."""
@@ -188,6 +194,13 @@ class PipelineConfig:
             # the DirectRunner runs in this process and needs none of it. TFX skips the packaging
             # when a dependency flag is set; the image name is never used by the DirectRunner.
             args.append(f"--sdk_container_image={DIRECT_RUNNER_IMAGE}")
+        if not any(a.split("=")[0].lstrip("-") in ("runner", "update_compatibility_version") for a in extra):
+            # Beam >= 2.6x's DirectRunner first tries the Prism runner, which downloads a Go binary
+            # from GitHub at run time: here that fails (no internet) and leaves an empty
+            # /tmp/beam-temp* per pipeline; with internet the pipeline would silently run on a
+            # runner nobody tested. Beam skips Prism when this option is set; set to the installed
+            # version it changes nothing else (it only matters when older than a breaking change).
+            args.append(f"--update_compatibility_version={_beam_version()}")
         return args + extra
 
     def check(self) -> "PipelineConfig":
