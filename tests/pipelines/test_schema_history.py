@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pipelines import schema_history
+from pipelines import schema_diff, schema_history
 from pipelines.config import ProjectPaths
 from pipelines.errors import ConfigError
 from tests.conftest import REPO, make_home, mlops
@@ -169,8 +169,8 @@ def test_describe_changes_names_each_kind_of_change(tmp_path):
     tips = re.search(r'name: "tips".*?threshold: ([0-9.]+)', new_text, flags=re.S)
     tips_threshold = float(tips[1])
     new_text = new_text[:tips.start(1)] + "0.47" + new_text[tips.end(1):]
-    old, new = schema_history.parse_schema(old_text), schema_history.parse_schema(new_text)
-    assert sorted(schema_history.describe_changes(old, new)) == sorted([
+    old, new = schema_diff.parse_schema(old_text), schema_diff.parse_schema(new_text)
+    assert sorted(schema_diff.describe_changes(old, new)) == sorted([
         "trip_start_hour: int range [0, 23] -> int range [0, 30]",
         "trip_start_timestamp: type INT -> FLOAT",
         "payment_type: 1 domain value removed ('Prcard')",
@@ -179,7 +179,7 @@ def test_describe_changes_names_each_kind_of_change(tmp_path):
         "pickup_latitude: feature removed (was FLOAT)",
         "dropoff_community_area: deprecated (no longer validated: the span lacks it or its values do not fit)",
     ])
-    assert schema_history.describe_changes(old, old) == []
+    assert schema_diff.describe_changes(old, old) == []
 
 
 def test_diff_between_dates_uses_the_schema_in_force_then(tmp_path):
@@ -273,8 +273,8 @@ def finding(distance, threshold, blocked, comparator="jensen_shannon_divergence"
 
 
 def thresholds(paths) -> dict:
-    schema = schema_history.parse_schema(paths.schema_path.read_text())
-    return {f.name: schema_history._threshold(f) for f in schema.feature}
+    schema = schema_diff.parse_schema(paths.schema_path.read_text())
+    return {f.name: schema_diff.drift_threshold(f) for f in schema.feature}
 
 
 def test_accept_raises_blocked_drift_thresholds_from_ml_metadata(tmp_path, capsys):
