@@ -43,6 +43,8 @@ class ServerOptions:
     enable_batching: bool = True  # concurrent requests share model calls (serving/batching.py)
     max_batch_size: int = 256  # rows (instances / examples) per batched call
     num_batch_threads: int = 1  # batches of one signature computed at once
+    tensorflow_inter_op_parallelism: int = 0  # 0: TensorFlow's choice (one thread per core)
+    tensorflow_intra_op_parallelism: int = 0
 
 
 def setup_logging() -> None:
@@ -147,9 +149,23 @@ class ModelServer:
         return clean
 
 
+def configure_tensorflow_threads(options: ServerOptions) -> str:
+    """Applies the thread-pool sizes before any model loads (TensorFlow fixes them at its first op)."""
+    import tensorflow as tf
+
+    if options.tensorflow_inter_op_parallelism:
+        tf.config.threading.set_inter_op_parallelism_threads(options.tensorflow_inter_op_parallelism)
+    if options.tensorflow_intra_op_parallelism:
+        tf.config.threading.set_intra_op_parallelism_threads(options.tensorflow_intra_op_parallelism)
+    inter = tf.config.threading.get_inter_op_parallelism_threads()
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    return f"inter-op {inter or 'auto'}, intra-op {intra or 'auto'}"
+
+
 def run(options: ServerOptions) -> int:
     setup_logging()
     configs = model_configs(options)  # a broken models.config fails here, before TensorFlow is imported
+    log.info("TensorFlow threads: %s", configure_tensorflow_threads(options))
     server = ModelServer(options, configs)
     stop = threading.Event()
 
@@ -186,6 +202,8 @@ def options_from_args(args) -> ServerOptions:
         grace_seconds=args.grace_seconds, max_concurrent_requests=args.max_concurrent_requests,
         enable_batching=args.enable_batching, max_batch_size=args.max_batch_size,
         num_batch_threads=args.num_batch_threads,
+        tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
+        tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
     )
 
 
@@ -221,6 +239,12 @@ def add_arguments(parser) -> None:
                              "alone (default: 256)")
     parser.add_argument("--num-batch-threads", type=int, default=1,
                         help="batches of one signature computed at the same time (default: 1)")
+    parser.add_argument("--tensorflow-inter-op-parallelism", type=int, default=0,
+                        help="threads that run independent ops of a model call in parallel (TF Serving's "
+                             "--tensorflow_inter_op_parallelism; default: 0, TensorFlow's choice)")
+    parser.add_argument("--tensorflow-intra-op-parallelism", type=int, default=0,
+                        help="threads one op (a large matmul) may use (TF Serving's "
+                             "--tensorflow_intra_op_parallelism; default: 0, TensorFlow's choice)")
 
 
 def main(args) -> int:
@@ -229,6 +253,13 @@ def main(args) -> int:
 
     if not args.rest_port and not args.grpc_port:
         raise ConfigError("both --rest-port and --grpc-port are 0", "enable at least one of them")
+    for flag, value, least in (("--max-batch-size", args.max_batch_size, 1),
+                               ("--num-batch-threads", args.num_batch_threads, 1),
+                               ("--tensorflow-inter-op-parallelism", args.tensorflow_inter_op_parallelism, 0),
+                               ("--tensorflow-intra-op-parallelism", args.tensorflow_intra_op_parallelism, 0)):
+        if value < least:
+            raise ConfigError(f"{flag} {value} is below {least}",
+                              f"pass {flag} {least} or more" + (" (0: TensorFlow's choice)" if least == 0 else ""))
     try:
         options = options_from_args(args)
         code = run(options)

@@ -13,7 +13,8 @@ def test_commands_explain_themselves(tmp_path, command):
     assert result.returncode == 0 and "usage: mlops" in result.stdout
     if command == ["serve"]:
         for option in ("--model-name", "--model-base-path", "--model-config-file", "--rest-port", "--grpc-port",
-                       "--host", "--max-body-bytes", "--request-timeout"):
+                       "--host", "--max-body-bytes", "--request-timeout", "--enable-batching", "--max-batch-size",
+                       "--num-batch-threads", "--tensorflow-inter-op-parallelism", "--tensorflow-intra-op-parallelism"):
             assert option in result.stdout
 
 
@@ -38,3 +39,11 @@ def test_serve_refuses_a_broken_models_config_before_importing_tensorflow(tmp_pa
 def test_serve_refuses_to_run_without_any_port(tmp_path):
     line = _one_line_error(mlops(tmp_path, "serve", "--rest-port", "0", "--grpc-port", "0", check=False))
     assert "enable at least one" in line
+
+
+@pytest.mark.parametrize("flag, value", [("--max-batch-size", "0"), ("--num-batch-threads", "0"),
+                                         ("--tensorflow-inter-op-parallelism", "-1"),
+                                         ("--tensorflow-intra-op-parallelism", "-2")])
+def test_serve_refuses_sizes_that_cannot_work(tmp_path, flag, value):
+    line = _one_line_error(mlops(tmp_path, "serve", flag, value, check=False))
+    assert flag in line and "or more" in line

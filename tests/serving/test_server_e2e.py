@@ -703,3 +703,28 @@ def test_concurrent_rest_and_grpc_clients_each_get_their_own_answers_from_shared
     reached_the_model = answered[0] + 1  # the bad REST request is refused before the model, the gRPC one is not
     assert 0 < calls < reached_the_model, f"{calls} model calls for {reached_the_model} requests: nothing was batched"
     assert server.alive()
+
+
+def test_thread_and_batching_flags_are_applied_and_the_answers_do_not_change(taxi_model, tmp_path):
+    base = tmp_path / "models"
+    base.mkdir()
+    publish(taxi_model["model"], base, 1)
+    rows = taxi_model["rows"][:5]
+    answers = {}
+    for name, extra in (("tuned", ("--tensorflow-inter-op-parallelism", "1", "--tensorflow-intra-op-parallelism", "1",
+                                   "--max-batch-size", "2")),
+                        ("plain", ("--no-enable-batching",))):
+        server = Server(taxi_model["home"], tmp_path / f"{name}.log", base=base, extra=extra)
+        try:
+            server.wait_serving(1)
+            code, _, body = server.http.post(f"{MODEL}:predict", {"instances": rows})
+            assert code == 200, body
+            answers[name] = _probabilities(body)
+        finally:
+            server.stop()
+        log = server.log()
+        if name == "tuned":
+            assert "TensorFlow threads: inter-op 1, intra-op 1" in log and "batching up to 2 rows" in log
+        else:
+            assert "TensorFlow threads: inter-op auto, intra-op auto" in log and "batching off" in log
+    assert answers["tuned"] == pytest.approx(answers["plain"], rel=1e-6)
