@@ -72,6 +72,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_pair() -> tuple:
+    """Two different free ports (REST, gRPC)."""
+    rest, grpc_port = free_port(), free_port()
+    while grpc_port == rest:
+        grpc_port = free_port()
+    return rest, grpc_port
+
+
 def example_bytes(row: dict) -> bytes:
     import tensorflow as tf
 
@@ -115,9 +123,7 @@ class EchoServer:
     """bench/echo_server.py: the same HTTP and gRPC stacks answering without a model."""
 
     def __init__(self, log_path: Path):
-        self.rest_port, self.grpc_port = free_port(), free_port()
-        while self.grpc_port == self.rest_port:
-            self.grpc_port = free_port()
+        self.rest_port, self.grpc_port = free_port_pair()
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "echo_server.py"), str(self.rest_port),
                                       str(self.grpc_port)], stdout=subprocess.PIPE, stderr=self._log, env=CHILD_ENV)
@@ -135,9 +141,7 @@ class Server:
     """`mlops serve` on free ports over `base`."""
 
     def __init__(self, home: Path, base: Path, log_path: Path, extra: tuple = ()):
-        self.rest_port, self.grpc_port = free_port(), free_port()
-        while self.grpc_port == self.rest_port:
-            self.grpc_port = free_port()
+        self.rest_port, self.grpc_port = free_port_pair()
         self._log = open(log_path, "ab")
         self.log_path = log_path
         cmd = [str(MLOPS), "--home", str(home), "serve", "--model-name", "taxi", "--model-base-path", str(base),

@@ -207,7 +207,7 @@ def _flatten(value: Any, shape: List[int], level: int, out: list, leaf) -> None:
         _flatten(item, shape, level + 1, out, leaf)
 
 
-def _leaf_converter(dtype: int, name: str, spec: Optional[FeatureSpec], example_input: bool):
+def _leaf_converter(dtype: int, name: str, spec: Optional[FeatureSpec], example_input: bool, encoder=None):
     dtype_name = types_pb2.DataType.Name(dtype) if dtype in types_pb2.DataType.values() else str(dtype)
 
     def type_error(v):
@@ -221,7 +221,7 @@ def _leaf_converter(dtype: int, name: str, spec: Optional[FeatureSpec], example_
                 if is_b64(v):
                     return decode_b64(v)
                 if example_input:  # extension: a feature dict becomes a serialized tf.Example
-                    return serialize_examples([v], spec)[0]
+                    return serialize_examples([v], spec, encoder=encoder)[0]
             raise type_error(v)
         return leaf
     if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF):
@@ -263,7 +263,7 @@ def _leaf_converter(dtype: int, name: str, spec: Optional[FeatureSpec], example_
 def tensor_from_json(value: Any, name: str, tspec: TensorSpec, sig: Signature, batched_items: Optional[list] = None) -> np.ndarray:
     """A numpy array for input `name` from its JSON value (nested lists), checked against the signature."""
     example_input = sig.example_input == name
-    leaf = _leaf_converter(tspec.dtype, name, sig.feature_spec, example_input)
+    leaf = _leaf_converter(tspec.dtype, name, sig.feature_spec, example_input, sig.encoder)
     flat: list = []
     if batched_items is not None:  # row format: each item is one instance of the input
         if not batched_items:
@@ -321,13 +321,6 @@ def predict_feeds(body: Any, sig: Signature) -> Tuple[Dict[str, np.ndarray], boo
             return isinstance(item, dict) and not is_b64(item) and set(item) == set(names)
 
         if len(names) == 1 and not named(instances[0]):
-            want = sig.inputs[names[0]].shape
-            if example_input and sig.encoder is not None and (want is None or want[0] in (None, len(instances))):
-                fast = sig.encoder.encode_all(instances)
-                if fast is not None:  # feature dicts, written without protobuf objects
-                    array = np.empty(len(fast), dtype=object)
-                    array[:] = fast
-                    return {names[0]: array}, True
             return {names[0]: tensor_from_json(None, names[0], sig.inputs[names[0]], sig, instances)}, True
         if len(names) > 1 and not isinstance(instances[0], dict):
             raise BadRequest(
