@@ -16,6 +16,7 @@ import tensorflow as tf
 from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.python.eager import record
 
 from serving.errors import BadRequest
 
@@ -62,6 +63,7 @@ class Signature:
     feature_spec: Optional[FeatureSpec]
     encoder: Optional[object] = None  # example_encoder.ExampleEncoder for feature_spec, when there is one
     batcher: Optional[object] = None  # batching.Batcher, when the server batches this signature
+    direct: Optional["DirectCall"] = None  # the fast path, once warm-up has shown it answers like `fn`
 
     @property
     def example_input(self) -> Optional[str]:
@@ -73,13 +75,66 @@ class Signature:
         return None
 
     def run(self, feeds: Dict[str, object]) -> Dict[str, np.ndarray]:
+        direct = self.direct
         try:
-            result = self.fn(**feeds)
+            if direct is not None and direct.takes(feeds):
+                result = direct(feeds)
+            else:
+                result = self.fn(**feeds)
         except tf.errors.InvalidArgumentError as err:
             raise BadRequest(_tf_message(err)) from err
         except (TypeError, ValueError) as err:  # shapes or dtypes the concrete function rejects
             raise BadRequest(" ".join(str(err).split())[:2000]) from err
         return {name: value.numpy() for name, value in result.items()}
+
+
+class DirectCall:
+    """Runs a loaded signature's function without `ConcreteFunction.__call__`'s per-call Python.
+
+    The public call binds keyword arguments to the structured signature, maps the captured
+    inputs (41 variable and table handles for the taxi model) through the distribution-strategy
+    check one by one, and scans all of them for a gradient tape, on every request: about 0.4 ms
+    of a 1.1 ms call for one row on this machine (bench/RESULTS.md). With no tape recording (the
+    server never opens one) it ends in `_inference_function.call_preflattened(inputs + captured)`,
+    which is what this calls, with the captured handles listed once at load.
+
+    Uses TensorFlow internals (checked against TF 2.16, the pinned version), so it is built only
+    when they are there (`build` returns None otherwise) and a signature uses it only after its
+    warm-up answered the same through both paths. Each call still takes the public path when an
+    input's dtype or shape does not fit the signature, so bad input gets TensorFlow's own error.
+    """
+
+    def __init__(self, run, names, captured, specs):
+        self._run, self._names, self._captured, self._specs = run, names, captured, specs
+
+    @classmethod
+    def build(cls, fn, inputs: Dict[str, TensorSpec]) -> Optional["DirectCall"]:
+        try:
+            run = fn._inference_function.call_preflattened  # noqa: SLF001 -- see the class docstring
+            names = list(fn._arg_keywords)  # noqa: SLF001 -- the flat order of the inputs
+            captured = list(fn.captured_inputs)
+        except AttributeError:
+            return None
+        if sorted(names) != sorted(inputs) or not all(isinstance(c, tf.Tensor) for c in captured):
+            return None  # e.g. captured variables of a distribution strategy: keep the public path
+        specs = [(name, tf.dtypes.as_dtype(inputs[name].dtype), inputs[name].shape) for name in names]
+        return cls(run, names, captured, specs)
+
+    def takes(self, feeds: Dict[str, object]) -> bool:
+        if len(feeds) != len(self._specs) or record.could_possibly_record():
+            return False
+        for name, dtype, shape in self._specs:
+            tensor = feeds.get(name)
+            if not isinstance(tensor, tf.Tensor) or tensor.dtype != dtype:
+                return False
+            if shape is not None:
+                got = tensor.shape
+                if len(got) != len(shape) or any(want is not None and want != have for want, have in zip(shape, got)):
+                    return False
+        return True
+
+    def __call__(self, feeds: Dict[str, object]):
+        return self._run([feeds[name] for name in self._names] + self._captured)
 
 
 def _tf_message(err: tf.errors.OpError) -> str:
@@ -246,21 +301,54 @@ def load_servable(model_name: str, version: int, path: Path) -> Servable:
 
 
 def _warm_up(servable: Servable) -> None:
-    """One request per example-taking signature before the version takes traffic."""
-    sig = servable.signatures.get(DEFAULT_SIGNATURE) or next(iter(servable.signatures.values()))
-    name = sig.example_input
-    if name is None:
-        return
-    spec = sig.feature_spec
-    payload = warmup_example(spec) if spec is not None else example_pb2.Example().SerializeToString()
+    """One request per example-taking signature before the version takes traffic; the default
+    signature must answer (else LoadError). Each signature that answers the same through
+    `DirectCall` as through its public call gets the fast path."""
+    default = servable.signatures.get(DEFAULT_SIGNATURE) or next(iter(servable.signatures.values()))
+    for sig in servable.signatures.values():
+        name = sig.example_input
+        if name is None:
+            continue
+        spec = sig.feature_spec
+        payload = warmup_example(spec) if spec is not None else example_pb2.Example().SerializeToString()
+        feeds = {name: tf.constant([payload])}
+        try:
+            outputs = sig.run(feeds)
+        except BadRequest as err:
+            if sig is not default or spec is None:
+                continue  # unknown features: an empty example may legitimately be rejected
+            raise LoadError(f"warm-up request failed: {err.message}") from err
+        except Exception as err:  # noqa: BLE001
+            if sig is not default:
+                continue
+            raise LoadError(f"warm-up request failed: {type(err).__name__}: {err}") from err
+        for key, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != 1:
+                if sig is not default:
+                    break
+                raise LoadError(f"warm-up: output {key!r} has shape {value.shape}, expected a batch of 1")
+        else:
+            sig.direct = _verified_direct_call(sig, feeds, outputs)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind in "fc":  # the same graph; allow for nondeterministic float reductions
+        return bool(np.allclose(a, b, rtol=1e-5, atol=1e-7, equal_nan=True))
+    return bool(np.array_equal(a, b))
+
+
+def _verified_direct_call(sig: Signature, feeds, expected: Dict[str, np.ndarray]) -> Optional[DirectCall]:
+    direct = DirectCall.build(sig.fn, sig.inputs)
+    if direct is None or not direct.takes(feeds):
+        return None
     try:
-        outputs = sig.run({name: tf.constant([payload])})
-    except BadRequest as err:
-        if spec is None:
-            return  # unknown features: an empty example may legitimately be rejected
-        raise LoadError(f"warm-up request failed: {err.message}") from err
-    except Exception as err:  # noqa: BLE001
-        raise LoadError(f"warm-up request failed: {type(err).__name__}: {err}") from err
-    for key, value in outputs.items():
-        if value.ndim == 0 or value.shape[0] != 1:
-            raise LoadError(f"warm-up: output {key!r} has shape {value.shape}, expected a batch of 1")
+        got = {name: value.numpy() for name, value in direct(feeds).items()}
+    except Exception as err:  # noqa: BLE001 -- the fast path is optional: keep the public one
+        log.info("signature %s: public call only (%s: %s)", sig.name, type(err).__name__, err)
+        return None
+    if got.keys() != expected.keys() or not all(_same(got[k], expected[k]) for k in got):
+        log.warning("signature %s: the direct call answered differently at warm-up; public call only", sig.name)
+        return None
+    return direct

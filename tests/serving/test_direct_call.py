@@ -1,0 +1,86 @@
+"""The server's fast path into a loaded model (servable.DirectCall): it must answer exactly like
+the public `ConcreteFunction` call, and step aside whenever an input does not fit the signature
+or a gradient tape records, so that errors stay TensorFlow's own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving.errors import BadRequest
+from serving.servable import DirectCall, load_servable
+from tests.serving.helpers import example_bytes
+
+
+@pytest.fixture(scope="module")
+def servable(taxi_model):
+    return load_servable("taxi", 1, taxi_model["model"])
+
+
+def test_warm_up_enables_the_direct_call_on_every_example_signature_of_the_pushed_model(servable):
+    example_signatures = [s for s in servable.signatures.values() if s.example_input is not None]
+    assert "serving_default" in {s.name for s in example_signatures}
+    for sig in example_signatures:
+        assert isinstance(sig.direct, DirectCall), f"{sig.name}: warm-up did not enable the direct call"
+
+
+@pytest.mark.parametrize("rows", [1, 7, 50])
+def test_direct_call_answers_like_the_public_call(servable, taxi_model, rows):
+    sig = servable.signature("serving_default")
+    batch = [example_bytes(r) for r in (taxi_model["rows"] * 3)[:rows]]
+    feeds = {"examples": tf.constant(batch)}
+    assert sig.direct.takes(feeds)
+    public = {k: v.numpy() for k, v in sig.fn(**feeds).items()}
+    fast = sig.run(feeds)
+    assert fast.keys() == public.keys() == set(sig.outputs)
+    for name in public:
+        assert fast[name].shape == (rows, 1)
+        np.testing.assert_allclose(fast[name], public[name], rtol=1e-6)
+    # distinct rows give distinct answers: the comparison above is not between constants
+    if rows > 1:
+        assert len(np.unique(fast["probabilities"])) > 1
+
+
+def test_inputs_that_do_not_fit_take_the_public_path_and_its_error(servable):
+    sig = servable.signature("serving_default")
+    wrong_dtype = {"examples": tf.constant([1.0, 2.0])}
+    wrong_rank = {"examples": tf.constant([[b"a"], [b"b"]])}
+    extra = {"examples": tf.constant([b""]), "other": tf.constant([b""])}
+    for feeds in (wrong_dtype, wrong_rank, extra):
+        assert not sig.direct.takes(feeds)
+    with pytest.raises(BadRequest):
+        sig.run(wrong_dtype)
+    with pytest.raises(BadRequest):
+        sig.run(wrong_rank)
+
+
+def test_a_recording_gradient_tape_takes_the_public_path(servable, taxi_model):
+    sig = servable.signature("serving_default")
+    feeds = {"examples": tf.constant([example_bytes(taxi_model["rows"][0])])}
+    assert sig.direct.takes(feeds)
+    with tf.GradientTape():
+        assert not sig.direct.takes(feeds)
+        inside = sig.run(feeds)
+    np.testing.assert_allclose(inside["probabilities"], sig.run(feeds)["probabilities"], rtol=1e-6)
+
+
+def test_a_function_with_captured_variables_is_called_with_their_current_values(tmp_path):
+    """Captured inputs are resource handles, listed once at load: a variable's value is read when
+    the function runs, so the fast path sees the same state as the public one."""
+    module = tf.Module()
+    module.scale = tf.Variable(2.0)
+    module.f = tf.function(lambda x: {"y": x * module.scale}, input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.f.get_concrete_function()})
+    loaded = tf.saved_model.load(str(tmp_path))
+    fn = loaded.signatures["serving_default"]
+    from serving.servable import TensorSpec
+    from tensorflow.core.framework import types_pb2
+
+    direct = DirectCall.build(fn, {"x": TensorSpec(types_pb2.DT_FLOAT, (None,))})
+    assert direct is not None
+    feeds = {"x": tf.constant([1.0, 3.0])}
+    np.testing.assert_array_equal(direct(feeds)["y"].numpy(), [2.0, 6.0])
+    loaded.scale.assign(5.0)
+    np.testing.assert_array_equal(direct(feeds)["y"].numpy(), fn(**feeds)["y"].numpy())
+    np.testing.assert_array_equal(direct(feeds)["y"].numpy(), [5.0, 15.0])
