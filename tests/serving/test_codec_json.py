@@ -1,0 +1,59 @@
+"""Output tensors to JSON: float32 values in the shortest form that round-trips (what a client
+reading 0.2 expects, not 0.200000003), exact ints and bools, any shape."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from serving.codec import array_to_json, predict_response
+
+
+def _flat(value):
+    if isinstance(value, list):
+        for item in value:
+            yield from _flat(item)
+    else:
+        yield value
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("shape", [(), (1,), (100, 1), (3, 4, 5)])
+def test_half_and_single_floats_are_written_in_their_shortest_round_trip_form(dtype, shape):
+    rng = np.random.default_rng(7)
+    finfo = np.finfo(dtype)
+    exponent = 4 if dtype == np.float16 else 30  # stay inside the type's range
+    values = rng.standard_normal(shape) * 10.0 ** rng.integers(-exponent, exponent, shape)
+    array = np.asarray(values).astype(dtype)
+    if array.size >= 6:
+        array.flat[:6] = [np.nan, np.inf, -np.inf, -0.0, finfo.tiny, finfo.max]
+    out = array_to_json(array, "probabilities")
+    assert np.shape(out) == shape
+    for got, want in zip(_flat(out), array.reshape(-1)):
+        assert type(got) is float
+        if math.isnan(want):
+            assert math.isnan(got)
+            continue
+        assert dtype(got) == want and math.copysign(1, got) == math.copysign(1, want)  # round-trips
+        assert repr(got) == repr(float(str(want)))  # no digit more than numpy's shortest form
+
+
+def test_known_values_print_as_written():
+    out = array_to_json(np.array([[0.2], [0.1], [1e-6], [123456.7]], dtype=np.float32), "y")
+    assert json.dumps(out) == "[[0.2], [0.1], [1e-06], [123456.7]]"
+
+
+@pytest.mark.parametrize("array", [np.array([[1, -2], [2**62, 0]], dtype=np.int64), np.array([True, False]),
+                                   np.array(0.30000000000000004), np.array([3], dtype=np.uint8)])
+def test_ints_bools_and_doubles_are_exact(array):
+    out = array_to_json(array, "y")
+    assert out == array.tolist()
+    assert all(type(v) is type(w) for v, w in zip(_flat(out), _flat(array.tolist())))
+
+
+def test_strings_and_bytes_outputs_still_go_through_the_text_path():
+    out = predict_response({"label": np.array([b"cash", b"\xff"], dtype=object)}, row_format=True)
+    assert out == {"predictions": ["cash", {"b64": "/w=="}]}
