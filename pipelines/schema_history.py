@@ -268,15 +268,19 @@ class Acceptance:
 
 def plan_accept(paths, span_day: dt.date) -> Acceptance:
     """What the schema must become for the span to pass; writes nothing."""
-    from pipelines.config import check_span_dir
+    from pipelines.config import PipelineConfig, check_span_dir
 
     folder = check_span_dir(paths.data_root, span_day)
     original = _read_schema_bytes(paths)
     import tensorflow_data_validation as tfdv
+    from apache_beam.options.pipeline_options import PipelineOptions
 
     schema = parse_schema(original.decode())
+    # The pipeline's own Beam options: without them Beam tries its Prism runner first (a download
+    # from GitHub) and leaves a /tmp/beam-temp* behind (PipelineConfig.beam_pipeline_args).
+    options = PipelineOptions(PipelineConfig.for_project(paths, span_day).beam_pipeline_args)
     with tempfile.TemporaryDirectory(prefix="schema-accept-") as scratch:  # TFDV leaves its output otherwise
-        statistics = tfdv.generate_statistics_from_csv(str(folder / "*.csv"),
+        statistics = tfdv.generate_statistics_from_csv(str(folder / "*.csv"), pipeline_options=options,
                                                        output_path=os.path.join(scratch, "stats.tfrecord"))
     relaxed = schema
     if tfdv.validate_statistics(statistics, schema).anomaly_info:

@@ -3,6 +3,7 @@
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
 import multiprocessing
 import subprocess
@@ -201,7 +202,7 @@ def test_diff_between_dates_uses_the_schema_in_force_then(tmp_path):
 # --- accepting a span (real TFDV) ---
 
 
-def test_accept_adds_a_new_column_records_why_and_is_idempotent(tmp_path, capsys):
+def test_accept_adds_a_new_column_records_why_and_is_idempotent(tmp_path, capsys, caplog):
     paths = project(tmp_path)
     mlops(paths.home, "data", "make-span", "--date", SPAN, "--fault", "extra_column")
     before = paths.schema_path.read_text()
@@ -222,8 +223,11 @@ def test_accept_adds_a_new_column_records_why_and_is_idempotent(tmp_path, capsys
     assert accept["to_sha"] == sha(paths.schema_path)
     assert (paths.var / "schemas" / "taxi" / f"{accept['to_sha'][:12]}.pbtxt").read_text() == after
 
+    caplog.set_level(logging.INFO, logger="apache_beam.runners.direct.direct_runner")
     code, again = run_cli(capsys, paths, "schema", "accept", "--date", SPAN)  # in process: saves a TF import
     assert (code, again.strip()) == (0, f"nothing to change: span {SPAN} already passes the schema")
+    # TFDV ran with the pipeline's Beam options (without them Beam logs "... PrismRunner ..." here)
+    assert not any("Prism" in r.getMessage() for r in caplog.records)
     assert paths.schema_path.read_text() == after
     assert len(json.loads(mlops(paths.home, "schema", "history", "--json").stdout)) == len(history)
 
