@@ -51,47 +51,48 @@ class ExampleEncoder:
 
     def __init__(self, kinds: Mapping[str, str]):
         self._float_head: Dict[str, bytes] = {}
-        self._key: Dict[str, bytes] = {}  # int64 and bytes features: the map entry's key field
-        self._cache: Dict[str, Dict[Any, bytes]] = {}
-        self._int_features, self._bytes_features = set(), set()
+        self._int_heads: Dict[str, List[bytes]] = {}  # indexed by the length of the value's varint
+        self._bytes_key: Dict[str, bytes] = {}  # the map entry's key field
+        self._cache: Dict[str, Dict[Any, bytes]] = {}  # int64 and bytes features: value -> entry
         for name, kind in kinds.items():
             key = _length_delimited(b"\x0a", name.encode("utf-8", "surrogatepass"))
             if kind == FLOAT:
                 # entry = key + value(Feature{float_list{value: [4 bytes]}}): a fixed length.
                 self._float_head[name] = b"\x0a" + _varint(len(key) + 10) + key + b"\x12\x08\x12\x06\x0a\x04"
-            else:
-                self._key[name] = key
+            elif kind == INT:
+                # entry = key + value(Feature{int64_list{value: [varint]}}): everything before the
+                # varint depends only on its length (1 to 10 bytes), so it is built once here.
+                heads = [b""]
+                for size in range(1, 11):
+                    feature_head = b"\x1a" + _varint(size + 2) + b"\x0a" + _varint(size)
+                    value = len(feature_head) + size
+                    heads.append(b"\x0a" + _varint(len(key) + 1 + len(_varint(value)) + value) + key + b"\x12"
+                                 + _varint(value) + feature_head)
+                self._int_heads[name] = heads
                 self._cache[name] = {}
-                (self._int_features if kind == INT else self._bytes_features).add(name)
+            else:
+                self._bytes_key[name] = key
+                self._cache[name] = {}
+        # int64 and bytes features: (the Python type a value must have, its cache, its encoder)
+        self._slots = {name: (int, cache, self._int_entry) if name in self._int_heads else (str, cache, self._bytes_entry)
+                       for name, cache in self._cache.items()}
 
-    def _entry(self, name: str, value: Any) -> Optional[bytes]:
-        """The Features map entry (with its field tag and length) for a non-float feature, or None."""
-        cache = self._cache[name]
-        kind_ok = type(value) is int if name in self._int_features else type(value) is str
-        if not kind_ok:
+    def _int_entry(self, name: str, value: int) -> Optional[bytes]:
+        if not _INT64_MIN <= value <= _INT64_MAX:
             return None
-        found = cache.get(value)
-        if found is not None:
-            return found
-        if name in self._int_features:
-            if not _INT64_MIN <= value <= _INT64_MAX:
-                return None
-            packed = _varint(value + (1 << 64) if value < 0 else value)
-            feature = _length_delimited(b"\x1a", _length_delimited(b"\x0a", packed))
-        else:
-            data = value.encode("utf-8", "surrogatepass")
-            feature = _length_delimited(b"\x0a", _length_delimited(b"\x0a", data))
-        entry = _length_delimited(b"\x0a", self._key[name] + _length_delimited(b"\x12", feature))
-        if len(cache) < CACHE_ENTRIES_PER_FEATURE:
-            cache[value] = entry
-        return entry
+        packed = _varint(value + (1 << 64) if value < 0 else value)
+        return self._int_heads[name][len(packed)] + packed
+
+    def _bytes_entry(self, name: str, value: str) -> bytes:
+        feature = _length_delimited(b"\x0a", _length_delimited(b"\x0a", value.encode("utf-8", "surrogatepass")))
+        return _length_delimited(b"\x0a", self._bytes_key[name] + _length_delimited(b"\x12", feature))
 
     def encode(self, instance: Any) -> Optional[bytes]:
         """One serialized tf.Example, or None when the instance needs the protobuf path."""
         if type(instance) is not dict:
             return None
         parts: List[bytes] = []
-        float_head = self._float_head
+        float_head, slots = self._float_head, self._slots
         for name, value in instance.items():
             head = float_head.get(name)
             if head is not None:
@@ -103,11 +104,19 @@ class ExampleEncoder:
                 except (OverflowError, struct.error):  # beyond float32: the slow path names the value
                     return None
                 continue
-            if name not in self._key:
-                return None  # not a feature of the model (or a b64 dict): the slow path says which
-            entry = self._entry(name, value)
+            slot = slots.get(name)
+            if slot is None:
+                return None  # not a feature of the model: the slow path says which
+            wanted, cache, make = slot
+            if type(value) is not wanted:  # before the cache: 1.0 and True would find 1's entry
+                return None  # bool, float, list, b64 dict, None: the slow path judges
+            entry = cache.get(value)
             if entry is None:
-                return None
+                entry = make(name, value)
+                if entry is None:
+                    return None
+                if len(cache) < CACHE_ENTRIES_PER_FEATURE:
+                    cache[value] = entry
             parts.append(entry)
         body = b"".join(parts)
         return b"\x0a" + _varint(len(body)) + body

@@ -99,3 +99,22 @@ def test_the_cache_of_encoded_values_is_bounded(monkeypatch):
     # values answered from the cache and values encoded afresh are the same bytes
     assert encoder.encode({"trip_start_timestamp": 5}) == ExampleEncoder(KINDS).encode({"trip_start_timestamp": 5})
     assert encoder.encode({"trip_start_timestamp": 50}) == ExampleEncoder(KINDS).encode({"trip_start_timestamp": 50})
+
+
+def test_a_cached_int_never_answers_for_an_equal_float_or_bool():
+    # 1 == 1.0 == True as dict keys: the cache must not let a float or a bool through as an int64
+    encoder = ExampleEncoder(KINDS)
+    assert encoder.encode({"trip_seconds": 1}) is not None
+    for imposter in (1.0, True):
+        assert encoder.encode({"trip_seconds": imposter}) is None  # the protobuf path judges it
+        assert codec.serialize_examples([{"trip_seconds": imposter}], SPEC, encoder=encoder) == \
+            codec.serialize_examples([{"trip_seconds": imposter}], SPEC)
+
+
+def test_every_varint_length_of_an_int64_feature_encodes_like_the_protobuf_path():
+    encoder = ExampleEncoder(KINDS)
+    for bits in range(0, 64):
+        for value in (1 << bits, (1 << bits) - 1, -(1 << bits)):
+            if -(2**63) <= value < 2**63:
+                got = example_pb2.Example.FromString(encoder.encode({"trip_start_timestamp": value}))
+                assert got == slow({"trip_start_timestamp": value}), value
