@@ -73,12 +73,6 @@ print("RESULT " + json.dumps({"rows": stats.datasets[0].num_examples, "import_s"
 """
 
 
-def validate_available() -> bool:
-    """True once `mlops validate` exists (it is being written alongside this benchmark)."""
-    proc = subprocess.run([str(MLOPS), "validate", "--help"], env=CHILD_ENV, capture_output=True, text=True)
-    return proc.returncode == 0
-
-
 def child_result(result: dict) -> dict:
     """Adds the child's own report (rows, import and work seconds) from its RESULT line."""
     line = next((l for l in reversed(result["lines"]) if l.startswith(RESULT)), None)
@@ -128,7 +122,7 @@ def run_ours_warm(name: str, home: Path, date: str, logs: Path) -> dict:
                 cold_start=any(l.startswith("starting a warm worker") for l in result["lines"]))
 
 
-def run_size(rows: int, days: tuple, tmp: Path, logs: Path, with_ours: bool) -> dict:
+def run_size(rows: int, days: tuple, tmp: Path, logs: Path) -> dict:
     first, second = days
     home = tmp / f"home-{rows}"
     log(f"{rows} rows: seeding 2 days ({first}, {second}) in {home}")
@@ -139,11 +133,10 @@ def run_size(rows: int, days: tuple, tmp: Path, logs: Path, with_ours: bool) -> 
     stats_out = tmp / f"tfdv-{rows}" / "stats.tfrecord"
     stats_out.parent.mkdir()
     out["tfdv"] = child_result(timed(f"tfdv_{rows}", [str(PYTHON), "-c", TFDV_CHILD, str(span_csv), str(stats_out)], logs))
-    if with_ours:
-        out["ours_warmup"] = run_ours(f"ours_warmup_{rows}", home, first, logs)
-        out["ours"] = run_ours(f"ours_{rows}", home, second, logs, flags=("--cold", "--no-cache"))
-        if rows <= WARM_MAX_ROWS:
-            out["ours_warm"] = run_ours_warm(f"ours_warm_{rows}", home, second, logs)
+    out["ours_warmup"] = run_ours(f"ours_warmup_{rows}", home, first, logs)
+    out["ours"] = run_ours(f"ours_{rows}", home, second, logs, flags=("--cold", "--no-cache"))
+    if rows <= WARM_MAX_ROWS:
+        out["ours_warm"] = run_ours_warm(f"ours_warm_{rows}", home, second, logs)
     return out
 
 
@@ -201,7 +194,7 @@ def verdict_line(rows: int, days: tuple, out: dict) -> str:
     return f"- {rows:,} rows, `mlops validate`: " + "; ".join(runs)
 
 
-def render(sizes: dict, days: tuple, ours_state: str, load: tuple, commands: list) -> str:
+def render(sizes: dict, days: tuple, load: tuple, commands: list) -> str:
     mem = psutil.virtual_memory().total / 2**30
     detail = ["| rows | way | load at start | wall s | rows/s (wall) | work s (own timer) | rows/s (work) "
               "| rows read | peak RSS MB (largest process) | peak RSS MB (process tree) |",
@@ -232,7 +225,7 @@ def render(sizes: dict, days: tuple, ours_state: str, load: tuple, commands: lis
         f"baseline), then timed on {days[1]}. Ours via the warm worker: the default `mlops validate` (a fork of the "
         "home's worker, TFX already imported; the worker is started untimed first), timed on the same day with "
         f"--no-cache, for spans up to {WARM_MAX_ROWS:,} rows; its work runs outside the command's process tree, "
-        "so no RSS is reported for it." + (f" {ours_state}" if ours_state else ""),
+        "so no RSS is reported for it.",
         "Ratios are throughput ratios on wall time: ours/tfdv > 1 means ours validates more rows per second than "
         "plain TFDV.", "",
         *summary, "", *detail, "", *verdicts, *([""] if verdicts else []),
@@ -256,14 +249,11 @@ def main() -> int:
     days = ((args.date - dt.timedelta(days=1)).isoformat(), args.date.isoformat())
 
     load = os.getloadavg()
-    with_ours = validate_available()
-    ours_state = ("" if with_ours else "**`mlops validate` did not exist when this ran (`mlops validate --help` "
-                  "failed), so ours was not run.**")
     tmp = Path(tempfile.mkdtemp(prefix="bench-validation-throughput-"))
     logs = tmp / "logs"
     logs.mkdir()
-    log(f"temp dir {tmp}; sizes {sizes}; mlops validate {'found' if with_ours else 'NOT found: ours skipped'}")
-    results = {rows: run_size(rows, days, tmp, logs, with_ours) for rows in sizes}
+    log(f"temp dir {tmp}; sizes {sizes}")
+    results = {rows: run_size(rows, days, tmp, logs) for rows in sizes}
 
     commands = [
         f"mlops --home H data seed --days 2 --rows-per-day N --end {days[1]}",
@@ -280,7 +270,7 @@ def main() -> int:
     if any(not name.startswith("ours") for name in failed):
         log(f"runs failed: {', '.join(failed)}; RESULTS.md not updated (logs in {tmp})")
         return 1
-    publish(args.results, SECTION, render(results, days, ours_state, load, commands), tmp, args.keep or bool(failed))
+    publish(args.results, SECTION, render(results, days, load, commands), tmp, args.keep or bool(failed))
     if failed:
         log(f"ours failed: {', '.join(failed)} (logs in {tmp})")
     return 1 if failed else 0
