@@ -8,9 +8,9 @@ instances per request} x {concurrency 1, 8}: p50/p99 latency per request and thr
 calls are the same SavedModel's `serving_default` signature (serialized tf.Examples in, as the
 gRPC client sends them), with the same batch and the same number of threads. REST clients send
 feature dicts (`instances`), each thread on its own keep-alive connection; gRPC clients send the
-serialized tf.Examples, each thread on its own channel. Rounds alternate the variants so that
-load from other work on the machine hits them alike; latency is the median of the per-round
-percentiles, throughput is all requests over all time per variant.
+serialized tf.Examples, each thread on its own channel. Rounds alternate the variants (each round
+starting one variant later) so that load from other work on the machine hits them alike; latency
+is the median of the per-round percentiles, throughput is all requests over all time per variant.
 
 The model: by default a temp home is seeded and the pipeline runs twice with few training steps
 and relaxed gates (two pushes in ML Metadata), so that the time from `mlops rollback --previous`
@@ -268,9 +268,13 @@ def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: Echo
         n = requests if batch == 1 else max(16, requests // 8)
         for concurrency in (1, 8):
             per_round = {name: [] for name in makers}
+            names = list(makers)
             for round_no in range(rounds):
-                for name, make in makers.items():
-                    per_round[name].append(run_cell(make, concurrency, max(concurrency, n // rounds)))
+                # each round starts one variant later, so that no variant always runs right after
+                # another (the direct calls' TensorFlow threads, say) and position effects average out
+                shift = round_no % len(names)
+                for name in names[shift:] + names[:shift]:
+                    per_round[name].append(run_cell(makers[name], concurrency, max(concurrency, n // rounds)))
             for name, results in per_round.items():
                 done = sum(r["n"] for r in results)
                 row = dict(variant=name, batch=batch, concurrency=concurrency,
@@ -358,7 +362,8 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              f"Model: {meta['model']}. Client threads, the server and the direct calls share the machine's cores, so at "
              "concurrency 8 the client's own Python (GIL) work competes with the server.",
              f"Per cell: {meta['requests']} requests with 1 instance, {max(16, meta['requests'] // 8)} with 100, over "
-             f"{meta['rounds']} alternating rounds; p50/p99 = median of the per-round percentiles; throughput = "
+             f"{meta['rounds']} alternating rounds (each starting one variant later than the last); p50/p99 = median "
+             "of the per-round percentiles; throughput = "
              "requests / wall time (x instances for instances/s). Direct = `serving_default` called in-process with the "
              "same serialized tf.Examples; REST = JSON feature dicts (`instances`), one keep-alive connection per thread; "
              "gRPC = serialized tf.Examples, one channel per thread. REST and gRPC are the server as shipped "
