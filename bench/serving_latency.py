@@ -1,7 +1,7 @@
 """Benchmark (issue 6): the model server's :predict latency and throughput vs the SavedModel called in-process.
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python bench/serving_latency.py [--model-dir DIR | --home HOME]
-        [--requests 400] [--rounds 3] [--keep]
+        [--requests 1000] [--rounds 5] [--keep]
 
 One run measures every cell of {direct in-process call, REST :predict, gRPC Predict} x {1, 100
 instances per request} x {concurrency 1, 8}: p50/p99 latency per request and throughput. Direct
@@ -11,6 +11,9 @@ feature dicts (`instances`), each thread on its own keep-alive connection; gRPC 
 serialized tf.Examples, each thread on its own channel. Rounds alternate the variants (each round
 starting one variant later) so that load from other work on the machine hits them alike; latency
 is the median of the per-round percentiles, throughput is all requests over all time per variant.
+Each cell also records the CPU time the server process and the client (this process) spent per
+request: with everything on one machine, cores / (server + client CPU) bounds the throughput any
+variant can reach here, which says whether a missed throughput target is reachable on this host.
 
 The model: by default a temp home is seeded and the pipeline runs twice with few training steps
 and relaxed gates (two pushes in ML Metadata), so that the time from `mlops rollback --previous`
@@ -43,6 +46,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
+
+import psutil
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -185,8 +190,15 @@ def percentile(ordered: list, q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-def run_cell(make_call, concurrency: int, requests: int) -> dict:
-    """`requests` calls split over `concurrency` threads, each with its own client from `make_call()`."""
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def run_cell(make_call, concurrency: int, requests: int, server_pid: int = None) -> dict:
+    """`requests` calls split over `concurrency` threads, each with its own client from `make_call()`.
+    Also the CPU seconds the server process (`server_pid`) and this process (the clients; for the
+    direct variant the model calls too) spent meanwhile."""
     per_thread = max(1, requests // concurrency)
     calls = [make_call() for _ in range(concurrency)]
     for call in calls:  # connect and warm each client
@@ -209,14 +221,18 @@ def run_cell(make_call, concurrency: int, requests: int) -> dict:
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
     for thread in threads:
         thread.start()
+    server0 = cpu_seconds(server_pid) if server_pid else 0.0
+    client0 = time.process_time()
     barrier.wait()
     started = time.perf_counter()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    client_cpu = time.process_time() - client0
+    server_cpu = cpu_seconds(server_pid) - server0 if server_pid else 0.0
     flat = sorted(s for chunk in samples for s in chunk)
     return dict(p50=percentile(flat, 0.5) * 1e3, p99=percentile(flat, 0.99) * 1e3, n=len(flat), wall=wall,
-                errors=errors[0])
+                errors=errors[0], server_cpu=server_cpu, client_cpu=client_cpu)
 
 
 def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, echo: EchoServer) -> dict:
@@ -255,9 +271,11 @@ def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, ech
             grpc.insecure_channel(f"127.0.0.1:{target.grpc_port}"))
         return lambda: stub.Predict(request, timeout=30)
 
-    return {"direct": direct, "REST": rest, "gRPC": grpc_call,
-            UNBATCHED_REST: lambda: rest(unbatched), UNBATCHED_GRPC: lambda: grpc_call(unbatched),
-            FLOOR_REST: lambda: rest(echo), FLOOR_GRPC: lambda: grpc_call(echo)}
+    # name -> (client maker, pid of the server process it talks to; None: in-process)
+    return {"direct": (direct, None), "REST": (rest, server.proc.pid), "gRPC": (grpc_call, server.proc.pid),
+            UNBATCHED_REST: (lambda: rest(unbatched), unbatched.proc.pid),
+            UNBATCHED_GRPC: (lambda: grpc_call(unbatched), unbatched.proc.pid),
+            FLOOR_REST: (lambda: rest(echo), echo.proc.pid), FLOOR_GRPC: (lambda: grpc_call(echo), echo.proc.pid)}
 
 
 def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: EchoServer, requests: int,
@@ -265,7 +283,7 @@ def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: Echo
     rows = []
     for batch in (1, 100):
         makers = variants(model_dir, server, batch, unbatched, echo)
-        n = requests if batch == 1 else max(16, requests // 8)
+        n = requests if batch == 1 else max(16, requests // 4)
         for concurrency in (1, 8):
             per_round = {name: [] for name in makers}
             names = list(makers)
@@ -274,13 +292,17 @@ def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: Echo
                 # another (the direct calls' TensorFlow threads, say) and position effects average out
                 shift = round_no % len(names)
                 for name in names[shift:] + names[:shift]:
-                    per_round[name].append(run_cell(makers[name], concurrency, max(concurrency, n // rounds)))
+                    make, pid = makers[name]
+                    per_round[name].append(run_cell(make, concurrency, max(concurrency, n // rounds), pid))
             for name, results in per_round.items():
                 done = sum(r["n"] for r in results)
+                sent = done + sum(r["errors"] for r in results)
                 row = dict(variant=name, batch=batch, concurrency=concurrency,
                            p50=statistics.median(r["p50"] for r in results),
                            p99=statistics.median(r["p99"] for r in results),
                            rps=done / sum(r["wall"] for r in results),
+                           server_cpu_ms=sum(r["server_cpu"] for r in results) / sent * 1e3,
+                           client_cpu_ms=sum(r["client_cpu"] for r in results) / sent * 1e3,
                            errors=sum(r["errors"] for r in results), n=done)
                 rows.append(row)
                 log(f"batch {batch:3d} x{concurrency} {name:20s} p50 {row['p50']:7.2f} ms  p99 {row['p99']:7.2f} ms  "
@@ -361,7 +383,7 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              f"{meta['load1']:.2f} at end. Other work may have run on this machine at the same time. "
              f"Model: {meta['model']}. Client threads, the server and the direct calls share the machine's cores, so at "
              "concurrency 8 the client's own Python (GIL) work competes with the server.",
-             f"Per cell: {meta['requests']} requests with 1 instance, {max(16, meta['requests'] // 8)} with 100, over "
+             f"Per cell: {meta['requests']} requests with 1 instance, {max(16, meta['requests'] // 4)} with 100, over "
              f"{meta['rounds']} alternating rounds (each starting one variant later than the last); p50/p99 = median "
              "of the per-round percentiles; throughput = "
              "requests / wall time (x instances for instances/s). Direct = `serving_default` called in-process with the "
@@ -372,9 +394,14 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              "baseline the batching is measured against. \"REST floor\" and \"gRPC floor\" send the same requests "
              "to bench/echo_server.py, the same Python HTTP and gRPC stacks answering without a model: their latency "
              "(client included) is transport and framework cost that no change to the server's own code removes.", "",
+             "CPU columns: CPU time per request of the server process and of the client process (the bench "
+             "itself: its client threads, or for direct the model calls), from psutil and time.process_time around each cell; "
+             f"ceiling = {os.cpu_count()} cores / (server + client CPU per request), the most requests per second this "
+             "host could give that variant if nothing else ran and the cores were always busy. CPU time is counted in "
+             "10 ms ticks, so the floors' small cells (a few tens of ms) are rough.", "",
              "| instances | concurrency | variant | p50 ms | p99 ms | req/s | instances/s | p50 overhead ms | "
-             "throughput vs direct | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "throughput vs direct | server CPU ms/req | client CPU ms/req | CPU ceiling req/s | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     targets = []
     for batch in (1, 100):
         for concurrency in (1, 8):
@@ -384,16 +411,25 @@ def render(rows: list, switch: dict, meta: dict) -> str:
                 over = r["p50"] - direct["p50"]
                 ratio = r["rps"] / direct["rps"]
                 no_model = variant in ("direct", FLOOR_REST, FLOOR_GRPC)
+                server_cpu = "-" if variant == "direct" else f"{r['server_cpu_ms']:.2f}"
+                cpu_ms = r["server_cpu_ms"] + r["client_cpu_ms"]
+                ceiling = os.cpu_count() * 1e3 / cpu_ms if cpu_ms > 0 else float("inf")
                 lines.append(f"| {batch} | {concurrency} | {variant} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "
                              f"{r['rps'] * batch:.0f} | {'-' if no_model else f'{over:+.2f}'} | "
-                             f"{'-' if no_model else f'{ratio:.2f}x'} | {r['errors']} |")
+                             f"{'-' if no_model else f'{ratio:.2f}x'} | "
+                             f"{server_cpu} | {r['client_cpu_ms']:.2f} | "
+                             f"{ceiling:.0f} | {r['errors']} |")
                 if variant in ("REST", "gRPC"):
                     floor = by[(FLOOR_REST if variant == "REST" else FLOOR_GRPC, batch, concurrency)]
                     targets.append(f"- {variant}, {batch} instance(s), concurrency {concurrency}: p50 overhead "
                                    f"**{over:+.2f} ms** (target <= {OVERHEAD_TARGET_MS:.0f} ms): "
                                    f"**{verdict(over <= OVERHEAD_TARGET_MS)}**"
                                    + (f"; throughput **{ratio:.2f}x** direct (target >= {THROUGHPUT_TARGET}x): "
-                                      f"**{verdict(ratio >= THROUGHPUT_TARGET)}**" if concurrency == 8 else "")
+                                      f"**{verdict(ratio >= THROUGHPUT_TARGET)}**; the target needs "
+                                      f"{THROUGHPUT_TARGET * direct['rps']:.0f} req/s, and at this run's CPU per "
+                                      f"request (server {r['server_cpu_ms']:.2f} + client {r['client_cpu_ms']:.2f} ms) "
+                                      f"{os.cpu_count()} busy cores give at most {ceiling:.0f}"
+                                      if concurrency == 8 else "")
                                    + f" -- the {variant} stack alone (no model) takes {floor['p50']:.2f} ms p50, "
                                      f"{floor['rps']:.0f} req/s")
     lines += ["", "Targets:", "", *targets, ""]
@@ -426,7 +462,7 @@ def main() -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model-dir", type=Path, help="a SavedModel directory (skips the pipeline and the rollback)")
     source.add_argument("--home", type=Path, help="a project home with at least two pushes (used in place)")
-    parser.add_argument("--requests", type=int, default=1000, help="requests per cell with 1 instance (1/8 with 100)")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per cell with 1 instance (1/4 with 100)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (home, logs)")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
