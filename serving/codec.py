@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import operator
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -261,8 +262,57 @@ def _leaf_converter(dtype: int, name: str, spec: Optional[FeatureSpec], example_
     return unsupported
 
 
-def tensor_from_json(value: Any, name: str, tspec: TensorSpec, sig: Signature, batched_items: Optional[list] = None) -> np.ndarray:
-    """A numpy array for input `name` from its JSON value (nested lists), checked against the signature."""
+_FLOAT_TYPES = frozenset((float, int))
+
+
+def _scalar_column(items: Sequence[Any], tspec: TensorSpec):
+    """The common case, fast: a rank-1 input given as a flat list of JSON scalars of its own type
+    (a row-format column of one value per instance, or a columnar flat list). Returns None when
+    anything is unusual (other types, values out of range, other shapes), and the general path
+    then converts the input or makes the error message, so both paths give the same results."""
+    if not items or (tspec.shape is not None and (len(tspec.shape) != 1 or tspec.shape[0] not in (None, len(items)))):
+        return None
+    dtype = tspec.dtype
+    if dtype == types_pb2.DT_STRING:
+        if set(map(type, items)) == {str}:  # exact types (bool is an int subclass): others go the long way
+            return [v.encode("utf-8", "surrogatepass") for v in items]
+        return None
+    if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
+        if not set(map(type, items)) <= _FLOAT_TYPES:
+            return None
+        try:
+            array = np.array(items, dtype=np.float64)  # ints through float64, as float(v) does
+        except OverflowError:
+            return None
+        if dtype == types_pb2.DT_DOUBLE:
+            return array
+        big = np.abs(array) > FLT_MAX  # inf and -inf too (they stay), nan compares False
+        if big.any() and np.isfinite(array[big]).any():
+            return None
+        return array.astype(np.float32)
+    if dtype in (types_pb2.DT_INT64, types_pb2.DT_INT32):
+        if set(map(type, items)) != {int}:
+            return None
+        try:
+            array = np.array(items, dtype=np.int64)
+        except OverflowError:
+            return None
+        if dtype == types_pb2.DT_INT32:
+            low, high = _INT_RANGES[dtype]
+            if array.min() < low or array.max() > high:
+                return None
+            return array.astype(np.int32)
+        return array
+    return None
+
+
+def tensor_from_json(value: Any, name: str, tspec: TensorSpec, sig: Signature, batched_items: Optional[Sequence] = None):
+    """A numpy array (or, for text, a list of bytes) for input `name` from its JSON value (nested
+    lists), checked against the signature."""
+    items = batched_items if batched_items is not None else value
+    fast = _scalar_column(items, tspec) if isinstance(items, (list, tuple)) else None
+    if fast is not None:
+        return fast
     example_input = sig.example_input == name
     leaf = _leaf_converter(tspec.dtype, name, sig.feature_spec, example_input, sig.encoder)
     flat: list = []
@@ -328,17 +378,18 @@ def predict_feeds(body: Any, sig: Signature) -> Tuple[Dict[str, np.ndarray], boo
                 "instances is a plain list, but expecting list of objects as multiple input tensors "
                 "required as per tensorinfo_map"
             )
-        columns: Dict[str, list] = {n: [] for n in names}
+        keys = set(names)
         for i, item in enumerate(instances):
-            if not named(item):
+            if not (isinstance(item, dict) and item.keys() == keys) or is_b64(item):
                 raise BadRequest(
                     f"Failed to process element: {i} of 'instances' list. JSON object: {_show(item)} "
                     f"must only have keys: {','.join(names)}"
                     + (" (or be a feature dict of a tf.Example)" if example_input else "")
                 )
-            for n in names:
-                columns[n].append(item[n])
-        return {n: tensor_from_json(None, n, sig.inputs[n], sig, columns[n]) for n in names}, True
+        # One tuple per input, each holding that input's value of every instance.
+        columns = zip(*map(operator.itemgetter(*names), instances)) if len(names) > 1 else (
+            [item[names[0]] for item in instances],)
+        return {n: tensor_from_json(None, n, sig.inputs[n], sig, column) for n, column in zip(names, columns)}, True
     inputs = body["inputs"]
     if isinstance(inputs, dict) and not is_b64(inputs):
         if len(names) == 1 and set(inputs) != set(names) and sig.example_input:

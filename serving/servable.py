@@ -301,32 +301,51 @@ def load_servable(model_name: str, version: int, path: Path) -> Servable:
     return servable
 
 
+def _zero_feeds(sig: Signature) -> Optional[Dict[str, object]]:
+    """One row of zeros ("" for text) for every input, when every input has a known rank >= 1."""
+    feeds = {}
+    for name, spec in sig.inputs.items():
+        if spec.shape is None or not spec.shape or spec.shape[0] not in (None, 1):
+            return None
+        try:
+            feeds[name] = tf.zeros([1] + [d or 1 for d in spec.shape[1:]], tf.dtypes.as_dtype(spec.dtype))
+        except (TypeError, ValueError):  # dtypes tf.zeros cannot make (resources, variants)
+            return None
+    return feeds
+
+
 def _warm_up(servable: Servable) -> None:
-    """One request per example-taking signature before the version takes traffic; the default
-    signature must answer (else LoadError). Each signature that answers the same through
-    `DirectCall` as through its public call gets the fast path."""
+    """One request per signature before the version takes traffic: a tf.Example with the required
+    features for example-taking signatures (the default one must answer, else LoadError), one row of
+    zeros for signatures with other inputs (such as `serving_features`; their failing is not an
+    error). Each signature that answers the same through `DirectCall` as through its public call
+    gets the fast path."""
     default = servable.signatures.get(DEFAULT_SIGNATURE) or next(iter(servable.signatures.values()))
     for sig in servable.signatures.values():
         name = sig.example_input
-        if name is None:
-            continue
-        spec = sig.feature_spec
-        payload = warmup_example(spec) if spec is not None else example_pb2.Example().SerializeToString()
-        feeds = {name: tf.constant([payload])}
+        must_answer = sig is default and name is not None and sig.feature_spec is not None
+        if name is not None:
+            spec = sig.feature_spec
+            payload = warmup_example(spec) if spec is not None else example_pb2.Example().SerializeToString()
+            feeds = {name: tf.constant([payload])}
+        else:
+            feeds = _zero_feeds(sig)
+            if feeds is None:
+                continue
         try:
             outputs = sig.run(feeds)
         except BadRequest as err:
-            if sig is not default or spec is None:
-                continue  # unknown features: an empty example may legitimately be rejected
+            if not must_answer:
+                continue  # e.g. an empty example or zeros may legitimately be rejected
             raise LoadError(f"warm-up request failed: {err.message}") from err
         except Exception as err:  # noqa: BLE001
-            if sig is not default:
+            if sig is not default or name is None:
                 continue
             raise LoadError(f"warm-up request failed: {type(err).__name__}: {err}") from err
         unbatched = next((key for key, value in outputs.items() if value.ndim == 0 or value.shape[0] != 1), None)
         if unbatched is None:
             sig.direct = _verified_direct_call(sig, feeds, outputs)
-        elif sig is default:
+        elif sig is default and name is not None:
             shape = outputs[unbatched].shape
             raise LoadError(f"warm-up: output {unbatched!r} has shape {shape}, expected a batch of 1")
 

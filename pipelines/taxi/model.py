@@ -143,18 +143,54 @@ def build_model(tf_transform_output, learning_rate: float) -> tf.keras.Model:
     return model
 
 
+FEATURES_SIGNATURE = "serving_features"
+
+
+def _as_parsed(value, spec):
+    """A dense [batch] tensor as `tf.io.parse_example` would give `spec`: every row has its value."""
+    if isinstance(spec, tf.io.VarLenFeature):
+        rows = tf.shape(value, out_type=tf.int64)[0]
+        indices = tf.stack([tf.range(rows), tf.zeros([rows], tf.int64)], axis=1)
+        return tf.SparseTensor(indices, value, tf.stack([rows, tf.constant(1, tf.int64)]))
+    if isinstance(spec, tf.io.FixedLenFeature) and list(spec.shape) == [1]:
+        return tf.expand_dims(value, 1)
+    return value
+
+
 def _serving_signatures(model, tf_transform_output):
-    """`serving_default` takes serialized raw tf.Examples (the transform graph is inside)."""
+    """`serving_default` takes serialized raw tf.Examples (the transform graph is inside);
+    `serving_features` takes the same raw features as one named [batch] tensor each.
+
+    `serving_features` is for JSON clients: `{"signature_name": "serving_features", "instances":
+    [{"fare": 5.5, "company": "", ...}]}` is TF Serving's own row format, so it works the same on
+    real TF Serving, and needs no tf.Example on either side. A missing value is sent as 0 (numbers)
+    or "" (text): what the preprocessing fills in for a feature a tf.Example leaves out, so both
+    signatures give the same answer for the same trip. Columns that are not model inputs
+    (`features.UNUSED_COLUMNS`) are not asked for."""
     model.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
     serving_spec = {k: v for k, v in raw_spec.items() if k != F.LABEL_KEY}
+    feature_inputs = {
+        k: tf.TensorSpec(shape=[None], dtype=v.dtype, name=k)
+        for k, v in sorted(serving_spec.items()) if k not in F.UNUSED_COLUMNS
+    }
 
-    @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name="examples")])
-    def serve_examples(serialized):
-        parsed = tf.io.parse_example(serialized, serving_spec)
+    def predict(parsed):
         transformed = model.tft_layer(parsed)
         transformed.pop(F.TRANSFORMED_LABEL, None)
         return {"probabilities": model(transformed)}
+
+    @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name="examples")])
+    def serve_examples(serialized):
+        return predict(tf.io.parse_example(serialized, serving_spec))
+
+    @tf.function(input_signature=[feature_inputs])
+    def serve_features(features):
+        parsed = {k: _as_parsed(v, serving_spec[k]) for k, v in features.items()}
+        rows = tf.shape(next(iter(features.values())), out_type=tf.int64)[0]
+        for k in serving_spec.keys() - parsed.keys():  # unused columns the transform graph still takes
+            parsed[k] = _as_parsed(tf.zeros([rows], serving_spec[k].dtype), serving_spec[k])
+        return predict(parsed)
 
     @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name="examples")])
     def transform_features(serialized):
@@ -162,7 +198,11 @@ def _serving_signatures(model, tf_transform_output):
         parsed = tf.io.parse_example(serialized, raw_spec)
         return model.tft_layer(parsed)
 
-    return {"serving_default": serve_examples, "transform_features": transform_features}
+    return {
+        "serving_default": serve_examples,
+        FEATURES_SIGNATURE: serve_features.get_concrete_function(),
+        "transform_features": transform_features,
+    }
 
 
 def train_and_export(spec: TrainSpec) -> dict:

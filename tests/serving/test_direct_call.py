@@ -18,11 +18,31 @@ def servable(taxi_model):
     return load_servable("taxi", 1, taxi_model["model"])
 
 
-def test_warm_up_enables_the_direct_call_on_every_example_signature_of_the_pushed_model(servable):
-    example_signatures = [s for s in servable.signatures.values() if s.example_input is not None]
-    assert "serving_default" in {s.name for s in example_signatures}
-    for sig in example_signatures:
+def test_warm_up_enables_the_direct_call_on_every_signature_of_the_pushed_model(servable):
+    # serving_default and transform_features take tf.Examples; serving_features takes 16 named tensors
+    assert {"serving_default", "serving_features", "transform_features"} <= set(servable.signatures)
+    assert len(servable.signature("serving_features").inputs) > 1
+    for sig in servable.signatures.values():
         assert isinstance(sig.direct, DirectCall), f"{sig.name}: warm-up did not enable the direct call"
+
+
+def test_direct_call_of_a_named_input_signature_answers_like_the_public_call(servable, taxi_model):
+    sig = servable.signature("serving_features")
+    rows = taxi_model["rows"][:9]
+    feeds = {}
+    for name, spec in sig.inputs.items():
+        dtype = tf.dtypes.as_dtype(spec.dtype)
+        feeds[name] = tf.constant([r.get(name, "" if dtype == tf.string else 0) for r in rows], dtype=dtype)
+    assert sig.direct.takes(feeds)
+    public = sig.fn(**feeds)["probabilities"].numpy()
+    fast = sig.run(feeds)["probabilities"]
+    assert fast.shape == (9, 1) and len(np.unique(fast)) > 1
+    np.testing.assert_allclose(fast, public, rtol=1e-6)
+    # one input of the wrong dtype: the public path and its error
+    wrong = dict(feeds, fare=tf.constant([1] * 9, dtype=tf.int64))
+    assert not sig.direct.takes(wrong)
+    with pytest.raises(BadRequest):
+        sig.run(wrong)
 
 
 @pytest.mark.parametrize("rows", [1, 7, 50])

@@ -126,6 +126,52 @@ def test_rest_predict_row_and_columnar_formats_agree(contract):
     assert "fare_xf" in transformed["predictions"][0]
 
 
+def _features_of(row: dict, metadata_inputs: dict) -> dict:
+    """What a JSON client sends to `serving_features`: every input, 0 or "" for a missing value."""
+    return {name: row.get(name, "" if spec["dtype"] == "DT_STRING" else 0) for name, spec in metadata_inputs.items()}
+
+
+def test_rest_serving_features_answers_like_the_examples_signature(contract):
+    """The Trainer's second signature takes the raw features as named tensors (TF Serving's own row
+    and columnar formats, no tf.Example): for the same trips, missing values included, it must give
+    the probabilities serving_default gives."""
+    http, rows = contract["server"].http, contract["rows"][:20]
+    code, _, meta = http.get(f"{MODEL}/versions/1/metadata")
+    sig = meta["metadata"]["signature_def"]["signature_def"]["serving_features"]
+    inputs = sig["inputs"]
+    assert {"fare", "company", "trip_start_hour"} <= set(inputs) and "tips" not in inputs
+    assert "trip_start_timestamp" not in inputs  # not a model input: not asked for
+    assert inputs["fare"]["dtype"] == "DT_FLOAT" and inputs["company"]["dtype"] == "DT_STRING"
+    assert inputs["trip_start_hour"]["dtype"] == "DT_INT64"
+    missing = sum(1 for r in rows for name in inputs if name not in r)
+    assert missing > 0, "the test rows should include trips with missing values"
+    code, _, by_example = http.post(f"{MODEL}/versions/1:predict", {"instances": rows})
+    assert code == 200, by_example
+    features = [_features_of(r, inputs) for r in rows]
+    code, _, by_features = http.post(f"{MODEL}/versions/1:predict",
+                                     {"signature_name": "serving_features", "instances": features})
+    assert code == 200, by_features
+    assert _probabilities(by_features) == pytest.approx(_probabilities(by_example), rel=1e-5, abs=1e-6)
+    assert len(set(_probabilities(by_features))) > 1  # distinct trips, distinct answers
+    columns = {name: [f[name] for f in features] for name in inputs}
+    code, _, columnar = http.post(f"{MODEL}/versions/1:predict",
+                                  {"signature_name": "serving_features", "inputs": columns})
+    assert code == 200, columnar
+    assert [p[0] for p in columnar["outputs"]] == pytest.approx(_probabilities(by_example), rel=1e-5, abs=1e-6)
+    # bad input: the same 400s as for any named-input signature, naming the value and the type
+    wrong_type = dict(features[0], fare="7.5")
+    code, _, err = http.post(f"{MODEL}/versions/1:predict",
+                             {"signature_name": "serving_features", "instances": [features[1], wrong_type]})
+    assert code == 400 and "'7.5'" in err["error"] and "DT_FLOAT" in err["error"], err
+    code, _, err = http.post(f"{MODEL}/versions/1:predict",
+                             {"signature_name": "serving_features", "instances": [dict(features[0], fare=True)]})
+    assert code == 400 and "DT_FLOAT" in err["error"], err
+    incomplete = {k: v for k, v in features[0].items() if k != "company"}
+    code, _, err = http.post(f"{MODEL}/versions/1:predict",
+                             {"signature_name": "serving_features", "instances": [incomplete]})
+    assert code == 400 and "must only have keys" in err["error"] and "company" in err["error"], err
+
+
 def test_rest_classify_and_regress(contract):
     http, rows = contract["server"].http, contract["rows"][:3]
     _, _, predicted = http.post(f"{MODEL}/versions/1:predict", {"instances": rows})
