@@ -8,7 +8,9 @@ instances per request} x {concurrency 1, 8}: p50/p99 latency per request and thr
 calls are the same SavedModel's `serving_default` signature (serialized tf.Examples in, as the
 gRPC client sends them), with the same batch and the same number of threads. REST clients send
 feature dicts (`instances`), each thread on its own keep-alive connection; gRPC clients send the
-serialized tf.Examples, each thread on its own channel. Rounds alternate the variants (each round
+serialized tf.Examples, each thread on its own channel. A second pair measures the model's
+`serving_features` signature (one tensor per raw feature): called directly, and over REST in TF
+Serving's row format. Rounds alternate the variants (each round
 starting one variant later) so that load from other work on the machine hits them alike; latency
 is the median of the per-round percentiles, throughput is all requests over all time per variant.
 Each cell also records the CPU time the server process and the client (this process) spent per
@@ -63,6 +65,11 @@ THROUGHPUT_TARGET = 0.8
 SWITCH_TARGET_S = 5.0
 UNBATCHED_REST, UNBATCHED_GRPC = "REST, no batching", "gRPC, no batching"
 FLOOR_REST, FLOOR_GRPC = "REST floor", "gRPC floor"
+# The Trainer's second signature: raw features as named tensors, no tf.Example on either side.
+FEATURES_SIGNATURE = "serving_features"
+DIRECT_FEATURES, REST_FEATURES = "direct, serving_features", "REST, serving_features"
+# what each variant's overhead and throughput are measured against
+BASELINE = {REST_FEATURES: DIRECT_FEATURES}
 ROW = dict(pickup_community_area=28, fare=15.25, trip_start_month=9, trip_start_hour=10, trip_start_day=3,
            trip_start_timestamp=1379414700, pickup_latitude=41.87, pickup_longitude=-87.66, dropoff_latitude=41.92,
            dropoff_longitude=-87.69, trip_miles=1.2, payment_type="Cash", company="Blue Ribbon Taxi",
@@ -255,7 +262,21 @@ def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, ech
                 value.numpy()
         return call
 
-    def rest(target=server):
+    # serving_features: the same trip as one value per input (0 / "" where ROW has none)
+    by_features = tf.saved_model.load(str(model_dir)).signatures[FEATURES_SIGNATURE]
+    feature_specs = by_features.structured_input_signature[1]
+    feature_row = {name: ROW.get(name, "" if spec.dtype == tf.string else 0) for name, spec in feature_specs.items()}
+    features_body = json.dumps({"signature_name": FEATURES_SIGNATURE, "instances": [feature_row] * batch})
+
+    def direct_features():
+        def call():
+            feeds = {name: tf.constant([feature_row[name]] * batch, dtype=spec.dtype)
+                     for name, spec in feature_specs.items()}
+            for value in by_features(**feeds).values():
+                value.numpy()
+        return call
+
+    def rest(target=server, body=body):
         conn = http.client.HTTPConnection("127.0.0.1", target.rest_port, timeout=30)
 
         def call():
@@ -275,7 +296,9 @@ def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, ech
     return {"direct": (direct, None), "REST": (rest, server.proc.pid), "gRPC": (grpc_call, server.proc.pid),
             UNBATCHED_REST: (lambda: rest(unbatched), unbatched.proc.pid),
             UNBATCHED_GRPC: (lambda: grpc_call(unbatched), unbatched.proc.pid),
-            FLOOR_REST: (lambda: rest(echo), echo.proc.pid), FLOOR_GRPC: (lambda: grpc_call(echo), echo.proc.pid)}
+            FLOOR_REST: (lambda: rest(echo), echo.proc.pid), FLOOR_GRPC: (lambda: grpc_call(echo), echo.proc.pid),
+            DIRECT_FEATURES: (direct_features, None),
+            REST_FEATURES: (lambda: rest(body=features_body), server.proc.pid)}
 
 
 def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: EchoServer, requests: int,
@@ -393,7 +416,11 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              f"\"{UNBATCHED_GRPC}\" are a second server in the same run with `--no-enable-batching`, the "
              "baseline the batching is measured against. \"REST floor\" and \"gRPC floor\" send the same requests "
              "to bench/echo_server.py, the same Python HTTP and gRPC stacks answering without a model: their latency "
-             "(client included) is transport and framework cost that no change to the server's own code removes.", "",
+             "(client included) is transport and framework cost that no change to the server's own code removes. "
+             f"\"{DIRECT_FEATURES}\" calls the Trainer's `{FEATURES_SIGNATURE}` signature in-process (one tensor per raw "
+             f"feature, made from Python lists as any caller would), and \"{REST_FEATURES}\" sends the same trip as "
+             "TF Serving's row format to that signature (no tf.Example on either side); its overhead and throughput are "
+             f"against \"{DIRECT_FEATURES}\".", "",
              "CPU columns: CPU time per request of the server process and of the client process (the bench "
              "itself: its client threads, or for direct the model calls), from psutil and time.process_time around each cell; "
              f"ceiling = {os.cpu_count()} cores / (server + client CPU per request), the most requests per second this "
@@ -405,13 +432,14 @@ def render(rows: list, switch: dict, meta: dict) -> str:
     targets = []
     for batch in (1, 100):
         for concurrency in (1, 8):
-            direct = by[("direct", batch, concurrency)]
-            for variant in ("direct", "REST", "gRPC", UNBATCHED_REST, UNBATCHED_GRPC, FLOOR_REST, FLOOR_GRPC):
+            for variant in ("direct", "REST", "gRPC", UNBATCHED_REST, UNBATCHED_GRPC, FLOOR_REST, FLOOR_GRPC,
+                            DIRECT_FEATURES, REST_FEATURES):
+                direct = by[(BASELINE.get(variant, "direct"), batch, concurrency)]
                 r = by[(variant, batch, concurrency)]
                 over = r["p50"] - direct["p50"]
                 ratio = r["rps"] / direct["rps"]
-                no_model = variant in ("direct", FLOOR_REST, FLOOR_GRPC)
-                server_cpu = "-" if variant == "direct" else f"{r['server_cpu_ms']:.2f}"
+                no_model = variant in ("direct", DIRECT_FEATURES, FLOOR_REST, FLOOR_GRPC)
+                server_cpu = "-" if variant in ("direct", DIRECT_FEATURES) else f"{r['server_cpu_ms']:.2f}"
                 cpu_ms = r["server_cpu_ms"] + r["client_cpu_ms"]
                 ceiling = os.cpu_count() * 1e3 / cpu_ms if cpu_ms > 0 else float("inf")
                 lines.append(f"| {batch} | {concurrency} | {variant} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "
@@ -419,9 +447,10 @@ def render(rows: list, switch: dict, meta: dict) -> str:
                              f"{'-' if no_model else f'{ratio:.2f}x'} | "
                              f"{server_cpu} | {r['client_cpu_ms']:.2f} | "
                              f"{ceiling:.0f} | {r['errors']} |")
-                if variant in ("REST", "gRPC"):
-                    floor = by[(FLOOR_REST if variant == "REST" else FLOOR_GRPC, batch, concurrency)]
-                    targets.append(f"- {variant}, {batch} instance(s), concurrency {concurrency}: p50 overhead "
+                if variant in ("REST", "gRPC", REST_FEATURES):
+                    floor = by[(FLOOR_GRPC if variant == "gRPC" else FLOOR_REST, batch, concurrency)]
+                    extra = "(beside the issue's cells) " if variant == REST_FEATURES else ""
+                    targets.append(f"- {extra}{variant}, {batch} instance(s), concurrency {concurrency}: p50 overhead "
                                    f"**{over:+.2f} ms** (target <= {OVERHEAD_TARGET_MS:.0f} ms): "
                                    f"**{verdict(over <= OVERHEAD_TARGET_MS)}**"
                                    + (f"; throughput **{ratio:.2f}x** direct (target >= {THROUGHPUT_TARGET}x): "
@@ -430,7 +459,10 @@ def render(rows: list, switch: dict, meta: dict) -> str:
                                       f"request (server {r['server_cpu_ms']:.2f} + client {r['client_cpu_ms']:.2f} ms) "
                                       f"{os.cpu_count()} busy cores give at most {ceiling:.0f}"
                                       if concurrency == 8 else "")
-                                   + f" -- the {variant} stack alone (no model) takes {floor['p50']:.2f} ms p50, "
+                                   + (f" (against `{FEATURES_SIGNATURE}` called directly, and "
+                                      f"{r['p50'] - by[('direct', batch, concurrency)]['p50']:+.2f} ms against `serving_default`)"
+                                      if variant == REST_FEATURES else "")
+                                   + f" -- the {'REST' if variant == REST_FEATURES else variant} stack alone (no model) takes {floor['p50']:.2f} ms p50, "
                                      f"{floor['rps']:.0f} req/s")
     lines += ["", "Targets:", "", *targets, ""]
     lines.append("Hot reload (a gRPC client predicting every ~10 ms, timing until the first answer whose "
