@@ -25,11 +25,13 @@ import hashlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -319,8 +321,20 @@ def _send(conn: socket.socket, kind: bytes, payload: bytes) -> bool:
 
 
 def _supervise(conn: socket.socket, message: dict) -> int:  # pragma: no cover -- forked child
-    """Forks the node process, relays its output, kills it if the client goes away."""
+    """Forks the node process, relays its output, kills it if the client goes away.
+
+    The node gets its own temp directory (TMPDIR), removed when it ends: it leaves by `os._exit`
+    (never back into the worker's code), so the atexit clean-ups of what it imported do not run,
+    and TensorFlow's autograph alone left ~20 `__autograph_generated_file*.py` in /tmp per run."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    scratch = tempfile.mkdtemp(prefix="mlops-node-")
+    try:
+        return _relay(conn, message, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _relay(conn: socket.socket, message: dict, scratch: str) -> int:  # pragma: no cover -- forked child
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     pid = os.fork()
@@ -333,7 +347,7 @@ def _supervise(conn: socket.socket, message: dict) -> int:  # pragma: no cover -
         os.dup2(null, 0)
         os.dup2(out_write, 1)
         os.dup2(err_write, 2)
-        os._exit(_run_cli(message))
+        os._exit(_run_cli(message, scratch))
     os.close(out_write)
     os.close(err_write)
     with contextlib.suppress(OSError):
@@ -389,13 +403,14 @@ def _kill_group(pid: int) -> int:
     return os.waitpid(pid, 0)[1]
 
 
-def _run_cli(message: dict) -> int:  # pragma: no cover -- forked child
+def _run_cli(message: dict, scratch: str) -> int:  # pragma: no cover -- forked child
     """What a cold `mlops <argv>` process would do, in this already-warm process."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.environ.clear()
     os.environ.update(message.get("env", {}))
     os.environ[ENV_IN_WORKER] = "1"
+    os.environ["TMPDIR"] = tempfile.tempdir = scratch  # for this process and what it starts
     with contextlib.suppress(OSError):
         os.chdir(message.get("cwd") or "/")
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -37,13 +38,15 @@ def make_home(root: Path, days: int = 2, rows: int = SMALL_ROWS, end: dt.date = 
     return home
 
 
-def mlops(home: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Runs the real `mlops` console command of .venv in `home`."""
+def mlops(home: Path, *args: str, check: bool = True, timeout: int = 900,
+          env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Runs the real `mlops` console command of .venv in `home` (`env`: added to this process's)."""
     result = subprocess.run(
         [str(VENV_PYTHON.parent / "mlops"), "--home", str(home), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **env} if env else None,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"mlops {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 from typing import Sequence
 
@@ -220,11 +221,16 @@ def train_and_export(spec: TrainSpec) -> dict:
     metrics = model.evaluate(eval_ds, steps=spec.eval_steps, return_dict=True, verbose=0)
     signatures = _serving_signatures(model, tf_transform_output)
     # Every worker must take part in saving; only the chief's copy is kept.
-    target = spec.serving_model_dir if is_chief(strategy) else tempfile.mkdtemp(prefix="worker-model-")
-    # save_traces=False: skip tracing every layer's call for Keras-only revival (~10 s here);
-    # the signatures are traced as before, and Keras can still rebuild the model from its config.
-    model.save(target, save_format="tf", signatures=signatures, save_traces=False)
-    log.info("model written to %s; eval %s", target, metrics)
+    chief = is_chief(strategy)
+    target = spec.serving_model_dir if chief else tempfile.mkdtemp(prefix="worker-model-")
+    try:
+        # save_traces=False: skip tracing every layer's call for Keras-only revival (~10 s here);
+        # the signatures are traced as before, and Keras can still rebuild the model from its config.
+        model.save(target, save_format="tf", signatures=signatures, save_traces=False)
+    finally:
+        if not chief:
+            shutil.rmtree(target, ignore_errors=True)
+    log.info("model written to %s; eval %s", target if chief else "(discarded: not the chief)", metrics)
     result = {k: float(v) for k, v in metrics.items()}
     result.update(strategy=type(strategy).__name__, replicas=int(strategy.num_replicas_in_sync))
     return result

@@ -11,8 +11,8 @@ from components.pusher import versions
 from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops
 
 
-def _run(home: Path, day, *extra: str) -> dict:
-    result = mlops(home, "run", "--date", day.isoformat(), *FAST_RUN_ARGS, "--json", *extra, timeout=1200)
+def _run(home: Path, day, *extra: str, env=None) -> dict:
+    result = mlops(home, "run", "--date", day.isoformat(), *FAST_RUN_ARGS, "--json", *extra, timeout=1200, env=env)
     progress = result.stdout[: result.stdout.index("{")]
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     summary["progress"] = progress
@@ -23,15 +23,18 @@ def _run(home: Path, day, *extra: str) -> dict:
 def runs(tmp_path_factory):
     home = make_home(tmp_path_factory.mktemp("e2e"))
     models = home / "serving" / "models" / "taxi"
-    first = _run(home, DAY1, "--auc-floor", "0.5")
+    # The warm worker the first run starts, and every node it forks, get this as their TMPDIR.
+    tmp = tmp_path_factory.mktemp("tmpdir")
+    env = {"TMPDIR": str(tmp)}
+    first = _run(home, DAY1, "--auc-floor", "0.5", env=env)
     after_first = versions.list_versions(models)
-    rerun = _run(home, DAY1, "--auc-floor", "0.5")
+    rerun = _run(home, DAY1, "--auc-floor", "0.5", env=env)
     after_rerun = versions.list_versions(models)
-    strict = _run(home, DAY2, "--auc-floor", "0.999")
+    strict = _run(home, DAY2, "--auc-floor", "0.999", env=env)
     after_strict = versions.list_versions(models)
-    lenient = _run(home, DAY2, "--auc-floor", "0.0", "--min-improvement", "-1.0", "--slice-margin", "1.0")
+    lenient = _run(home, DAY2, "--auc-floor", "0.0", "--min-improvement", "-1.0", "--slice-margin", "1.0", env=env)
     return dict(
-        home=home, models=models, first=first, rerun=rerun, strict=strict, lenient=lenient,
+        home=home, models=models, tmp=tmp, first=first, rerun=rerun, strict=strict, lenient=lenient,
         after_first=after_first, after_rerun=after_rerun, after_strict=after_strict,
         after_lenient=versions.list_versions(models),
     )

@@ -44,10 +44,13 @@ def test_two_worker_training_exports_a_model_that_predicts_on_raw_examples(runs,
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     export_dir = tmp_path / "model"
+    worker_tmp = tmp_path / "tmp"
+    worker_tmp.mkdir()
     workers = []
     for index in range(2):
         env = {
             **os.environ,
+            "TMPDIR": str(worker_tmp),
             "TF_USE_LEGACY_KERAS": "1",
             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
         }
@@ -65,6 +68,8 @@ def test_two_worker_training_exports_a_model_that_predicts_on_raw_examples(runs,
     assert [r["replicas"] for r in reports] == [2, 2]  # both workers trained in one 2-replica group
     assert all(0.0 <= r["auc"] <= 1.0 for r in reports)
     assert (export_dir / "saved_model.pb").is_file()
+    # the non-chief worker's copy of the save is discarded, not left in the temp directory
+    assert not list(worker_tmp.glob("worker-model-*")), list(worker_tmp.iterdir())
 
     code = r'''
 import sys, tensorflow as tf

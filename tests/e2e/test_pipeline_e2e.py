@@ -67,6 +67,15 @@ def test_second_span_passing_the_gates_is_pushed_as_version_2(runs):
     assert not [p for p in runs["models"].iterdir() if p.name.startswith(versions.TMP_PREFIX)]
 
 
+def test_runs_leave_nothing_in_the_temp_directory(runs):
+    # Nodes run in forks of the warm worker and leave by os._exit, so what they imported never
+    # cleans up at exit (TensorFlow's autograph alone wrote ~20 files per run): each node gets
+    # its own TMPDIR, removed when it ends.
+    assert runs["first"]["node_states"]["Transform"] == "complete"  # the runs did convert functions
+    left = sorted(p.name for p in runs["tmp"].iterdir())
+    assert left == [], left
+
+
 def test_pushed_saved_model_predicts_on_raw_tf_examples(runs):
     code = r'''
 import json, sys

@@ -26,10 +26,15 @@ def test_a_real_beam_pipeline_with_our_arguments_never_tries_the_prism_runner(tm
     assert not any("Prism" in m for m in messages), messages
 
 
-def test_without_the_pin_beam_would_try_prism(tmp_path, caplog):
+def test_without_the_pin_beam_would_try_prism(tmp_path, caplog, monkeypatch):
     # The check above can fail: the same pipeline without our arguments goes to Prism first.
+    import tempfile
+
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
+
+    # Prism's failed start leaves a beam-temp* directory behind: under tmp_path, not in /tmp.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     caplog.set_level(logging.INFO, logger="apache_beam.runners.direct.direct_runner")
     with beam.Pipeline(options=PipelineOptions(["--direct_running_mode=in_memory"])) as pipeline:

@@ -1,9 +1,9 @@
 """`preprocessing_fn` on a small in-memory batch through real tf.Transform (Beam in-memory)."""
 
+import datetime as dt
 import glob
 import json
 import os
-import tempfile
 
 import pytest
 
@@ -13,6 +13,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_transform.beam as tft_beam  # noqa: E402
 from tensorflow_transform.tf_metadata import schema_utils  # noqa: E402
 
+from pipelines.config import PipelineConfig, ProjectPaths  # noqa: E402
 from pipelines.taxi import features as F  # noqa: E402
 from pipelines.taxi.preprocessing import preprocessing_fn  # noqa: E402
 
@@ -53,14 +54,18 @@ def _feature_spec():
 
 
 @pytest.fixture(scope="module")
-def transformed():
+def transformed(tmp_path_factory):
     import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
     from tfx_bsl.public import tfxio
 
     schema = schema_utils.schema_from_feature_spec(_feature_spec())
     source = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["test"], schema=schema)
-    out_dir = tempfile.mkdtemp()
-    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=tempfile.mkdtemp()):
+    root = tmp_path_factory.mktemp("transform")
+    out_dir = str(root / "out")
+    # The Beam arguments the pipeline's nodes get (a bare beam.Pipeline() tries Prism first).
+    options = PipelineOptions(PipelineConfig.for_project(ProjectPaths(root), dt.date(2026, 11, 20)).beam_pipeline_args)
+    with beam.Pipeline(options=options) as pipeline, tft_beam.Context(temp_dir=str(root / "tft-temp")):
         raw = pipeline | beam.Create(_serialized_examples()) | source.BeamSource()
         (batches, _), _ = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeAndTransformDataset(
             preprocessing_fn, output_record_batches=True
