@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 from google.protobuf import json_format
@@ -111,13 +111,14 @@ class Api:
     def run_examples(self, sig, serialized: List[bytes]) -> Dict[str, np.ndarray]:
         return self.infer(sig, {sig.example_input: list(serialized)})
 
-    def predict_json(self, servable, body) -> Tuple[dict, str]:
+    def predict_json(self, servable, body) -> bytes:
+        """The response body of a REST :predict request (its parsed JSON `body`)."""
         if isinstance(body, dict) and "signature_name" in body and not isinstance(body["signature_name"], str):
             raise BadRequest("'signature_name' key must be a string value.")
         sig = servable.signature(body.get("signature_name", "") if isinstance(body, dict) else "")
         feeds, row_format = codec.predict_feeds(body, sig)
         outputs = self.infer(sig, feeds)
-        return codec.predict_response(outputs, row_format), sig.name
+        return codec.predict_body(outputs, row_format)
 
     def classify_regress_json(self, servable, body, verb: str) -> dict:
         if not isinstance(body, dict):

@@ -27,6 +27,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from serving import codec
 from serving.api import Api, metadata_json, proto_json, status_proto
 from serving.errors import BadRequest, MethodNotAllowed, NotFound, ServingError, TooLarge
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -51,8 +52,7 @@ _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
 _LONG_DIGIT_RUN = b"0" * 19  # 2**63 has 19 digits
 
 
-def _json_bytes(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+_json_bytes = codec.json_bytes
 
 
 class _HeaderError(Exception):
@@ -325,10 +325,9 @@ class Handler(BaseHTTPRequestHandler):
                 with self.server.api.inference_slot(self.server.request_timeout):
                     request = self._parse_json(body)
                     if verb == "predict":
-                        answer, _ = self.server.api.predict_json(servable, request)
+                        payload = self.server.api.predict_json(servable, request)
                     else:
-                        answer = self.server.api.classify_regress_json(servable, request, verb)
-                    payload = _json_bytes(answer)
+                        payload = _json_bytes(self.server.api.classify_regress_json(servable, request, verb))
                 code = 200
                 self._respond(200, payload, extra=f"X-Model-Version: {servable.version}\r\n")
                 return
