@@ -8,6 +8,7 @@ nothing heavy.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -69,10 +70,28 @@ def check_installed() -> Path:
     return binary
 
 
-def run_airflow(home: Path, args: List[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [str(check_installed()), *args], env=environment(home), capture_output=True, text=True, **kwargs
-    )
+LOCKED = "database is locked"
+LOCK_RETRIES = 4
+
+
+def run_airflow(home: Path, args: List[str], check: bool = True, progress: Optional[Callable[[str], None]] = None,
+                **kwargs) -> subprocess.CompletedProcess:
+    """Runs `airflow ARGS`; a call that failed on SQLite's "database is locked" is tried again.
+
+    The busy timeout does not cover every case: a transaction that read first and then writes while
+    the scheduler holds the write lock gets SQLITE_BUSY at once (SQLite's deadlock guard), as
+    `airflow backfill create` did on CI. Airflow rolls such a call back (a backfill's partial runs
+    included), so the same call is safe to repeat."""
+    binary = check_installed()
+    for attempt in range(1, LOCK_RETRIES + 1):
+        result = subprocess.run([str(binary), *args], env=environment(home), capture_output=True, text=True, **kwargs)
+        if result.returncode == 0 or LOCKED not in (result.stderr + result.stdout) or attempt == LOCK_RETRIES:
+            break
+        wait = 2.0 * attempt
+        (progress or _log_to_stderr)(
+            f"`airflow {' '.join(args[:2])}` hit \"{LOCKED}\" (the scheduler was writing); trying again in "
+            f"{wait:.0f}s ({attempt}/{LOCK_RETRIES - 1})")
+        time.sleep(wait)
     if check and result.returncode != 0:
         raise ConfigError(
             f"`airflow {' '.join(args)}` exited {result.returncode}: {_last_line(result.stderr or result.stdout)}",
@@ -81,8 +100,13 @@ def run_airflow(home: Path, args: List[str], check: bool = True, **kwargs) -> su
     return result
 
 
+def _log_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+    lines = [line for line in text.strip().splitlines()
+             if line.strip() and not line.startswith("(Background on this error")]  # SQLAlchemy's link
     return lines[-1] if lines else "(no output)"
 
 
@@ -202,3 +226,42 @@ def dags_test(
 def _lines(stream) -> Iterable[str]:
     for line in iter(stream.readline, ""):
         yield line
+
+
+def backfill(home: Path, first: dt.date, last: dt.date, conf: Dict[str, object],
+             progress: Callable[[str], None] = print, dry_run: bool = False) -> List[str]:
+    """One nightly_retrain run per day from `first` to `last` (inclusive), oldest first, one at a time.
+
+    A run's logical date is its day at 02:00 UTC, so the range ends at `last`T23:59. Days that
+    already have a finished or running run are skipped (Airflow's reprocess behaviour "none"), and
+    when none is left nothing is created, so repeating the call is harmless. Returns the logical
+    dates of the runs created (with `dry_run`: that would be created)."""
+    if last < first:
+        raise ConfigError(f"--to-date {last} is before --from-date {first}", "give the oldest day first")
+    args = ["backfill", "create", "--dag-id", NIGHTLY_DAG, "--from-date", first.isoformat(),
+            "--to-date", f"{last.isoformat()}T23:59", "--max-active-runs", "1", "--dag-run-conf", json.dumps(conf)]
+    planned = _backfill_call(home, [*args, "--dry-run"], progress)
+    todo = _RUN_ROW.findall(planned.partition("Runs to be attempted:")[2])
+    if dry_run or not todo:
+        return todo
+    _backfill_call(home, args, progress)
+    return todo
+
+
+_RUN_ROW = re.compile(r"^\|\s*(\d{4}-\d\d-\d\d[ T][\d:]+\S*)", re.MULTILINE)
+
+
+def _backfill_call(home: Path, args: List[str], progress: Callable[[str], None]) -> str:
+    result = run_airflow(home, args, check=False, progress=progress)
+    output = result.stdout + result.stderr
+    if result.returncode == 0:
+        return output
+    if "Another backfill is running" in output:
+        raise ConfigError(
+            f"a backfill of {NIGHTLY_DAG} is still running; Airflow allows one at a time",
+            "wait until its runs finish (UI: Dags > nightly_retrain > Backfills) or cancel it there",
+        )
+    if "Could not find Dag" in output or "DagNotFound" in output:
+        raise ConfigError(f"Airflow has not parsed {NIGHTLY_DAG} yet", "start Airflow with `make up` (it waits for the DAG)")
+    raise ConfigError(f"`airflow {' '.join(args[:2])}` exited {result.returncode}: {_last_line(output)}",
+                      f"see the full output with AIRFLOW_HOME={airflow_home(home)} airflow {' '.join(args)}")

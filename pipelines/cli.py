@@ -255,6 +255,8 @@ def cmd_airflow(args) -> int:
         from pipelines import services  # `make up` / `make down`: the long-running services
 
         return services.main(paths.home, args)
+    if args.airflow_command == "backfill":
+        return _airflow_backfill(args, paths)
     airflow_env.init(paths.home, force=args.airflow_command == "init")
     if args.airflow_command == "init":
         print(f"Airflow home {airflow_env.airflow_home(paths.home)} ready (pool {airflow_env.POOL}: 1 slot)")
@@ -275,6 +277,39 @@ def cmd_airflow(args) -> int:
     if code:
         print(f"the DAG run failed (exit {code}); see the failed task above and {log_path}", file=sys.stderr)
     return 1 if code else 0
+
+
+def _airflow_backfill(args, paths) -> int:
+    from pipelines import airflow_env, services
+    from pipelines.data import list_spans
+
+    if not (args.from_date and args.to_date):
+        raise ConfigError("`mlops airflow backfill` needs --from-date and --to-date", "e.g. --from-date 2026-11-19 --to-date 2026-11-21")
+    days = [args.from_date + dt.timedelta(days=n) for n in range((args.to_date - args.from_date).days + 1)]
+    missing = sorted(set(days) - set(list_spans(paths.data_root)))
+    if missing:  # a run whose span is missing would fail in its first task, hours later in a real backfill
+        raise ConfigError(f"no span under {paths.data_root} for {', '.join(d.isoformat() for d in missing)}",
+                          f"seed those days first: `mlops data seed --end {args.to_date} --days {len(days)}` (keeps the spans already there)")
+    conf = {"train_steps": args.train_steps, "eval_steps": args.eval_steps, "auc_floor": args.auc_floor,
+            "min_improvement": args.min_improvement, "slice_margin": args.slice_margin}
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    airflow_env.init(paths.home, progress=say)
+    todo = airflow_env.backfill(paths.home, args.from_date, args.to_date, conf, progress=say, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"would create {len(todo)} {airflow_env.NIGHTLY_DAG} run(s): {', '.join(todo) or 'none'} (conf {conf})")
+        return 0
+    if not todo:
+        print(f"nothing to backfill: every day from {args.from_date} to {args.to_date} already has a "
+              f"{airflow_env.NIGHTLY_DAG} run (see them in the UI)")
+        return 0
+    print(f"backfill of {airflow_env.NIGHTLY_DAG} created: {len(todo)} run(s), {todo[0]} to {todo[-1]}, oldest "
+          f"first, one at a time; conf {conf}")
+    if args.keep_paused:
+        print(f"{airflow_env.NIGHTLY_DAG} stays paused (--keep-paused): the runs wait until you unpause it")
+    else:
+        services.Services(paths.home, emit=say).set_paused(airflow_env.NIGHTLY_DAG, False)
+        print("the scheduler runs them now if it is up (`make up`); follow them in the UI")
+    return 0
 
 
 def _require_metadata(config):
@@ -473,11 +508,20 @@ def build_parser() -> argparse.ArgumentParser:
         "`run` is one nightly cycle through Airflow: `airflow dags test nightly_retrain <span>`, one task "
         "per TFX node, then the same summary as `mlops run`. `up` starts the api-server (UI), scheduler, "
         "dag-processor and triggerer in the background (`make up`; pid files and logs under var/), "
-        "`down` stops them and the warm worker, `status` shows them; `pause`/`unpause` a DAG.",
+        "`down` stops them and the warm worker, `status` shows them; `pause`/`unpause` a DAG. "
+        "`backfill --from-date D --to-date D` creates one nightly_retrain run per day (each ingests its "
+        "own day's span), oldest first, one at a time, then unpauses the DAG so the scheduler runs them; "
+        "days that already have a run are skipped.",
     )
     airflow.add_argument(
-        "airflow_command", choices=("init", "run", "up", "down", "status", "pause", "unpause"), help="what to do"
+        "airflow_command", choices=("init", "run", "up", "down", "status", "pause", "unpause", "backfill"),
+        help="what to do",
     )
+    airflow.add_argument("--from-date", type=_date, help="`backfill`: first day, YYYY-MM-DD")
+    airflow.add_argument("--to-date", type=_date, help="`backfill`: last day, YYYY-MM-DD (inclusive)")
+    airflow.add_argument("--dry-run", action="store_true", help="`backfill`: show the runs it would create")
+    airflow.add_argument("--keep-paused", action="store_true",
+                         help="`backfill`: do not unpause nightly_retrain (the runs wait until it is unpaused)")
     airflow.add_argument("--port", type=int, help="api-server port on 127.0.0.1 for `up` (default: $AIRFLOW_PORT or 8080)")
     airflow.add_argument("--unpause", action="store_true", help="`up`: also unpause nightly_retrain (runs at 02:00)")
     airflow.add_argument("--dag", action="append", help="`pause`/`unpause`: DAG id, repeatable (default: nightly_retrain)")

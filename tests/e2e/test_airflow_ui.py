@@ -247,15 +247,14 @@ def _time(text: str) -> dt.datetime:
 def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow):
     home, days = airflow["home"], airflow["days"]
     started = time.monotonic()
-    create = subprocess.run(
-        [str(airflow_env.airflow_bin()), "backfill", "create", "--dag-id", DAG,
-         "--from-date", days[0].isoformat(), "--to-date", f"{days[-1].isoformat()}T23:59",
-         "--max-active-runs", "1", "--dag-run-conf", json.dumps(BACKFILL_CONF)],
-        capture_output=True, text=True, timeout=300, env=airflow_env.environment(home),
-    )
-    assert create.returncode == 0, create.stdout + create.stderr
-    # Airflow 3.3 does not schedule a paused DAG's runs, backfill runs included.
-    mlops(home, "airflow", "unpause")
+    span_range = ("--from-date", days[0].isoformat(), "--to-date", days[-1].isoformat())
+    steps = ("--train-steps", str(BACKFILL_CONF["train_steps"]), "--eval-steps", str(BACKFILL_CONF["eval_steps"]))
+    # `mlops airflow backfill` wraps `airflow backfill create` (retrying SQLite's "database is
+    # locked", which the scheduler's writes caused here on CI) and unpauses the DAG: Airflow 3.3
+    # does not schedule a paused DAG's runs, backfill runs included.
+    created = mlops(home, "airflow", "backfill", *span_range, *steps, timeout=600)
+    assert f"backfill of {DAG} created: 3 run(s), {days[0]}" in created.stdout, created.stdout
+    assert f"DAG {DAG}: unpaused" in created.stdout, created.stdout
 
     deadline = time.monotonic() + BACKFILL_TIMEOUT
     while True:
@@ -270,6 +269,11 @@ def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow):
     print(f"backfill of 3 spans took {elapsed:.0f}s")
 
     assert [run["state"] for run in backfill] == ["success"] * 3, [(r["run_id"], r["state"]) for r in backfill]
+    for run in backfill:
+        assert {k: run["conf"][k] for k in BACKFILL_CONF} == BACKFILL_CONF, run["conf"]
+    again = mlops(home, "airflow", "backfill", *span_range, *steps, timeout=600)  # idempotent: nothing new
+    assert "nothing to backfill" in again.stdout, again.stdout
+    assert len(dag_runs(airflow)) == 3
     assert len(runs) == 3, f"a run beside the backfill: {[(r['run_id'], r['run_type']) for r in runs]}"
     backfill.sort(key=lambda run: run["start_date"])
     assert [_time(run["logical_date"]).date() for run in backfill] == days  # executed in date order

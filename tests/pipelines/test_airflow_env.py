@@ -1,0 +1,51 @@
+"""`mlops airflow` plumbing against the real Airflow CLI (.venv-airflow) and its SQLite database."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from pipelines import airflow_env
+from tests.conftest import make_home, mlops
+
+
+def test_a_call_that_hit_database_is_locked_is_tried_again(tmp_path, monkeypatch):
+    db = airflow_env.airflow_home(tmp_path) / "airflow.db"
+    # A 1 s busy timeout instead of the project's 60 s, so the held lock fails the first call soon.
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{db}?timeout=1")
+    airflow_env.init(tmp_path, progress=lambda line: None)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # what a scheduler mid-write looks like to everyone else
+    retries = []
+
+    def progress(line: str) -> None:
+        retries.append(line)
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")  # the writer finishes while we wait
+
+    try:
+        airflow_env.run_airflow(tmp_path, ["pools", "set", "lock_test", "3", "set while locked"], progress=progress)
+    finally:
+        holder.close()
+    assert len(retries) == 1 and airflow_env.LOCKED in retries[0] and "trying again" in retries[0], retries
+    pools = airflow_env.run_airflow(tmp_path, ["pools", "list", "--output", "json"]).stdout
+    assert {"pool": "lock_test", "slots": 3} in [
+        {"pool": p["pool"], "slots": int(p["slots"])} for p in json.loads(pools[pools.index("["):])
+    ]
+
+
+def test_backfill_refuses_days_without_a_span_before_touching_airflow(tmp_path):
+    home = make_home(tmp_path, days=0)
+    mlops(home, "data", "seed", "--end", "2026-11-21", "--days", "2", "--rows-per-day", "50")
+    result = mlops(home, "airflow", "backfill", "--from-date", "2026-11-19", "--to-date", "2026-11-21", check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no span under" in result.stderr and "2026-11-19" in result.stderr, result.stderr
+    assert "2026-11-20" not in result.stderr.split("for ")[1].split("\n")[0], result.stderr
+    assert "mlops data seed --end 2026-11-21 --days 3" in result.stderr, result.stderr
+    assert not airflow_env.airflow_home(home).exists()  # refused before Airflow was set up
+
+
+def test_backfill_needs_both_dates(tmp_path):
+    home = make_home(tmp_path, days=0)
+    result = mlops(home, "airflow", "backfill", "--from-date", "2026-11-19", check=False)
+    assert result.returncode == 2 and "needs --from-date and --to-date" in result.stderr, result.stderr
