@@ -285,6 +285,8 @@ def _airflow_backfill(args, paths) -> int:
 
     if not (args.from_date and args.to_date):
         raise ConfigError("`mlops airflow backfill` needs --from-date and --to-date", "e.g. --from-date 2026-11-19 --to-date 2026-11-21")
+    if args.to_date < args.from_date:
+        raise ConfigError(f"--to-date {args.to_date} is before --from-date {args.from_date}", "give the oldest day first")
     days = [args.from_date + dt.timedelta(days=n) for n in range((args.to_date - args.from_date).days + 1)]
     missing = sorted(set(days) - set(list_spans(paths.data_root)))
     if missing:  # a run whose span is missing would fail in its first task, hours later in a real backfill

@@ -45,7 +45,10 @@ def test_backfill_refuses_days_without_a_span_before_touching_airflow(tmp_path):
     assert not airflow_env.airflow_home(home).exists()  # refused before Airflow was set up
 
 
-def test_backfill_needs_both_dates(tmp_path):
+def test_backfill_needs_both_dates_oldest_first(tmp_path):
     home = make_home(tmp_path, days=0)
     result = mlops(home, "airflow", "backfill", "--from-date", "2026-11-19", check=False)
     assert result.returncode == 2 and "needs --from-date and --to-date" in result.stderr, result.stderr
+    result = mlops(home, "airflow", "backfill", "--from-date", "2026-11-21", "--to-date", "2026-11-19", check=False)
+    assert result.returncode == 2 and "--to-date 2026-11-19 is before --from-date 2026-11-21" in result.stderr, result.stderr
+    assert not airflow_env.airflow_home(home).exists()
