@@ -89,7 +89,7 @@ def run_airflow(home: Path, args: List[str], check: bool = True, progress: Optio
             break
         wait = 2.0 * attempt
         (progress or _log_to_stderr)(
-            f"`airflow {' '.join(args[:2])}` hit \"{LOCKED}\" (the scheduler was writing); trying again in "
+            f"`airflow {' '.join(args[:2])}` hit \"{LOCKED}\" (another Airflow process was writing); trying again in "
             f"{wait:.0f}s ({attempt}/{LOCK_RETRIES - 1})")
         time.sleep(wait)
     if check and result.returncode != 0:
@@ -241,6 +241,9 @@ def backfill(home: Path, first: dt.date, last: dt.date, conf: Dict[str, object],
     args = ["backfill", "create", "--dag-id", NIGHTLY_DAG, "--from-date", first.isoformat(),
             "--to-date", f"{last.isoformat()}T23:59", "--max-active-runs", "1", "--dag-run-conf", json.dumps(conf)]
     planned = _backfill_call(home, [*args, "--dry-run"], progress)
+    if "Runs to be attempted:" not in planned:  # never read "nothing to do" into output we do not know
+        raise ConfigError(f"unexpected `airflow backfill create --dry-run` output: {_last_line(planned)}",
+                          "check the Airflow version in .venv-airflow against constraints/airflow-py311.txt")
     todo = _RUN_ROW.findall(planned.partition("Runs to be attempted:")[2])
     if dry_run or not todo:
         return todo
