@@ -255,6 +255,8 @@ def cmd_airflow(args) -> int:
         from pipelines import services  # `make up` / `make down`: the long-running services
 
         return services.main(paths.home, args)
+    if args.airflow_command in ("run", "backfill"):
+        _refuse_options_the_dag_ignores(args)
     if args.airflow_command == "backfill":
         return _airflow_backfill(args, paths)
     airflow_env.init(paths.home, force=args.airflow_command == "init")
@@ -277,6 +279,22 @@ def cmd_airflow(args) -> int:
     if code:
         print(f"the DAG run failed (exit {code}); see the failed task above and {log_path}", file=sys.stderr)
     return 1 if code else 0
+
+
+# Run options nightly_retrain has no param for: its tasks use the defaults and read schemas/taxi/.
+_NOT_DAG_PARAMS = (("strategy", "auto"), ("beam_mode", "in_memory"), ("schema", None), ("warn_drift", None),
+                   ("no_cache", False))
+
+
+def _refuse_options_the_dag_ignores(args) -> None:
+    given = [f"--{name.replace('_', '-')}" for name, default in _NOT_DAG_PARAMS if getattr(args, name) != default]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} would be ignored: the nightly_retrain DAG has no such param (it takes --date, "
+            "--train-steps, --eval-steps, --auc-floor, --min-improvement, --slice-margin)",
+            "drift warnings go in schemas/taxi/gates.toml ([drift] warn) and the schema in "
+            "schemas/taxi/schema.pbtxt, which every DAG run reads; or run outside Airflow with `mlops run`",
+        )
 
 
 def _airflow_backfill(args, paths) -> int:

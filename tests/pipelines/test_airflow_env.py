@@ -52,3 +52,13 @@ def test_backfill_needs_both_dates_oldest_first(tmp_path):
     result = mlops(home, "airflow", "backfill", "--from-date", "2026-11-21", "--to-date", "2026-11-19", check=False)
     assert result.returncode == 2 and "--to-date 2026-11-19 is before --from-date 2026-11-21" in result.stderr, result.stderr
     assert not airflow_env.airflow_home(home).exists()
+
+
+def test_airflow_commands_refuse_run_options_the_dag_would_ignore(tmp_path):
+    home = make_home(tmp_path, days=0)
+    for command in (["run"], ["backfill", "--from-date", "2026-11-19", "--to-date", "2026-11-21"]):
+        result = mlops(home, "airflow", *command, "--warn-drift", "fare", "--no-cache", check=False)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "--warn-drift, --no-cache would be ignored" in result.stderr, result.stderr
+        assert "gates.toml" in result.stderr, result.stderr
+    assert not airflow_env.airflow_home(home).exists()
