@@ -251,12 +251,12 @@ def cmd_airflow(args) -> int:
     from pipelines import airflow_env
 
     paths = _paths(args)
+    _refuse_options_the_dag_ignores(args)
+    _refuse_options_of_other_subcommands(args)
     if args.airflow_command in ("up", "down", "status", "pause", "unpause"):
         from pipelines import services  # `make up` / `make down`: the long-running services
 
         return services.main(paths.home, args)
-    if args.airflow_command in ("run", "backfill"):
-        _refuse_options_the_dag_ignores(args)
     if args.airflow_command == "backfill":
         return _airflow_backfill(args, paths)
     airflow_env.init(paths.home, force=args.airflow_command == "init")
@@ -295,6 +295,27 @@ def _refuse_options_the_dag_ignores(args) -> None:
             "drift warnings go in schemas/taxi/gates.toml ([drift] warn) and the schema in "
             "schemas/taxi/schema.pbtxt, which every DAG run reads; or run outside Airflow with `mlops run`",
         )
+
+
+# Which `mlops airflow` subcommands read each option; given to any other, it would be ignored.
+_DAG_PARAMS = ("train_steps", "eval_steps", "auc_floor", "min_improvement", "slice_margin")
+_AIRFLOW_OPTION_USERS = {
+    "from_date": ("backfill",), "to_date": ("backfill",), "dry_run": ("backfill",), "keep_paused": ("backfill",),
+    "port": ("up",), "unpause": ("up",), "dag": ("pause", "unpause"), "date": ("run",),
+    **{name: ("run", "backfill") for name in _DAG_PARAMS},
+}
+
+
+def _refuse_options_of_other_subcommands(args) -> None:
+    defaults = build_parser().parse_args(["airflow", args.airflow_command])
+    given = [name for name, users in _AIRFLOW_OPTION_USERS.items()
+             if args.airflow_command not in users and getattr(args, name) != getattr(defaults, name)]
+    if given:
+        flags = [f"--{name.replace('_', '-')}" for name in given]
+        uses = "; ".join(f"{flag} is for {' / '.join(_AIRFLOW_OPTION_USERS[name])}" for flag, name in zip(flags, given))
+        hint = ("a backfill takes its days from --from-date/--to-date" if args.airflow_command == "backfill" and "date" in given
+                else f"drop {' '.join(flags)}, or use the subcommand it belongs to")
+        raise ConfigError(f"`mlops airflow {args.airflow_command}` does not use {', '.join(flags)} ({uses})", hint)
 
 
 def _airflow_backfill(args, paths) -> int:

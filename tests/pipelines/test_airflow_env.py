@@ -62,3 +62,23 @@ def test_airflow_commands_refuse_run_options_the_dag_would_ignore(tmp_path):
         assert "--warn-drift, --no-cache would be ignored" in result.stderr, result.stderr
         assert "gates.toml" in result.stderr, result.stderr
     assert not airflow_env.airflow_home(home).exists()
+
+
+def test_airflow_subcommands_refuse_options_they_do_not_use(tmp_path):
+    home = make_home(tmp_path, days=0)
+    cases = [
+        (["backfill", "--from-date", "2026-11-19", "--to-date", "2026-11-21", "--date", "2026-11-20"],
+         "`mlops airflow backfill` does not use --date (--date is for run)", "--from-date/--to-date"),
+        (["run", "--from-date", "2026-11-19", "--dry-run"],
+         "`mlops airflow run` does not use --from-date, --dry-run (--from-date is for backfill; --dry-run is for backfill)",
+         "drop --from-date --dry-run"),
+        (["status", "--port", "9000"], "`mlops airflow status` does not use --port (--port is for up)", "drop --port"),
+        (["up", "--dag", "model_rollback", "--train-steps", "5"],
+         "`mlops airflow up` does not use --dag, --train-steps (--dag is for pause / unpause; --train-steps is for run / backfill)",
+         "drop --dag --train-steps"),
+    ]
+    for command, error, hint in cases:
+        result = mlops(home, "airflow", *command, check=False)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert error in result.stderr and hint in result.stderr, result.stderr
+    assert not airflow_env.airflow_home(home).exists()  # nothing was started or set up
