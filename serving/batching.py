@@ -102,9 +102,6 @@ class Batcher:
         self._lock = threading.Lock()
         self._queue: Deque[_Request] = deque()
         self._leaders = 0
-        # batches run and the requests in them: their ratio is the mean batch size
-        self.batches = 0
-        self.batched_requests = 0
 
     def run(self, feeds: Dict[str, Feed]) -> Dict[str, np.ndarray]:
         rows = _rows(feeds)
@@ -155,8 +152,6 @@ class Batcher:
                     self._leaders -= 1
 
     def _execute(self, batch: List[_Request]) -> None:
-        self.batches += 1
-        self.batched_requests += len(batch)
         if self.on_batch is not None:
             self.on_batch(len(batch))
         for request, result in zip(batch, run_batch(self.sig, [r.feeds for r in batch])):
