@@ -399,22 +399,32 @@ def cmd_models_list(args) -> int:
     config = _project_config(args)
     on_disk = set(list_versions(Path(config.serving_model_dir)))
     pushes = list_pushes(config.metadata.to_proto()) if Path(config.metadata.sqlite_path).exists() else []
-    rows = []
-    for push in pushes:
-        rows.append({**push.__dict__, "on_disk": push.version in on_disk,
-                     "serving": bool(on_disk) and push.version == max(on_disk)})
+    served = max(on_disk) if on_disk else None
+    rows = [{**push.__dict__, "on_disk": push.version in on_disk, "serving": push.version == served}
+            for push in pushes]
+    # A version directory no push explains (copied in by hand, or its ML Metadata store replaced):
+    # the server serves it all the same, so it is listed rather than silently left out.
+    recorded = {push.version for push in pushes}
+    for version in sorted(on_disk - recorded):
+        rows.append(dict(artifact_id=None, version=version, model_id=0, kind="unrecorded", pushed_at="",
+                         requested_by="", replaced_version=0, fingerprint="", on_disk=True, serving=version == served,
+                         reason="on disk, but no push in ML Metadata (not written by the Pusher?)"))
+    rows.sort(key=lambda row: row["version"])
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
     if not rows:
         print(f"no model pushed yet to {config.serving_model_dir}")
         return 0
-    print(f"{'version':>7}  {'model':>5}  {'kind':8}  {'pushed at (UTC)':19}  {'by':10}  reason")
+    by_width = max([2] + [len(row["requested_by"]) for row in rows])
+    print(f"{'version':>7}  {'model':>5}  {'kind':10}  {'pushed at (UTC)':19}  {'by':{by_width}}  {'replaced':>8}  reason")
     for row in rows:
         mark = " *" if row["serving"] else ("  " if row["on_disk"] else " -")
-        print(f"{row['version']:>7}{mark}{row['model_id']:>5}  {row['kind']:8}  {row['pushed_at'][:19]:19}  "
-              f"{row['requested_by'][:10]:10}  {row['reason']}")
-    print("* = served (newest version on disk); - = no longer on disk")
+        replaced = str(row["replaced_version"]) if row["replaced_version"] else ""
+        print(f"{row['version']:>7}{mark}{row['model_id'] or '':>5}  {row['kind']:10}  {row['pushed_at'][:19]:19}  "
+              f"{row['requested_by']:{by_width}}  {replaced:>8}  {row['reason']}")
+    print(f"* = served (the newest version on disk under {config.serving_model_dir}); - = no longer on disk; "
+          "replaced = the version served before this push")
     return 0
 
 
@@ -450,7 +460,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlops",
-        description="Nightly TFX retraining: seed data, run a span, (later) serve and roll back models.",
+        description="Nightly TFX retraining: seed data, run a span (in-process or through Airflow), serve the "
+        "pushed models and roll them back.",
     )
     parser.add_argument("--home", help="project directory holding data/, var/, schemas/ (default: $MLOPS_HOME or .)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show TFX and Beam logs")

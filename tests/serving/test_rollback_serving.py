@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import pytest
@@ -71,3 +72,19 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
     last = pushes[-1]
     assert (last["reason"], last["requested_by"], last["replaced_version"]) == ("too many tips predicted", "oncall", 2)
     assert last["model_id"] == pushes[0]["model_id"] and last["serving"]
+
+    # A version directory that no push explains (copied in by hand) is served all the same, so
+    # `models list` shows it, marked served, instead of marking nothing.
+    hand_copied = base / "4"
+    shutil.copytree(base / "3", hand_copied)
+    try:
+        listed = json.loads(mlops(home, "models", "list", "--json").stdout)
+        table = mlops(home, "models", "list").stdout
+    finally:
+        shutil.rmtree(hand_copied)
+    assert [(p["version"], p["kind"], p["serving"]) for p in listed] == [
+        (1, "nightly", False), (2, "nightly", False), (3, "rollback", False), (4, "unrecorded", True)]
+    assert "no push in ML Metadata" in listed[-1]["reason"]
+    assert any(line.split()[:3] == ["4", "*", "unrecorded"] for line in table.splitlines()), table
+    rollback_line = next(line for line in table.splitlines() if line.split()[:1] == ["3"])
+    assert "oncall" in rollback_line and " 2  too many tips predicted" in rollback_line, table
