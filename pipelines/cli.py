@@ -385,7 +385,7 @@ def cmd_rollback(args) -> int:
         print(json.dumps(result.as_dict(), indent=2, sort_keys=True))
     else:
         print(f"rolled back: version {result.new_version} now serves model {result.target.model_id} "
-              f"(the model of version {result.target.version}), replacing version {result.replaced.version}; "
+              f"(the model of version {result.target.version}), replacing version {result.replaced_version}; "
               f"by {result.requested_by}: {result.reason} [run {result.run_id}]")
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import getpass
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from pipelines.errors import ConfigError
@@ -67,16 +68,27 @@ def list_pushes(connection_config) -> List[PushRecord]:
     return sorted(out, key=lambda p: p.artifact_id)
 
 
-def choose_target(pushes: List[PushRecord], to_version: Optional[int]) -> PushRecord:
-    """The push to roll back to: version `to_version`, or (None) the model served before this one."""
+def choose_target(pushes: List[PushRecord], to_version: Optional[int],
+                  unrecorded: Optional[PushRecord] = None) -> PushRecord:
+    """The push to roll back to: version `to_version`, or (None) the model served before this one.
+
+    `unrecorded` stands for a served version newer than the last recorded push (a directory
+    copied in by hand): ML Metadata cannot say what it replaced, so only an explicit `to_version`
+    is taken, and "already serving" compares against its bytes."""
     if not pushes:
         raise ConfigError("nothing has been pushed yet, so there is nothing to roll back to",
                           "run the pipeline until a model is pushed")
-    served = pushes[-1]
+    served = unrecorded or pushes[-1]
+    known = ", ".join(str(p.version) for p in pushes)
+    if unrecorded is not None and to_version is None:
+        raise ConfigError(
+            f"version {unrecorded.version} is served but no push in ML Metadata records it (copied in by hand?), "
+            "so there is no 'previous' model to go back to",
+            f"name the version to serve again: --to VERSION, one of the pushed versions {known} (`mlops models list`)",
+        )
     if to_version is not None:
         match = [p for p in pushes if p.version == to_version]
         if not match:
-            known = ", ".join(str(p.version) for p in pushes)
             raise ConfigError(f"no pushed version {to_version}", f"pick one of the pushed versions: {known}")
         target = match[0]
     else:
@@ -92,12 +104,23 @@ def choose_target(pushes: List[PushRecord], to_version: Optional[int]) -> PushRe
     return target
 
 
+def unrecorded_served_version(base, pushes: List[PushRecord]) -> Optional[PushRecord]:
+    """The newest version directory under `base` when no push records it (newer than the last push)."""
+    from components.pusher.versions import latest_version, model_fingerprint
+
+    newest = latest_version(Path(base))
+    if newest is None or not pushes or newest <= pushes[-1].version:
+        return None
+    return PushRecord(artifact_id=0, version=newest, model_id=0, kind="unrecorded", reason="", requested_by="",
+                      pushed_at="", replaced_version=0, fingerprint=model_fingerprint(Path(base) / str(newest)))
+
+
 class AlreadyServing(Exception):
     """The chosen model is the one being served: a rollback to it has nothing to do (idempotent)."""
 
     def __init__(self, target: PushRecord, served: PushRecord):
         super().__init__(
-            f"version {served.version} already serves model {served.model_id} "
+            f"version {served.version} already serves model {target.model_id} "
             f"(the model of version {target.version}); nothing to do"
         )
         self.target = target
@@ -156,8 +179,9 @@ def create_rollback_pipeline(config, model_id: int, reason: str, requested_by: s
 class RollbackResult:
     run_id: str
     target: PushRecord
-    replaced: PushRecord
+    replaced: PushRecord  # the last recorded push before this one
     new_version: Optional[int]
+    replaced_version: int  # the version served before (as the Pusher recorded it; may be unrecorded)
     reason: str
     requested_by: str
 
@@ -187,15 +211,20 @@ def rollback(
     ensure_state_dirs(config)
     connection = config.metadata.to_proto()
     pushes = list_pushes(connection)
-    target = choose_target(pushes, to_version)  # raises AlreadyServing when there is nothing to do
+    unrecorded = unrecorded_served_version(config.serving_model_dir, pushes)
+    target = choose_target(pushes, to_version, unrecorded)  # raises AlreadyServing when there is nothing to do
     served = pushes[-1]
     if not force and not was_blessed(connection, target.model_id):
         raise ConfigError(
             f"model {target.model_id} (version {target.version}) was never blessed by the Evaluator",
             "pick a blessed version (`mlops models list`) or pass --force to push it anyway",
         )
-    progress(f"rolling back: serving version {served.version} (model {served.model_id}); "
-             f"pushing version {target.version}'s model {target.model_id} again")
+    if unrecorded is not None:
+        progress(f"rolling back: serving version {unrecorded.version} (not recorded in ML Metadata); "
+                 f"pushing version {target.version}'s model {target.model_id} again")
+    else:
+        progress(f"rolling back: serving version {served.version} (model {served.model_id}); "
+                 f"pushing version {target.version}'s model {target.model_id} again")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     run_id = f"rollback__{stamp}"
     ir = compile_pipeline(create_rollback_pipeline(config, target.model_id, reason.strip(), requested_by), run_id)
@@ -209,4 +238,5 @@ def rollback(
             f"the Pusher did not push model {target.model_id} (see `mlops summary --run-id {run_id}`)",
             "check that the model directory still exists under var/pipeline_root",
         )
-    return RollbackResult(run_id, target, served, new.version, reason.strip(), requested_by)
+    return RollbackResult(run_id, target, served, new.version, new.replaced_version or served.version,
+                          reason.strip(), requested_by)

@@ -45,3 +45,16 @@ def test_nothing_to_roll_back_to():
         choose_target([], None)
     with pytest.raises(ConfigError, match="the only model ever pushed"):
         choose_target(HISTORY[:1], None)
+
+
+def test_a_served_version_no_push_records_needs_an_explicit_target():
+    # Version 5 was copied into the base path by hand: ML Metadata cannot say what it replaced.
+    copied = push(0, 5, 0, "x", kind="unrecorded")
+    with pytest.raises(ConfigError, match=r"version 5 is served but no push in ML Metadata records it.*--to VERSION, "
+                                          r"one of the pushed versions 1, 2, 3"):
+        choose_target(HISTORY, None, copied)
+    # Naming a version works, the last push included: it is not what is served any more.
+    assert choose_target(HISTORY, 3, copied).version == 3
+    # A hand copy of model 101's bytes does serve model 101: nothing to do.
+    with pytest.raises(AlreadyServing, match="version 5 already serves model 101"):
+        choose_target(HISTORY, 1, push(0, 5, 0, "a", kind="unrecorded"))
