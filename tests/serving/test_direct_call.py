@@ -104,3 +104,42 @@ def test_a_function_with_captured_variables_is_called_with_their_current_values(
     loaded.scale.assign(5.0)
     np.testing.assert_array_equal(direct(feeds)["y"].numpy(), fn(**feeds)["y"].numpy())
     np.testing.assert_array_equal(direct(feeds)["y"].numpy(), [5.0, 15.0])
+
+
+def test_warm_up_runs_the_pushed_model_on_the_single_threaded_executor(servable, taxi_model):
+    from tensorflow.python.eager import context
+
+    from serving.servable import SINGLE_THREADED_EXECUTOR
+
+    sig = servable.signature("serving_default")
+    assert sig.direct.executor == SINGLE_THREADED_EXECUTOR
+    before = context.context().function_call_options.executor_type
+    feeds = {sig.example_input: tf.constant([example_bytes(row) for row in taxi_model["rows"][:5]])}
+    fast = sig.run(feeds)
+    assert context.context().function_call_options.executor_type == before  # the thread's setting is restored
+    public = {name: value.numpy() for name, value in sig.fn(**feeds).items()}
+    for name, value in public.items():
+        np.testing.assert_allclose(fast[name], value, rtol=1e-6)
+    # `mlops serve --no-single-threaded-executor`: the direct call on TensorFlow's default executor
+    plain = load_servable("taxi", 1, taxi_model["model"], single_threaded=False)
+    assert plain.signature("serving_default").direct.executor is None
+
+
+def test_a_graph_the_single_threaded_executor_cannot_run_keeps_the_default_one(tmp_path, caplog):
+    """tf.cond and tf.while_loop lower to Switch/Merge, which the single-threaded executor refuses:
+    warm-up finds out and the signature keeps TensorFlow's default executor, answering as before."""
+    module = tf.Module()
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def f(x):
+        y = tf.cond(tf.reduce_sum(x) > 0, lambda: x * 2.0, lambda: x - 1.0)
+        return {"y": tf.while_loop(lambda i, a: i < 3, lambda i, a: (i + 1, a + 1.0), [0, y])[1]}
+
+    module.f = f
+    tf.saved_model.save(module, str(tmp_path / "1"), signatures={"serving_default": f.get_concrete_function()})
+    with caplog.at_level("INFO", logger="serving"):
+        sig = load_servable("m", 1, tmp_path / "1").signature("serving_default")
+    assert isinstance(sig.direct, DirectCall) and sig.direct.executor is None
+    assert "Single-threaded executor does not support" in caplog.text, caplog.text
+    np.testing.assert_array_equal(sig.run({"x": tf.constant([1.0, 2.0])})["y"], [5.0, 7.0])
+    np.testing.assert_array_equal(sig.run({"x": tf.constant([-1.0, -2.0])})["y"], [1.0, 0.0])
