@@ -177,6 +177,17 @@ class Servable:
         self.signatures: Dict[str, Signature] = signatures
         self.loaded_at = time.time()
 
+    def call_paths(self) -> str:
+        """How each signature is called, for the load log line."""
+        groups: Dict[str, List[str]] = {}
+        for name, sig in sorted(self.signatures.items()):
+            if sig.direct is None:
+                how = "public call"
+            else:
+                how = "direct call, " + ("single-threaded executor" if sig.direct.executor else "default executor")
+            groups.setdefault(how, []).append(name)
+        return "; ".join(f"{', '.join(names)}: {how}" for how, names in groups.items())
+
     def signature(self, name: str) -> Signature:
         sig = self.signatures.get(name or DEFAULT_SIGNATURE)
         if sig is None:

@@ -173,8 +173,9 @@ class ModelStore:
                 self._metrics.load_failed(self.name)
             return None
         self._failed.pop(version, None)
-        log.info("model %s version %d: loaded and warmed up in %.1fs from %s",
-                 self.name, version, time.monotonic() - started, path)
+        paths = servable.call_paths() if hasattr(servable, "call_paths") else ""
+        log.info("model %s version %d: loaded and warmed up in %.1fs from %s%s",
+                 self.name, version, time.monotonic() - started, path, f" ({paths})" if paths else "")
         if self._metrics:
             self._metrics.load_succeeded(self.name, time.monotonic() - started)
         return servable

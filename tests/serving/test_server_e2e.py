@@ -555,6 +555,8 @@ def test_hot_reload_under_load_then_rollback_drops_no_request(taxi_model, shifte
     for v in (2, 3):
         assert log.index(f"version {v}: loaded and warmed up") < log.index(f"now serving version {v}")
         assert f"version {v - 1}: unloaded" in log
+    # every answer above came through the fast path: the direct call on the single-threaded executor
+    assert "(serving_default, serving_features, transform_features: direct call, single-threaded executor)" in log
     assert switched_3 - started < 120
     print(f"hot reload: version 2 served {switched_2 - started:.1f}s after the test start, "
           f"version 3 {switched_3 - switched_2:.1f}s after its push; {load.count()} answers, 0 failures")
