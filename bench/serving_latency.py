@@ -340,7 +340,10 @@ def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: Echo
                            rps=done / sum(r["wall"] for r in results),
                            server_cpu_ms=sum(r["server_cpu"] for r in results) / sent * 1e3,
                            client_cpu_ms=sum(r["client_cpu"] for r in results) / sent * 1e3,
-                           errors=sum(r["errors"] for r in results), n=done)
+                           errors=sum(r["errors"] for r in results), n=done,
+                           # per round, in round order: each round's variants ran seconds apart, so a
+                           # variant's round against the direct call's same round cancels slow drifts of the host
+                           round_rps=[r["n"] / r["wall"] for r in results], round_p50=[r["p50"] for r in results])
                 rows.append(row)
                 log(f"batch {batch:3d} x{concurrency} {name:20s} p50 {row['p50']:7.2f} ms  p99 {row['p99']:7.2f} ms  "
                     f"{row['rps']:7.1f} req/s  ({done} requests, {row['errors']} errors)")
@@ -423,7 +426,9 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              f"Per cell: {meta['requests']} requests with 1 instance, {max(16, meta['requests'] // 4)} with 100, over "
              f"{meta['rounds']} alternating rounds (each starting one variant later than the last); p50/p99 = median "
              "of the per-round percentiles; throughput = "
-             "requests / wall time (x instances for instances/s). Direct = `serving_default` called in-process with the "
+             "requests / wall time (x instances for instances/s); the targets also give the range over the rounds "
+             "of each round's overhead and throughput ratio against the direct call's same round (how much of a "
+             "verdict is this host's noise). Direct = `serving_default` called in-process with the "
              "same serialized tf.Examples; REST = JSON feature dicts (`instances`), one keep-alive connection per thread; "
              "gRPC = serialized tf.Examples, one channel per thread. REST and gRPC are the server as shipped "
              f"(batching on: concurrent requests share model calls); \"{UNBATCHED_REST}\" and "
@@ -466,12 +471,18 @@ def render(rows: list, switch: dict, meta: dict) -> str:
                              f"{ceiling:.0f} | {r['errors']} |")
                 if variant in ("REST", "gRPC", REST_FEATURES):
                     floor = by[(FLOOR_GRPC if variant == "gRPC" else FLOOR_REST, batch, concurrency)]
+                    round_over = sorted(v - d for v, d in zip(r["round_p50"], direct["round_p50"]))
+                    round_ratio = sorted(v / d for v, d in zip(r["round_rps"], direct["round_rps"]))
+                    spread_over = f" (per round {round_over[0]:+.2f} to {round_over[-1]:+.2f}, met in " \
+                                  f"{sum(o <= OVERHEAD_TARGET_MS for o in round_over)} of {len(round_over)})"
+                    spread_ratio = f" (per round {round_ratio[0]:.2f}x to {round_ratio[-1]:.2f}x, met in " \
+                                   f"{sum(x >= THROUGHPUT_TARGET for x in round_ratio)} of {len(round_ratio)})"
                     extra = "(beside the issue's cells) " if variant == REST_FEATURES else ""
                     targets.append(f"- {extra}{variant}, {batch} instance(s), concurrency {concurrency}: p50 overhead "
                                    f"**{over:+.2f} ms** (target <= {OVERHEAD_TARGET_MS:.0f} ms): "
-                                   f"**{verdict(over <= OVERHEAD_TARGET_MS)}**"
+                                   f"**{verdict(over <= OVERHEAD_TARGET_MS)}**{spread_over}"
                                    + (f"; throughput **{ratio:.2f}x** direct (target >= {THROUGHPUT_TARGET}x): "
-                                      f"**{verdict(ratio >= THROUGHPUT_TARGET)}**; the target needs "
+                                      f"**{verdict(ratio >= THROUGHPUT_TARGET)}**{spread_ratio}; the target needs "
                                       f"{THROUGHPUT_TARGET * direct['rps']:.0f} req/s, and at this run's CPU per "
                                       f"request (server {r['server_cpu_ms']:.2f} + client {r['client_cpu_ms']:.2f} ms) "
                                       f"{os.cpu_count()} busy cores give at most {ceiling:.0f}"
