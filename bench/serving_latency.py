@@ -407,6 +407,7 @@ def switch_times(home: Path, base: Path, model_dir: Path, server: Server, can_ro
     started = time.monotonic()
     os.rename(staging, base / str(want))
     out["new_version"] = poller.until_version(want, started)
+    out["hand_copied"] = base / str(want)  # no push records it: removed once the server is down
     log(f"new version {want}: first answer {out['new_version']:.2f}s after the rename")
     out["failed"], out["answered"] = poller.failed, poller.answered
     return out
@@ -414,6 +415,21 @@ def switch_times(home: Path, base: Path, model_dir: Path, server: Server, can_ro
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
+
+
+# ../shared/design.md's reference for these machines: the stock taxi SavedModel's serving_default
+# called in-process, p50 for 1 and for 100 serialized examples.
+REFERENCE_DIRECT_MS = {1: 0.5, 100: 0.96}
+
+
+def host_speed(by: dict) -> str:
+    """How fast this run's host was, from the direct call against design.md's reference figure:
+    a run on a slow (busy) host reads worse in every cell, whatever the server does."""
+    got = [by[("direct", batch, 1)]["p50"] for batch in REFERENCE_DIRECT_MS]
+    ref = list(REFERENCE_DIRECT_MS.values())
+    return (f"Host speed: the direct call's p50 at concurrency 1 was {got[0]:.2f} ms (1 row) and {got[1]:.2f} ms "
+            f"(100 rows), {got[0] / ref[0]:.1f}x and {got[1] / ref[1]:.1f}x the reference that ../shared/design.md "
+            f"measured on these machines ({ref[0]} / {ref[1]} ms): compare runs only at a similar host speed.")
 
 
 def render(rows: list, switch: dict, meta: dict) -> str:
@@ -448,6 +464,7 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              f"ceiling = {os.cpu_count()} cores / (server + client CPU per request), the most requests per second this "
              "host could give that variant if nothing else ran and the cores were always busy. CPU time is counted in "
              "10 ms ticks, so the floors' small cells (a few tens of ms) are rough.", "",
+             host_speed(by), "",
              "| instances | concurrency | variant | p50 ms | p99 ms | req/s | instances/s | p50 overhead ms | "
              "throughput vs direct | server CPU ms/req | client CPU ms/req | CPU ceiling req/s | errors |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -566,6 +583,9 @@ def main() -> int:
         server.stop()
         unbatched.stop()
         echo.stop()
+    # The version renamed in by hand is not a push: left behind, the next run on this `--home`
+    # would serve it and `mlops rollback --previous` would rightly refuse to guess what it replaced.
+    shutil.rmtree(switch["hand_copied"], ignore_errors=True)
     meta["load1"] = os.getloadavg()[0]
     meta["total_s"] = time.monotonic() - began
     publish(args.results, SECTION, render(rows, switch, meta), tmp, args.keep)
