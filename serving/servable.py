@@ -387,8 +387,11 @@ def _answers_like(direct: DirectCall, feeds, expected: Dict[str, np.ndarray]) ->
     except Exception as err:  # noqa: BLE001 -- the fast path is optional: keep the public one
         return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
     if got.keys() != expected.keys() or not all(_same(got[k], expected[k]) for k in got):
-        return "it answered differently at warm-up"
+        return _DIFFERENT
     return None
+
+
+_DIFFERENT = "it answered differently at warm-up"
 
 
 def _verified_direct_call(sig: Signature, feeds, expected: Dict[str, np.ndarray],
@@ -398,7 +401,8 @@ def _verified_direct_call(sig: Signature, feeds, expected: Dict[str, np.ndarray]
         return None
     why = _answers_like(direct, feeds, expected)
     if why is not None:
-        log.info("signature %s: public call only (%s)", sig.name, why)
+        log.log(logging.WARNING if why == _DIFFERENT else logging.INFO, "signature %s: public call only (%s)",
+                sig.name, why)
         return None
     if single_threaded:
         # TensorFlow's single-threaded executor runs the function's kernels in the calling thread
@@ -409,6 +413,7 @@ def _verified_direct_call(sig: Signature, feeds, expected: Dict[str, np.ndarray]
         direct.executor = SINGLE_THREADED_EXECUTOR
         why = _answers_like(direct, feeds, expected)
         if why is not None:
-            log.info("signature %s: default executor (the single-threaded one: %s)", sig.name, why)
+            log.log(logging.WARNING if why == _DIFFERENT else logging.INFO,
+                    "signature %s: default executor (the single-threaded one: %s)", sig.name, why)
             direct.executor = None
     return direct
