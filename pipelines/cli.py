@@ -251,8 +251,9 @@ def cmd_airflow(args) -> int:
     from pipelines import airflow_env
 
     paths = _paths(args)
-    _refuse_options_the_dag_ignores(args)
-    _refuse_options_of_other_subcommands(args)
+    given = _given_options(args)
+    _refuse_options_the_dag_ignores(given)
+    _refuse_options_of_other_subcommands(args.airflow_command, given)
     if args.airflow_command in ("up", "down", "status", "pause", "unpause"):
         from pipelines import services  # `make up` / `make down`: the long-running services
 
@@ -282,15 +283,18 @@ def cmd_airflow(args) -> int:
 
 
 # Run options nightly_retrain has no param for: its tasks use the defaults and read schemas/taxi/.
-_NOT_DAG_PARAMS = (("strategy", "auto"), ("beam_mode", "in_memory"), ("schema", None), ("warn_drift", None),
-                   ("no_cache", False))
+_NOT_DAG_PARAMS = ("strategy", "beam_mode", "schema", "warn_drift", "no_cache")
 
 
-def _refuse_options_the_dag_ignores(args) -> None:
-    given = [f"--{name.replace('_', '-')}" for name, default in _NOT_DAG_PARAMS if getattr(args, name) != default]
-    if given:
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _refuse_options_the_dag_ignores(given: List[str]) -> None:
+    ignored = [_flag(name) for name in _NOT_DAG_PARAMS if name in given]
+    if ignored:
         raise ConfigError(
-            f"{', '.join(given)} would be ignored: the nightly_retrain DAG has no such param (it takes --date, "
+            f"{', '.join(ignored)} would be ignored: the nightly_retrain DAG has no such param (it takes --date, "
             "--train-steps, --eval-steps, --auc-floor, --min-improvement, --slice-margin)",
             "drift warnings go in schemas/taxi/gates.toml ([drift] warn) and the schema in "
             "schemas/taxi/schema.pbtxt, which every DAG run reads; or run outside Airflow with `mlops run`",
@@ -306,16 +310,21 @@ _AIRFLOW_OPTION_USERS = {
 }
 
 
-def _refuse_options_of_other_subcommands(args) -> None:
+def _given_options(args) -> List[str]:
+    """The options of `_NOT_DAG_PARAMS` and `_AIRFLOW_OPTION_USERS` given on the command line: those
+    whose value is not what the parser gives the same subcommand without them."""
     defaults = build_parser().parse_args(["airflow", args.airflow_command])
-    given = [name for name, users in _AIRFLOW_OPTION_USERS.items()
-             if args.airflow_command not in users and getattr(args, name) != getattr(defaults, name)]
-    if given:
-        flags = [f"--{name.replace('_', '-')}" for name in given]
-        uses = "; ".join(f"{flag} is for {' / '.join(_AIRFLOW_OPTION_USERS[name])}" for flag, name in zip(flags, given))
-        hint = ("a backfill takes its days from --from-date/--to-date" if args.airflow_command == "backfill" and "date" in given
+    return [name for name in (*_NOT_DAG_PARAMS, *_AIRFLOW_OPTION_USERS) if getattr(args, name) != getattr(defaults, name)]
+
+
+def _refuse_options_of_other_subcommands(command: str, given: List[str]) -> None:
+    misplaced = [name for name in given if name in _AIRFLOW_OPTION_USERS and command not in _AIRFLOW_OPTION_USERS[name]]
+    if misplaced:
+        flags = [_flag(name) for name in misplaced]
+        uses = "; ".join(f"{_flag(name)} is for {' / '.join(_AIRFLOW_OPTION_USERS[name])}" for name in misplaced)
+        hint = ("a backfill takes its days from --from-date/--to-date" if command == "backfill" and "date" in misplaced
                 else f"drop {' '.join(flags)}, or use the subcommand it belongs to")
-        raise ConfigError(f"`mlops airflow {args.airflow_command}` does not use {', '.join(flags)} ({uses})", hint)
+        raise ConfigError(f"`mlops airflow {command}` does not use {', '.join(flags)} ({uses})", hint)
 
 
 def _airflow_backfill(args, paths) -> int:
