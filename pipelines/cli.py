@@ -403,7 +403,7 @@ def cmd_models_list(args) -> int:
     import json
 
     from components.pusher.versions import list_versions
-    from pipelines.rollback import list_pushes
+    from pipelines.rollback import PushRecord, list_pushes
 
     config = _project_config(args)
     on_disk = set(list_versions(Path(config.serving_model_dir)))
@@ -415,9 +415,7 @@ def cmd_models_list(args) -> int:
     # the server serves it all the same, so it is listed rather than silently left out.
     recorded = {push.version for push in pushes}
     for version in sorted(on_disk - recorded):
-        rows.append(dict(artifact_id=None, version=version, model_id=0, kind="unrecorded", pushed_at="",
-                         requested_by="", replaced_version=0, fingerprint="", on_disk=True, serving=version == served,
-                         reason="on disk, but no push in ML Metadata (not written by the Pusher?)"))
+        rows.append({**PushRecord.unrecorded(version).__dict__, "on_disk": True, "serving": version == served})
     rows.sort(key=lambda row: row["version"])
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))

@@ -34,6 +34,13 @@ class PushRecord:
     replaced_version: int
     fingerprint: str
 
+    @classmethod
+    def unrecorded(cls, version: int, fingerprint: str = "") -> "PushRecord":
+        """A version directory no push in ML Metadata records (copied in by hand)."""
+        return cls(artifact_id=0, version=version, model_id=0, kind="unrecorded",
+                   reason="on disk, but no push in ML Metadata (not written by the Pusher?)", requested_by="",
+                   pushed_at="", replaced_version=0, fingerprint=fingerprint)
+
 
 def list_pushes(connection_config) -> List[PushRecord]:
     """Every push that wrote a version, oldest first."""
@@ -111,8 +118,7 @@ def unrecorded_served_version(base, pushes: List[PushRecord]) -> Optional[PushRe
     newest = latest_version(Path(base))
     if newest is None or not pushes or newest <= pushes[-1].version:
         return None
-    return PushRecord(artifact_id=0, version=newest, model_id=0, kind="unrecorded", reason="", requested_by="",
-                      pushed_at="", replaced_version=0, fingerprint=model_fingerprint(Path(base) / str(newest)))
+    return PushRecord.unrecorded(newest, model_fingerprint(Path(base) / str(newest)))
 
 
 class AlreadyServing(Exception):
