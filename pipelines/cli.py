@@ -381,12 +381,13 @@ def cmd_rollback(args) -> int:
     from pipelines.rollback import AlreadyServing, rollback
 
     config = _require_metadata(_project_config(args))
+    serving = _project_serving(args, config)  # a broken models.config fails here, before the worker starts
     code = _in_warm_worker(args, "rollback")
     if code is not None:
         return code
     try:
         result = rollback(config, None if args.previous else args.to, args.reason, args.by,
-                          progress=(lambda _: None) if args.json else print, force=args.force)
+                          progress=(lambda _: None) if args.json else print, force=args.force, serving=serving)
     except AlreadyServing as done:
         print(json.dumps({"already_serving": done.served.version}) if args.json else str(done))
         return 0
@@ -396,7 +397,20 @@ def cmd_rollback(args) -> int:
         print(f"rolled back: version {result.new_version} now serves model {result.target.model_id} "
               f"(the model of version {result.target.version}), replacing version {result.replaced_version}; "
               f"by {result.requested_by}: {result.reason} [run {result.run_id}]")
+        for note in result.notes:
+            print(f"note: {note}")
     return 0
+
+
+def _project_serving(args, config):
+    """How the project's model server serves the Pusher's directory (models.config, if any)."""
+    from serving.config import ConfigFileError, ProjectServing
+
+    try:
+        return ProjectServing.read(_paths(args).home, Path(config.serving_model_dir),
+                                   getattr(args, "model_config_file", None))
+    except ConfigFileError as err:
+        raise ConfigError(str(err), "fix the models.config file or pass another --model-config-file") from err
 
 
 def cmd_models_list(args) -> int:
@@ -406,16 +420,31 @@ def cmd_models_list(args) -> int:
     from pipelines.rollback import PushRecord, list_pushes
 
     config = _project_config(args)
+    serving = _project_serving(args, config)
     on_disk = set(list_versions(Path(config.serving_model_dir)))
+    if args.server:
+        from serving.retention import served_versions
+
+        try:
+            name = serving.model.name if serving.model else serving.base_path.name
+            loaded = sorted(served_versions(args.server, name))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot ask the model server at {args.server}: {err}",
+                              "start it (`make up`), or leave out --server") from err
+        how = f"as the server at {args.server} reports"
+    else:
+        loaded = serving.loaded(on_disk)
+        how = serving.describe()
+    served = loaded[-1] if loaded else None
     pushes = list_pushes(config.metadata.to_proto()) if Path(config.metadata.sqlite_path).exists() else []
-    served = max(on_disk) if on_disk else None
-    rows = [{**push.__dict__, "on_disk": push.version in on_disk, "serving": push.version == served}
-            for push in pushes]
     # A version directory no push explains (copied in by hand, or its ML Metadata store replaced):
     # the server serves it all the same, so it is listed rather than silently left out.
     recorded = {push.version for push in pushes}
-    for version in sorted(on_disk - recorded):
-        rows.append({**PushRecord.unrecorded(version).__dict__, "on_disk": True, "serving": version == served})
+    records = pushes + [PushRecord.unrecorded(version) for version in sorted(on_disk - recorded)]
+    rows = [{**push.__dict__, "on_disk": push.version in on_disk, "serving": push.version == served,
+             "loaded": push.version in loaded,
+             "labels": serving.model.labels_of(push.version) if serving.model else []}
+            for push in records]
     rows.sort(key=lambda row: row["version"])
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
@@ -424,14 +453,19 @@ def cmd_models_list(args) -> int:
         print(f"no model pushed yet to {config.serving_model_dir}")
         return 0
     by_width = max([2] + [len(row["requested_by"]) for row in rows])
-    print(f"{'version':>7}  {'model':>5}  {'kind':10}  {'pushed at (UTC)':19}  {'by':{by_width}}  {'replaced':>8}  reason")
+    label_width = max(len(",".join(row["labels"])) for row in rows)
+    labels_head = f"{'labels':{max(6, label_width)}}  " if label_width else ""
+    print(f"{'version':>7}  {'model':>5}  {'kind':10}  {'pushed at (UTC)':19}  {'by':{by_width}}  {labels_head}"
+          f"{'replaced':>8}  reason")
     for row in rows:
-        mark = " *" if row["serving"] else ("  " if row["on_disk"] else " -")
+        mark = " *" if row["serving"] else " +" if row["loaded"] else "  " if row["on_disk"] else " -"
         replaced = str(row["replaced_version"]) if row["replaced_version"] else ""
+        labels = f"{','.join(row['labels']):{max(6, label_width)}}  " if label_width else ""
         print(f"{row['version']:>7}{mark}{row['model_id'] or '':>5}  {row['kind']:10}  {row['pushed_at'][:19]:19}  "
-              f"{row['requested_by']:{by_width}}  {replaced:>8}  {row['reason']}")
-    print(f"* = served (the newest version on disk under {config.serving_model_dir}); - = no longer on disk; "
-          "replaced = the version served before this push")
+              f"{row['requested_by']:{by_width}}  {labels}{replaced:>8}  {row['reason']}")
+    print(f"* = served to requests that name no version; + = loaded too; - = no longer on disk; "
+          f"replaced = the version served before this push")
+    print(f"served versions under {config.serving_model_dir}: {how}")
     return 0
 
 
@@ -593,7 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pick an earlier pushed model and push it again through the Pusher as the newest "
         "version, recording who, when, why and which version it replaced. Refuses unknown versions and "
         "models the Evaluator never blessed (unless --force); rolling back to the model already served "
-        "does nothing and exits 0. `mlops models list` "
+        "does nothing and exits 0. Refuses, before pushing, when the server's models.config would not serve a "
+        "new version (a `specific` policy pins versions: change the pins there instead). `mlops models list` "
         "shows the versions.",
     )
     target = rollback_parser.add_mutually_exclusive_group(required=True)
@@ -605,6 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     rollback_parser.add_argument(
         "--force", action="store_true", help="push the model even if the Evaluator never blessed it"
     )
+    rollback_parser.add_argument(
+        "--model-config-file",
+        help="the models.config the model server runs with: a rollback is refused when its version policy "
+             "would not serve the push (default: <home>/serving/models.config if it exists)")
     rollback_parser.add_argument("--cold", action="store_true", help=COLD_HELP)
     rollback_parser.set_defaults(handler=cmd_rollback)
 
@@ -614,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="every push (nightly or rollback) with version, model, who, when, why"
     )
     models_list.add_argument("--json", action="store_true", help="print JSON")
+    models_list.add_argument(
+        "--model-config-file",
+        help="the models.config the model server runs with, whose version policy and labels say what is served "
+             "(default: <home>/serving/models.config if it exists; without one the newest version is served)")
+    models_list.add_argument("--server", help="ask the running model server which versions it has loaded instead, "
+                                              "e.g. http://127.0.0.1:8501")
     models_list.set_defaults(handler=cmd_models_list)
     models_prune = models_commands.add_parser(
         "prune",

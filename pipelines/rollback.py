@@ -190,6 +190,7 @@ class RollbackResult:
     replaced_version: int  # the version served before (as the Pusher recorded it; may be unrecorded)
     reason: str
     requested_by: str
+    notes: List[str] = dataclasses.field(default_factory=list)  # what the rollback did not change
 
     def as_dict(self) -> Dict:
         return dataclasses.asdict(self)
@@ -202,11 +203,13 @@ def rollback(
     requested_by: Optional[str] = None,
     progress: Callable[[str], None] = print,
     force: bool = False,
+    serving=None,
 ) -> RollbackResult:
     """Pushes an earlier model again through the Pusher; returns what happened.
 
     Raises AlreadyServing (nothing done) when the chosen model is the one being served, and
-    ConfigError for an unknown version or a never-blessed model (unless `force`)."""
+    ConfigError for an unknown version, a never-blessed model (unless `force`), or when the model
+    server's models.config (`serving`: a serving.config.ProjectServing) would not serve the push."""
     from pipelines.node_runner import compile_pipeline, node_ids, run_node
     from pipelines.runner import ensure_state_dirs, prepare_process_env
 
@@ -215,6 +218,8 @@ def rollback(
     requested_by = requested_by or getpass.getuser()
     prepare_process_env()
     ensure_state_dirs(config)
+    if serving is not None:
+        refuse_unserved_push(serving, to_version)
     connection = config.metadata.to_proto()
     pushes = list_pushes(connection)
     unrecorded = unrecorded_served_version(config.serving_model_dir, pushes)
@@ -244,5 +249,30 @@ def rollback(
             f"the Pusher did not push model {target.model_id} (see `mlops summary --run-id {run_id}`)",
             "check that the model directory still exists under var/pipeline_root",
         )
-    return RollbackResult(run_id, target, served, new.version, new.replaced_version or served.version,
-                          reason.strip(), requested_by)
+    replaced_version = new.replaced_version or served.version
+    notes = []
+    stale = serving.model.labels_of(replaced_version) if serving is not None and serving.model else []
+    if stale:
+        notes.append(f"label(s) {', '.join(stale)} in {serving.config_path} still point at version {replaced_version}: "
+                     f"requests by label keep getting that model; move them to version {new.version} to roll them back too")
+    return RollbackResult(run_id, target, served, new.version, replaced_version, reason.strip(), requested_by, notes)
+
+
+def refuse_unserved_push(serving, to_version: Optional[int]) -> None:
+    """A rollback is a push of a new newest version: refuses when the model server would not serve it."""
+    wanted = f"version {to_version}'s" if to_version else "the earlier"
+    if serving.model is None:
+        raise ConfigError(
+            f"{serving.config_path} has no model with base_path {serving.base_path}, so a model server started "
+            "from it does not serve what the Pusher writes there (a rollback would change nothing it serves)",
+            f"add a model with that base_path to {serving.config_path}, or pass the config the server runs with: "
+            "--model-config-file FILE",
+        )
+    if not serving.serves_new_pushes():
+        pins = ", ".join(str(v) for v in sorted(serving.model.policy.versions))
+        raise ConfigError(
+            f"{serving.config_path} pins model {serving.model.name!r} to version(s) {pins} (a `specific` version "
+            "policy), so the rollback's push, a new version, would not be served",
+            f"to serve {wanted} model again, pin or label that version in {serving.config_path} (the server reloads "
+            "it within a second); or change the policy to `latest` and roll back again",
+        )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 DEFAULT_MODEL_NAME = "taxi"
 DEFAULT_CONFIG_NAME = "models.config"  # looked for in <home>/serving/ when no file is given
@@ -47,6 +47,18 @@ class VersionPolicy:
             return "specific " + ",".join(str(v) for v in sorted(self.versions))
         return "all"
 
+    def loads(self, on_disk: Iterable[int]) -> List[int]:
+        """The versions out of `on_disk` a server with this policy keeps loaded, ascending, if each loads.
+
+        (The server also skips a version that fails to load and then keeps an older one; only a
+        running server can say that, see `mlops models list --server`.)"""
+        versions = sorted(set(on_disk))
+        if self.kind == "specific":
+            return [v for v in versions if v in self.versions]
+        if self.kind == "all":
+            return versions
+        return versions[-self.num_versions:]
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -63,6 +75,10 @@ class ModelConfig:
         """Versions that retention must keep: pinned by a `specific` policy or named by a label."""
         pinned = self.policy.versions if self.policy.kind == "specific" else frozenset()
         return frozenset(pinned) | frozenset(v for _, v in self.labels)
+
+
+    def labels_of(self, version: int) -> List[str]:
+        return [label for label, v in self.labels if v == version]
 
 
 def single_model(name: str, base_path: Path) -> List[ModelConfig]:
@@ -147,3 +163,46 @@ def config_stamp(path: Optional[Path]) -> Optional[Tuple[int, int]]:
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectServing:
+    """How a model server on the project's defaults (`mlops serve`, `make up`) serves one version directory.
+
+    With no models.config it serves the newest version (`latest 1`); with one, the entry whose
+    base_path is that directory says how, and no entry means that server does not serve it."""
+
+    base_path: Path
+    config_path: Optional[Path] = None
+    model: Optional[ModelConfig] = None
+
+    @classmethod
+    def read(cls, home: Path, base_path: Path, explicit: Optional[str] = None) -> "ProjectServing":
+        """Raises ConfigFileError for a models.config that is missing (when explicit) or unreadable."""
+        base = Path(base_path).resolve()
+        path = resolve_config_path(home, explicit)
+        if path is None:
+            return cls(base, None, ModelConfig(base.name, base))
+        match = [m for m in load_model_config(path, home) if m.base_path == base]
+        return cls(base, path, match[0] if match else None)
+
+    def loaded(self, on_disk: Iterable[int]) -> List[int]:
+        return self.model.policy.loads(on_disk) if self.model else []
+
+    def default_version(self, on_disk: Iterable[int]) -> Optional[int]:
+        """The version answering requests that name no version or label: the newest loaded one."""
+        loaded = self.loaded(on_disk)
+        return loaded[-1] if loaded else None
+
+    def serves_new_pushes(self) -> bool:
+        """A push (a new, newest version directory) becomes the default version."""
+        return self.model is not None and self.model.policy.kind != "specific"
+
+    def describe(self) -> str:
+        if self.config_path is None:
+            return "no models.config: the newest version is served"
+        if self.model is None:
+            return f"{self.config_path} has no model with base_path {self.base_path}: a server started from it does not serve it"
+        labels = ", ".join(f"{label} -> {version}" for label, version in self.model.labels)
+        return (f"model {self.model.name!r} in {self.config_path}: policy {self.model.policy.describe()}"
+                + (f", labels {labels}" if labels else ""))

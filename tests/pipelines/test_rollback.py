@@ -3,7 +3,8 @@
 import pytest
 
 from pipelines.errors import ConfigError
-from pipelines.rollback import AlreadyServing, PushRecord, choose_target
+from pipelines.rollback import AlreadyServing, PushRecord, choose_target, refuse_unserved_push
+from serving.config import ProjectServing
 
 
 def push(artifact_id, version, model_id, fingerprint, kind="nightly"):
@@ -58,3 +59,45 @@ def test_a_served_version_no_push_records_needs_an_explicit_target():
     # A hand copy of model 101's bytes does serve model 101: nothing to do.
     with pytest.raises(AlreadyServing, match="version 5 already serves model 101"):
         choose_target(HISTORY, 1, push(0, 5, 0, "a", kind="unrecorded"))
+
+
+def serving_config(home, policy: str, base: str = "serving/models/taxi"):
+    (home / "serving").mkdir(parents=True, exist_ok=True)
+    (home / "serving" / "models.config").write_text(
+        f'model_config_list {{ config {{ name: "taxi" base_path: "{base}" {policy} '
+        'version_labels { key: "stable" value: 2 } } }')
+    return ProjectServing.read(home, home / "serving" / "models" / "taxi")
+
+
+@pytest.mark.parametrize("policy, loaded", [
+    ("", [3]),  # no policy: latest 1
+    ("model_version_policy { latest { num_versions: 2 } }", [2, 3]),
+    ("model_version_policy { all {} }", [1, 2, 3]),
+    ("model_version_policy { specific { versions: 2 versions: 7 } }", [2]),
+])
+def test_what_the_servers_models_config_serves_decides_models_list_and_rollback(tmp_path, policy, loaded):
+    serving = serving_config(tmp_path, policy)
+    assert serving.loaded([1, 2, 3]) == loaded
+    assert serving.default_version([3, 1, 2]) == loaded[-1]
+    assert serving.model.labels_of(2) == ["stable"] and serving.model.labels_of(3) == []
+    if "specific" in policy:
+        with pytest.raises(ConfigError, match=r"pins model 'taxi' to version\(s\) 2, 7 .*would not be served") as err:
+            refuse_unserved_push(serving, 1)
+        assert "version 1's model" in err.value.fix and "models.config" in err.value.fix
+    else:
+        refuse_unserved_push(serving, 1)  # a push becomes the newest, served version
+
+
+def test_without_a_models_config_the_newest_version_is_served(tmp_path):
+    serving = ProjectServing.read(tmp_path, tmp_path / "serving" / "models" / "taxi")
+    assert serving.config_path is None and serving.loaded([2, 1, 5]) == [5]
+    refuse_unserved_push(serving, None)
+    assert "newest version is served" in serving.describe()
+
+
+def test_a_models_config_that_does_not_serve_the_pushers_directory_refuses_the_rollback(tmp_path):
+    serving = serving_config(tmp_path, "", base="/somewhere/else")
+    assert serving.model is None and serving.loaded([1, 2]) == [] and serving.default_version([1, 2]) is None
+    with pytest.raises(ConfigError, match="has no model with base_path .*serving/models/taxi") as err:
+        refuse_unserved_push(serving, None)
+    assert "--model-config-file" in err.value.fix

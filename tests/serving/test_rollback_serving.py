@@ -64,6 +64,11 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
         assert switched - returned <= 5.0, f"version 3 served {switched - returned:.1f}s after the rollback returned"
         print(f"rollback: command {returned - started:.1f}s, first answer from version 3 "
               f"{switched - returned:.2f}s after it returned; {load.count()} answers, 0 failures")
+        server.wait_until(lambda: server.available_versions() == [3], 30, "version 2 unloaded")
+        asked = json.loads(mlops(home, "models", "list", "--json", "--server",
+                                 f"http://127.0.0.1:{server.rest_port}").stdout)
+        assert [(p["version"], p["loaded"], p["serving"]) for p in asked] == [(1, False, False), (2, False, False),
+                                                                             (3, True, True)]
     finally:
         server.stop()
 
@@ -88,3 +93,32 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
     assert any(line.split()[:3] == ["4", "*", "unrecorded"] for line in table.splitlines()), table
     rollback_line = next(line for line in table.splitlines() if line.split()[:1] == ["3"])
     assert "oncall" in rollback_line and " 2  too many tips predicted" in rollback_line, table
+
+
+    # The server's models.config decides what is served. Pinned to version 2 (`specific`), `models list`
+    # marks 2, and a rollback (a push of a new version) is refused before anything runs.
+    config = home / "serving" / "models.config"
+    config.write_text('model_config_list { config { name: "taxi" base_path: "serving/models/taxi" '
+                      'model_version_policy { specific { versions: 2 } } version_labels { key: "stable" value: 2 } } }')
+    try:
+        listed = json.loads(mlops(home, "models", "list", "--json").stdout)
+        assert [(p["version"], p["serving"], p["loaded"], p["labels"]) for p in listed] == [
+            (1, False, False, []), (2, True, True, ["stable"]), (3, False, False, [])]
+        refused = mlops(home, "rollback", "--to", "1", "--reason", "pinned", check=False)
+        assert refused.returncode == 2, refused
+        assert "pins model 'taxi' to version(s) 2" in refused.stderr and "models.config" in refused.stderr, refused.stderr
+        assert len(json.loads(mlops(home, "models", "list", "--json").stdout)) == 3, "the refused rollback pushed"
+
+        # `latest` with a label on the served version: the rollback is served, and it says that the
+        # label still points at the replaced version.
+        config.write_text('model_config_list { config { name: "taxi" base_path: "serving/models/taxi" '
+                          'version_labels { key: "stable" value: 3 } } }')
+        done = mlops(home, "rollback", "--to", "2", "--reason", "labels stay", "--by", "oncall")
+        assert "version 4 now serves" in done.stdout, done.stdout
+        assert "note: label(s) stable in " in done.stdout and "still point at version 3" in done.stdout, done.stdout
+        table = mlops(home, "models", "list").stdout
+        assert "policy latest 1, labels stable -> 3" in table, table
+        assert any(line.split()[:2] == ["4", "*"] for line in table.splitlines()), table
+        assert any(line.split()[0] == "3" and "stable" in line.split() for line in table.splitlines()), table
+    finally:
+        config.unlink()
