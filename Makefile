@@ -55,7 +55,7 @@ test: $(TFX_STAMP) $(AIRFLOW_STAMP) browser  ## the whole test suite (fails when
 
 BENCHES ?= pipeline_vs_stock airflow_overhead serving_latency validation_throughput
 
-bench: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## benchmarks side by side with baselines (BENCHES="..." picks); writes bench/RESULTS.md
+bench: $(TFX_STAMP) $(AIRFLOW_STAMP) /usr/bin/h2load  ## benchmarks side by side with baselines (BENCHES="..." picks); writes bench/RESULTS.md
 	for name in $(BENCHES); do $(VENV)/bin/python bench/$$name.py; done
 
 # Airflow's services for a project home (default: this repository): api-server on
@@ -84,6 +84,12 @@ $(CHROMIUM_BINS) &:
 	@echo "installing Debian's chromium and chromium-driver (for the Airflow UI test)"
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium chromium-driver
+
+# h2load (nghttp2's load generator): bench/serving_latency.py's native REST and gRPC client.
+/usr/bin/h2load:
+	@echo "installing Debian's nghttp2-client (h2load, for bench/serving_latency.py)"
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends nghttp2-client
 
 browser: $(CHROMIUM_BINS)  ## headless Chromium + chromedriver for the UI test (apt-get, once)
 

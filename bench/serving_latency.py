@@ -11,7 +11,10 @@ feature dicts (`instances`), each thread on its own keep-alive connection; gRPC 
 serialized tf.Examples, each thread on its own channel. A second pair measures the model's
 `serving_features` signature (one tensor per raw feature): called directly, and over REST in TF
 Serving's row format. One more in-process variant calls `serving_default` the way the server does
-(its model cost, for reading the overheads). Rounds alternate the variants (each round
+(its model cost, for reading the overheads). The REST and gRPC requests are also sent by h2load
+(nghttp2's C++ load generator, `apt-get install nghttp2-client`; `make bench` installs it), whose
+client CPU per request is a tenth of the Python threads', so that the concurrency-8 cells measure
+the server rather than its client on the same two cores. Rounds alternate the variants (each round
 starting one variant later) so that load from other work on the machine hits them alike; latency
 is the median of the per-round percentiles, throughput is all requests over all time per variant.
 Each cell also records the CPU time the server process and the client (this process) spent per
@@ -34,14 +37,18 @@ bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import http.client
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -73,6 +80,11 @@ DIRECT_FEATURES, REST_FEATURES = "direct, serving_features", "REST, serving_feat
 # single-threaded executor where warm-up allows), called in-process: what the model costs the server.
 DIRECT_SERVER_PATH = "direct, the server's call path"
 IN_PROCESS = ("direct", DIRECT_FEATURES, DIRECT_SERVER_PATH)
+# The same REST and gRPC requests to the same server from h2load (nghttp2's C++ load generator)
+# instead of this process's Python client threads: ~0.03-0.07 ms of client CPU per request
+# against Python's 0.2-0.6 ms, on the two cores the server needs too.
+NATIVE_REST, NATIVE_GRPC = "REST, native client", "gRPC, native client"
+H2LOAD = shutil.which("h2load")
 # what each variant's overhead and throughput are measured against
 BASELINE = {REST_FEATURES: DIRECT_FEATURES}
 ROW = dict(pickup_community_area=28, fare=15.25, trip_start_month=9, trip_start_hour=10, trip_start_day=3,
@@ -247,6 +259,66 @@ def run_cell(make_call, concurrency: int, requests: int, server_pid: int = None)
                 errors=errors[0], server_cpu=server_cpu, client_cpu=client_cpu)
 
 
+@dataclasses.dataclass(frozen=True)
+class NativeLoad:
+    """Requests sent by h2load rather than Python threads: one h2load thread, one connection per client."""
+
+    url: str
+    body: bytes
+    headers: tuple
+    http1: bool  # REST: HTTP/1.1 keep-alive; gRPC: HTTP/2 (h2c)
+    metrics_port: int  # the server's REST port, whose metrics count failed requests (gRPC errors are HTTP 200)
+
+
+def failed_requests(rest_port: int) -> float:
+    """The server's requests that did not answer OK, from its Prometheus metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=10)
+    conn.request("GET", "/monitoring/prometheus/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("mlops_serving_requests_total{") and 'code="200"' not in line)
+
+
+_H2LOAD_START_CPU: dict = {}
+
+
+def run_native(load: NativeLoad, concurrency: int, requests: int, server_pid: int) -> dict:
+    """run_cell's measurements, from `h2load -n requests -c concurrency` and its per-request log.
+
+    Client CPU is h2load's, less what a run of one request per connection costs it (process
+    start, connecting), measured once per variant: the cells' rounds are short (50-200 requests),
+    and the Python client's start-up is not counted either."""
+    key = (load.url, load.body, concurrency)
+    if key not in _H2LOAD_START_CPU and requests > concurrency:
+        _H2LOAD_START_CPU[key] = 0.0
+        _H2LOAD_START_CPU[key] = run_native(load, concurrency, concurrency, server_pid)["client_cpu"]
+    with tempfile.TemporaryDirectory(prefix="h2load-") as tmp:
+        body, requests_log = Path(tmp) / "body", Path(tmp) / "requests.tsv"
+        body.write_bytes(load.body)
+        cmd = [H2LOAD, "-n", str(requests), "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(body),
+               f"--log-file={requests_log}", *(["--h1"] if load.http1 else []),
+               *(f"--header={h}" for h in load.headers), load.url]
+        failed0 = failed_requests(load.metrics_port)
+        server0, child0 = cpu_seconds(server_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_cpu = cpu_seconds(server_pid) - server0
+        entries = [line.split("\t") for line in requests_log.read_text().splitlines() if line.strip()]
+    finished = re.search(r"finished in ([0-9.]+)(ms|s)", out)
+    if finished is None:
+        raise RuntimeError(f"h2load printed no result: {out[-500:]}")
+    wall = float(finished.group(1)) / (1e3 if finished.group(2) == "ms" else 1.0)
+    ok = sorted(int(us) / 1e6 for _, status, us in entries if status.startswith("2"))
+    if not ok:
+        raise RuntimeError(f"h2load got no 2xx answer from {load.url}: {out[-500:]}")
+    # not answered 2xx (or not at all), or counted as failed by the server: a gRPC error is HTTP 200
+    errors = max(requests - len(ok), int(failed_requests(load.metrics_port) - failed0))
+    return dict(p50=percentile(ok, 0.5) * 1e3, p99=percentile(ok, 0.99) * 1e3, n=requests - errors, wall=wall, errors=errors, server_cpu=server_cpu,
+                client_cpu=max(0.0, (child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)
+                               - _H2LOAD_START_CPU.get(key, 0.0)))
+
+
 def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, echo: EchoServer) -> dict:
     import grpc
     import tensorflow as tf
@@ -306,8 +378,17 @@ def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, ech
             grpc.insecure_channel(f"127.0.0.1:{target.grpc_port}"))
         return lambda: stub.Predict(request, timeout=30)
 
-    # name -> (client maker, pid of the server process it talks to; None: in-process)
-    return {"direct": (direct, None), "REST": (rest, server.proc.pid), "gRPC": (grpc_call, server.proc.pid),
+    grpc_body = request.SerializeToString()
+    native = {
+        NATIVE_REST: (NativeLoad(f"http://127.0.0.1:{server.rest_port}/v1/models/taxi:predict", body.encode(),
+                                 ("content-type: application/json",), True, server.rest_port), server.proc.pid),
+        NATIVE_GRPC: (NativeLoad(f"http://127.0.0.1:{server.grpc_port}/tensorflow.serving.PredictionService/Predict",
+                                 b"\0" + struct.pack(">I", len(grpc_body)) + grpc_body,  # gRPC's length-prefixed message
+                                 ("content-type: application/grpc", "te: trailers"), False, server.rest_port),
+                      server.proc.pid),
+    }
+    # name -> (client maker or NativeLoad, pid of the server process it talks to; None: in-process)
+    return {**native, "direct": (direct, None), "REST": (rest, server.proc.pid), "gRPC": (grpc_call, server.proc.pid),
             UNBATCHED_REST: (lambda: rest(unbatched), unbatched.proc.pid),
             UNBATCHED_GRPC: (lambda: grpc_call(unbatched), unbatched.proc.pid),
             FLOOR_REST: (lambda: rest(echo), echo.proc.pid), FLOOR_GRPC: (lambda: grpc_call(echo), echo.proc.pid),
@@ -330,7 +411,8 @@ def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: Echo
                 shift = round_no % len(names)
                 for name in names[shift:] + names[:shift]:
                     make, pid = makers[name]
-                    per_round[name].append(run_cell(make, concurrency, max(concurrency, n // rounds), pid))
+                    run = run_native if isinstance(make, NativeLoad) else run_cell
+                    per_round[name].append(run(make, concurrency, max(concurrency, n // rounds), pid))
             for name, results in per_round.items():
                 done = sum(r["n"] for r in results)
                 sent = done + sum(r["errors"] for r in results)
@@ -446,7 +528,12 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              "of each round's overhead and throughput ratio against the direct call's same round (how much of a "
              "verdict is this host's noise). Direct = `serving_default` called in-process with the "
              "same serialized tf.Examples; REST = JSON feature dicts (`instances`), one keep-alive connection per thread; "
-             "gRPC = serialized tf.Examples, one channel per thread. REST and gRPC are the server as shipped "
+             "gRPC = serialized tf.Examples, one channel per thread. "
+             f"\"{NATIVE_REST}\" and \"{NATIVE_GRPC}\" send the very same requests to the same server from h2load "
+             "(nghttp2's C++ load generator; one thread, one keep-alive HTTP/1.1 connection or one HTTP/2 connection per "
+             "client, per-request times from its log, failed gRPC calls from the server's metrics): a client that costs "
+             "the shared cores a tenth of the Python client's CPU, as a client on its own machine would cost none. "
+             "REST and gRPC are the server as shipped "
              f"(batching on: concurrent requests share model calls); \"{UNBATCHED_REST}\" and "
              f"\"{UNBATCHED_GRPC}\" are a second server in the same run with `--no-enable-batching`, the "
              "baseline the batching is measured against. \"REST floor\" and \"gRPC floor\" send the same requests "
@@ -469,10 +556,11 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              "throughput vs direct | server CPU ms/req | client CPU ms/req | CPU ceiling req/s | errors |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     targets = []
+    met = {False: [], True: []}  # native client? -> per cell: both of its targets met
     for batch in (1, 100):
         for concurrency in (1, 8):
-            for variant in ("direct", "REST", "gRPC", UNBATCHED_REST, UNBATCHED_GRPC, FLOOR_REST, FLOOR_GRPC,
-                            DIRECT_FEATURES, REST_FEATURES, DIRECT_SERVER_PATH):
+            for variant in ("direct", "REST", "gRPC", NATIVE_REST, NATIVE_GRPC, UNBATCHED_REST, UNBATCHED_GRPC,
+                            FLOOR_REST, FLOOR_GRPC, DIRECT_FEATURES, REST_FEATURES, DIRECT_SERVER_PATH):
                 direct = by[(BASELINE.get(variant, "direct"), batch, concurrency)]
                 r = by[(variant, batch, concurrency)]
                 over = r["p50"] - direct["p50"]
@@ -486,8 +574,8 @@ def render(rows: list, switch: dict, meta: dict) -> str:
                              f"{'-' if no_model else f'{ratio:.2f}x'} | "
                              f"{server_cpu} | {r['client_cpu_ms']:.2f} | "
                              f"{ceiling:.0f} | {r['errors']} |")
-                if variant in ("REST", "gRPC", REST_FEATURES):
-                    floor = by[(FLOOR_GRPC if variant == "gRPC" else FLOOR_REST, batch, concurrency)]
+                if variant in ("REST", "gRPC", NATIVE_REST, NATIVE_GRPC, REST_FEATURES):
+                    floor = by[(FLOOR_GRPC if "gRPC" in variant else FLOOR_REST, batch, concurrency)]
                     round_over = sorted(v - d for v, d in zip(r["round_p50"], direct["round_p50"]))
                     round_ratio = sorted(v / d for v, d in zip(r["round_rps"], direct["round_rps"]))
                     spread_over = f" (per round {round_over[0]:+.2f} to {round_over[-1]:+.2f}, met in " \
@@ -507,9 +595,17 @@ def render(rows: list, switch: dict, meta: dict) -> str:
                                    + (f" (against `{FEATURES_SIGNATURE}` called directly, and "
                                       f"{r['p50'] - by[('direct', batch, concurrency)]['p50']:+.2f} ms against `serving_default`)"
                                       if variant == REST_FEATURES else "")
-                                   + f" -- the {'REST' if variant == REST_FEATURES else variant} stack alone (no model) takes {floor['p50']:.2f} ms p50, "
-                                     f"{floor['rps']:.0f} req/s")
-    lines += ["", "Targets:", "", *targets, ""]
+                                   + (f" -- the client took {r['client_cpu_ms']:.2f} ms CPU per request (the Python "
+                                      f"client {by[(variant.split(',')[0], batch, concurrency)]['client_cpu_ms']:.2f})"
+                                      if variant in (NATIVE_REST, NATIVE_GRPC) else
+                                      f" -- the {'REST' if variant == REST_FEATURES else variant} stack alone (no model, "
+                                      f"Python client) takes {floor['p50']:.2f} ms p50, {floor['rps']:.0f} req/s"))
+                    met[variant in (NATIVE_REST, NATIVE_GRPC)].append(
+                        over <= OVERHEAD_TARGET_MS and (concurrency == 1 or ratio >= THROUGHPUT_TARGET))
+    lines += ["", "Targets (a cell counts as met when its overhead and, at concurrency 8, its throughput are): "
+              f"with the Python client threads **{sum(met[False])} of {len(met[False])}** cells met (REST, gRPC and "
+              f"REST to serving_features), with the native client (h2load) **{sum(met[True])} of {len(met[True])}**.",
+              "", *targets, ""]
     lines.append("Hot reload (a gRPC client predicting every ~10 ms, timing until the first answer whose "
                  "`model_spec.version` is the new one):")
     lines.append("")
@@ -544,6 +640,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (home, logs)")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     args = parser.parse_args()
+    if H2LOAD is None:
+        raise SystemExit("error: h2load not found, the native load generator of the REST/gRPC native-client rows "
+                         "(fix: `make bench` installs it; by hand: apt-get install nghttp2-client)")
 
     began = time.monotonic()
     meta = dict(date=time.strftime("%Y-%m-%dT%H:%M"), load0=os.getloadavg()[0], requests=args.requests,
