@@ -401,7 +401,7 @@ def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: Echo
     rows = []
     for batch in (1, 100):
         makers = variants(model_dir, server, batch, unbatched, echo)
-        n = requests if batch == 1 else max(16, requests // 4)
+        n = requests if batch == 1 else max(16, requests // 2)
         for concurrency in (1, 8):
             per_round = {name: [] for name in makers}
             names = list(makers)
@@ -521,7 +521,7 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              f"{meta['load1']:.2f} at end. Other work may have run on this machine at the same time. "
              f"Model: {meta['model']}. Client threads, the server and the direct calls share the machine's cores, so at "
              "concurrency 8 the client's own Python (GIL) work competes with the server.",
-             f"Per cell: {meta['requests']} requests with 1 instance, {max(16, meta['requests'] // 4)} with 100, over "
+             f"Per cell: {meta['requests']} requests with 1 instance, {max(16, meta['requests'] // 2)} with 100, over "
              f"{meta['rounds']} alternating rounds (each starting one variant later than the last); p50/p99 = median "
              "of the per-round percentiles; throughput = "
              "requests / wall time (x instances for instances/s); the targets also give the range over the rounds "
@@ -635,7 +635,7 @@ def main() -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model-dir", type=Path, help="a SavedModel directory (skips the pipeline and the rollback)")
     source.add_argument("--home", type=Path, help="a project home with at least two pushes (used in place)")
-    parser.add_argument("--requests", type=int, default=1000, help="requests per cell with 1 instance (1/4 with 100)")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per cell with 1 instance (half with 100)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (home, logs)")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
