@@ -76,7 +76,6 @@ class ModelConfig:
         pinned = self.policy.versions if self.policy.kind == "specific" else frozenset()
         return frozenset(pinned) | frozenset(v for _, v in self.labels)
 
-
     def labels_of(self, version: int) -> List[str]:
         return [label for label, v in self.labels if v == version]
 
@@ -188,11 +187,6 @@ class ProjectServing:
 
     def loaded(self, on_disk: Iterable[int]) -> List[int]:
         return self.model.policy.loads(on_disk) if self.model else []
-
-    def default_version(self, on_disk: Iterable[int]) -> Optional[int]:
-        """The version answering requests that name no version or label: the newest loaded one."""
-        loaded = self.loaded(on_disk)
-        return loaded[-1] if loaded else None
 
     def serves_new_pushes(self) -> bool:
         """A push (a new, newest version directory) becomes the default version."""
