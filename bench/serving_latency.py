@@ -13,7 +13,7 @@ serialized tf.Examples, each thread on its own channel. A second pair measures t
 Serving's row format. One more in-process variant calls `serving_default` the way the server does
 (its model cost, for reading the overheads). The REST and gRPC requests are also sent by h2load
 (nghttp2's C++ load generator, `apt-get install nghttp2-client`; `make bench` installs it), whose
-client CPU per request is a tenth of the Python threads', so that the concurrency-8 cells measure
+client CPU per request is a fifth to a tenth of the Python threads', so that the concurrency-8 cells measure
 the server rather than its client on the same two cores. Rounds alternate the variants (each round
 starting one variant later) so that load from other work on the machine hits them alike; latency
 is the median of the per-round percentiles, throughput is all requests over all time per variant.
@@ -532,7 +532,7 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              f"\"{NATIVE_REST}\" and \"{NATIVE_GRPC}\" send the very same requests to the same server from h2load "
              "(nghttp2's C++ load generator; one thread, one keep-alive HTTP/1.1 connection or one HTTP/2 connection per "
              "client, per-request times from its log, failed gRPC calls from the server's metrics): a client that costs "
-             "the shared cores a tenth of the Python client's CPU, as a client on its own machine would cost none. "
+             "the shared cores a fifth to a tenth of the Python client's CPU (see the client CPU column), as a client on its own machine would cost none. "
              "REST and gRPC are the server as shipped "
              f"(batching on: concurrent requests share model calls); \"{UNBATCHED_REST}\" and "
              f"\"{UNBATCHED_GRPC}\" are a second server in the same run with `--no-enable-batching`, the "
