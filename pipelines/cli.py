@@ -380,6 +380,9 @@ def cmd_rollback(args) -> int:
 
     from pipelines.rollback import AlreadyServing, rollback
 
+    if args.wait is not None and not args.server:
+        raise ConfigError("--wait only applies with --server", "add --server URL, or leave out --wait")
+    args.wait = 30.0 if args.wait is None else args.wait
     config = _require_metadata(_project_config(args))
     serving = _project_serving(args, config)  # a broken models.config fails here, before the worker starts
     code = _in_warm_worker(args, "rollback")
@@ -391,14 +394,32 @@ def cmd_rollback(args) -> int:
     except AlreadyServing as done:
         print(json.dumps({"already_serving": done.served.version}) if args.json else str(done))
         return 0
+    waited = None
+    if args.server:
+        from serving.retention import wait_until_served
+
+        name = serving.model.name if serving.model else serving.base_path.name
+        if not args.json:
+            print(f"waiting up to {args.wait:.0f}s for the model server at {args.server} to serve version "
+                  f"{result.new_version}", flush=True)
+        waited = wait_until_served(args.server, name, result.new_version, args.wait)
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2, sort_keys=True))
+        print(json.dumps({**result.as_dict(), "server": args.server, "served_after_seconds": waited},
+                         indent=2, sort_keys=True))
     else:
         print(f"rolled back: version {result.new_version} now serves model {result.target.model_id} "
               f"(the model of version {result.target.version}), replacing version {result.replaced_version}; "
               f"by {result.requested_by}: {result.reason} [run {result.run_id}]")
         for note in result.notes:
             print(f"note: {note}")
+        if waited is not None:
+            print(f"the model server at {args.server} serves version {result.new_version} "
+                  f"({waited:.1f}s after the push)")
+    if args.server and waited is None:
+        print(f"error: the model server at {args.server} did not serve version {result.new_version} within "
+              f"{args.wait:.0f}s (the push is done and recorded; fix: read the server's log -- a version that fails "
+              f"to load is skipped -- and `mlops models list --server {args.server}`)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -644,6 +665,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-config-file",
         help="the models.config the model server runs with: a rollback is refused when its version policy "
              "would not serve the push (default: <home>/serving/models.config if it exists)")
+    rollback_parser.add_argument(
+        "--server", help="after the push, wait until the model server at this URL serves the new version "
+                         "(e.g. http://127.0.0.1:8501); exit 1 if it does not within --wait seconds")
+    rollback_parser.add_argument("--wait", type=float, metavar="SECONDS",
+                                 help="how long to wait for --server (default: 30)")
     rollback_parser.add_argument("--cold", action="store_true", help=COLD_HELP)
     rollback_parser.set_defaults(handler=cmd_rollback)
 

@@ -122,6 +122,26 @@ def served_versions(server_url: str, model: str, timeout: float = 2.0) -> Set[in
     return {int(s["version"]) for s in body.get("model_version_status", []) if s.get("state") == "AVAILABLE"}
 
 
+def wait_until_served(server_url: str, model: str, version: int, timeout: float = 30.0,
+                      poll: float = 0.2) -> Optional[float]:
+    """Seconds until the server's default version (its newest AVAILABLE one) is `version`; None on timeout.
+
+    An unreachable server counts as not serving it yet (it may be restarting)."""
+    import time
+
+    started = time.monotonic()
+    while True:
+        try:
+            available = served_versions(server_url, model)
+        except (OSError, ValueError):
+            available = set()
+        if available and max(available) == version:
+            return time.monotonic() - started
+        if time.monotonic() - started >= timeout:
+            return None
+        time.sleep(poll)
+
+
 def cmd_prune(args) -> int:
     """`mlops models prune`."""
     from pipelines.config import ProjectPaths

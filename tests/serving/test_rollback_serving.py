@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import time
 
 import pytest
@@ -48,8 +50,11 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
         with Load(server.rest_port, body, threads=2) as load:
             server.wait_until(lambda: load.count() > 20, 30, "clients polling")
             started = time.monotonic()
-            mlops(home, "rollback", "--previous", "--reason", "too many tips predicted", "--by", "oncall")
+            done = mlops(home, "rollback", "--previous", "--reason", "too many tips predicted", "--by", "oncall",
+                         "--server", f"http://127.0.0.1:{server.rest_port}")
             returned = time.monotonic()
+            waited = re.search(r"serves version 3 \(([0-9.]+)s after the push\)", done.stdout)
+            assert waited and float(waited.group(1)) <= 5.0, done.stdout
             server.wait_until(lambda: load.latest_version() == 3, 30, "answers from version 3")
             switched = time.monotonic()
             settle = load.count()
@@ -113,7 +118,15 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
         # label still points at the replaced version.
         config.write_text('model_config_list { config { name: "taxi" base_path: "serving/models/taxi" '
                           'version_labels { key: "stable" value: 3 } } }')
-        done = mlops(home, "rollback", "--to", "2", "--reason", "labels stay", "--by", "oncall")
+        # ... and with --server naming a server that is not there, the push is still made and
+        # recorded, but the command says the server did not take it and exits 1.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            nobody = probe.getsockname()[1]
+        done = mlops(home, "rollback", "--to", "2", "--reason", "labels stay", "--by", "oncall",
+                     "--server", f"http://127.0.0.1:{nobody}", "--wait", "1", check=False)
+        assert done.returncode == 1, done
+        assert "did not serve version 4 within 1s (the push is done and recorded" in done.stderr, done.stderr
         assert "version 4 now serves" in done.stdout, done.stdout
         assert "note: label(s) stable in " in done.stdout and "still point at version 3" in done.stdout, done.stdout
         table = mlops(home, "models", "list").stdout
