@@ -400,7 +400,7 @@ def cmd_rollback(args) -> int:
 
         name = serving.model.name if serving.model else serving.base_path.name
         if not args.json:
-            print(f"waiting up to {args.wait:.0f}s for the model server at {args.server} to serve version "
+            print(f"waiting up to {args.wait:g}s for the model server at {args.server} to serve version "
                   f"{result.new_version}", flush=True)
         waited = wait_until_served(args.server, name, result.new_version, args.wait)
     if args.json:
@@ -417,7 +417,7 @@ def cmd_rollback(args) -> int:
                   f"({waited:.1f}s after the push)")
     if args.server and waited is None:
         print(f"error: the model server at {args.server} did not serve version {result.new_version} within "
-              f"{args.wait:.0f}s (the push is done and recorded; fix: read the server's log -- a version that fails "
+              f"{args.wait:g}s (the push is done and recorded; fix: read the server's log -- a version that fails "
               f"to load is skipped -- and `mlops models list --server {args.server}`)", file=sys.stderr)
         return 1
     return 0
