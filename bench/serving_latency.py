@@ -81,8 +81,8 @@ DIRECT_FEATURES, REST_FEATURES = "direct, serving_features", "REST, serving_feat
 DIRECT_SERVER_PATH = "direct, the server's call path"
 IN_PROCESS = ("direct", DIRECT_FEATURES, DIRECT_SERVER_PATH)
 # The same REST and gRPC requests to the same server from h2load (nghttp2's C++ load generator)
-# instead of this process's Python client threads: ~0.03-0.07 ms of client CPU per request
-# against Python's 0.2-0.6 ms, on the two cores the server needs too.
+# instead of this process's Python client threads: 0.03-0.11 ms of client CPU per request
+# against Python's 0.2-0.5 ms (bench/RESULTS.md), on the two cores the server needs too.
 NATIVE_REST, NATIVE_GRPC = "REST, native client", "gRPC, native client"
 H2LOAD = shutil.which("h2load")
 # what each variant's overhead and throughput are measured against

@@ -398,11 +398,10 @@ def cmd_rollback(args) -> int:
     if args.server:
         from serving.retention import wait_until_served
 
-        name = serving.model.name if serving.model else serving.base_path.name
         if not args.json:
             print(f"waiting up to {args.wait:g}s for the model server at {args.server} to serve version "
                   f"{result.new_version}", flush=True)
-        waited = wait_until_served(args.server, name, result.new_version, args.wait)
+        waited = wait_until_served(args.server, serving.model_name, result.new_version, args.wait)
     if args.json:
         print(json.dumps({**result.as_dict(), "server": args.server, "served_after_seconds": waited},
                          indent=2, sort_keys=True))
@@ -447,8 +446,7 @@ def cmd_models_list(args) -> int:
         from serving.retention import served_versions
 
         try:
-            name = serving.model.name if serving.model else serving.base_path.name
-            loaded = sorted(served_versions(args.server, name))
+            loaded = sorted(served_versions(args.server, serving.model_name))
         except (OSError, ValueError) as err:
             raise ConfigError(f"cannot ask the model server at {args.server}: {err}",
                               "start it (`make up`), or leave out --server") from err
@@ -464,7 +462,7 @@ def cmd_models_list(args) -> int:
     records = pushes + [PushRecord.unrecorded(version) for version in sorted(on_disk - recorded)]
     rows = [{**push.__dict__, "on_disk": push.version in on_disk, "serving": push.version == served,
              "loaded": push.version in loaded,
-             "labels": serving.model.labels_of(push.version) if serving.model else []}
+             "labels": serving.labels_of(push.version)}
             for push in records]
     rows.sort(key=lambda row: row["version"])
     if args.json:

@@ -251,7 +251,7 @@ def rollback(
         )
     replaced_version = new.replaced_version or served.version
     notes = []
-    stale = serving.model.labels_of(replaced_version) if serving is not None and serving.model else []
+    stale = serving.labels_of(replaced_version) if serving is not None else []
     if stale:
         notes.append(f"label(s) {', '.join(stale)} in {serving.config_path} still point at version {replaced_version}: "
                      f"requests by label keep getting that model; move them to version {new.version} to roll them back too")

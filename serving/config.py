@@ -185,8 +185,16 @@ class ProjectServing:
         match = [m for m in load_model_config(path, home) if m.base_path == base]
         return cls(base, path, match[0] if match else None)
 
+    @property
+    def model_name(self) -> str:
+        """The name to ask a server about: the config's, else the directory's (what `mlops serve` defaults to)."""
+        return self.model.name if self.model else self.base_path.name
+
     def loaded(self, on_disk: Iterable[int]) -> List[int]:
         return self.model.policy.loads(on_disk) if self.model else []
+
+    def labels_of(self, version: int) -> List[str]:
+        return self.model.labels_of(version) if self.model else []
 
     def serves_new_pushes(self) -> bool:
         """A push (a new, newest version directory) becomes the default version."""
