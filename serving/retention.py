@@ -1,7 +1,7 @@
 """Retention of pushed model versions (`mlops models prune`).
 
-Keeps the newest N versions (default 5), every version a models.config pins (`specific` policy)
-or labels (`stable`, `canary`, ...), the newest version (what a `latest` server serves), the
+Keeps the newest N versions (default 5), every version a models.config pins (`specific` policy),
+keeps loaded (`latest N`) or labels (`stable`, `canary`, ...), the newest version (what a `latest` server serves), the
 newest *complete* version (what the server falls back to when newer ones are broken), and any
 version a running server reports as loaded (`--server URL`). Everything else is deleted
 atomically: renamed to a hidden `.deleting-*` directory (which servers and `list_versions`
@@ -56,7 +56,9 @@ def looks_complete(version_dir: Path) -> bool:
 
 
 def plan_prune(base: Path, keep_newest: int = DEFAULT_KEEP, labels: Optional[Dict[str, int]] = None,
-               pinned: Set[int] = frozenset(), served: Set[int] = frozenset()) -> PrunePlan:
+               pinned: Set[int] = frozenset(), served: Set[int] = frozenset(),
+               policy_loads: Set[int] = frozenset(), policy: str = "") -> PrunePlan:
+    """`policy_loads`: the versions a `latest N` policy keeps loaded (`policy` names it in the reason)."""
     if keep_newest < 1:
         raise ValueError("keep at least 1 version (the served one)")
     base = Path(base)
@@ -78,6 +80,8 @@ def plan_prune(base: Path, keep_newest: int = DEFAULT_KEEP, labels: Optional[Dic
         mark(version, f"label {label!r}")
     for version in sorted(pinned):
         mark(version, "pinned by the version policy")
+    for version in sorted(policy_loads):
+        mark(version, f"loaded under the version policy ({policy or 'latest'})")
     for version in sorted(served):
         mark(version, "loaded by the running server")
     delete = [v for v in on_disk if v not in keep]
@@ -146,27 +150,27 @@ def cmd_prune(args) -> int:
     """`mlops models prune`."""
     from pipelines.config import ProjectPaths
     from pipelines.errors import ConfigError
-    from serving.config import ConfigFileError, load_model_config, resolve_config_path
+    from serving.config import ConfigFileError, ProjectServing, load_model_config, resolve_config_path
 
     home = ProjectPaths.from_env(args.home).home
-    labels: Dict[str, int] = {}
-    pinned: Set[int] = set()
-    base = None
     try:
         config_path = resolve_config_path(home, args.model_config_file)
         configs = load_model_config(config_path, home) if config_path else []
+        if args.model_base_path:
+            base = Path(args.model_base_path)
+            base = base if base.is_absolute() else home / base
+        else:
+            named = [c.base_path for c in configs if c.name == args.model_name]
+            base = named[0] if named else home / "serving" / "models" / args.model_name
+        # What the config says about *this directory*: its entry by base_path, as a server reads it.
+        serving = ProjectServing.read(home, base, args.model_config_file)
     except ConfigFileError as err:
         raise ConfigError(str(err), "fix the models.config file or pass another --model-config-file") from err
-    for config in configs:
-        if config.name == args.model_name:
-            labels = config.label_map
-            pinned = set(config.policy.versions) if config.policy.kind == "specific" else set()
-            base = config.base_path
-    if args.model_base_path:
-        base = Path(args.model_base_path)
-        base = base if base.is_absolute() else home / base
-    if base is None:
-        base = home / "serving" / "models" / args.model_name
+    model = serving.model if serving.config_path is not None else None
+    labels: Dict[str, int] = model.label_map if model else {}
+    pinned: Set[int] = set(model.policy.versions) if model and model.policy.kind == "specific" else set()
+    policy_loads: Set[int] = (set(model.policy.loads(list_versions(base)))
+                              if model and model.policy.kind == "latest" else set())
     served: Set[int] = set()
     if args.server:
         try:
@@ -176,7 +180,8 @@ def cmd_prune(args) -> int:
                               "start it, or leave out --server") from err
     if args.keep < 1:
         raise ConfigError(f"--keep {args.keep} would delete the served version", "keep at least 1")
-    plan = plan_prune(base, args.keep, labels, pinned, served)
+    plan = plan_prune(base, args.keep, labels, pinned, served, policy_loads,
+                      model.policy.describe() if model else "")
     if args.json:
         result = plan.as_dict()
         result["dry_run"] = bool(args.dry_run)

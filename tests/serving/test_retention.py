@@ -78,3 +78,31 @@ def test_cli_dry_run_then_prune_with_the_labels_of_models_config(tmp_path):
     assert not [p for p in base.iterdir() if p.name.startswith(".deleting-")]
     bad = mlops(home, "models", "prune", "--keep", "0", check=False)
     assert bad.returncode == 2 and "keep at least 1" in bad.stderr
+
+
+def test_cli_keeps_what_a_latest_n_policy_loads_and_reads_the_entry_of_the_pruned_directory(tmp_path):
+    home = tmp_path
+    base = home / "serving" / "models" / "taxi"
+    other = home / "elsewhere"
+    for v in range(1, 7):
+        fake_version(base, v)
+        fake_version(other, v)
+    # The entry named taxi serves another directory with a label; the pruned directory's own entry
+    # (another name) keeps its newest 3 loaded.
+    (home / "serving" / "models.config").write_text(
+        'model_config_list { '
+        'config { name: "taxi" base_path: "elsewhere" model_platform: "tensorflow" '
+        '  version_labels { key: "stable" value: 1 } } '
+        'config { name: "taxi_b" base_path: "serving/models/taxi" model_platform: "tensorflow" '
+        '  model_version_policy { latest { num_versions: 3 } } } }'
+    )
+    dry = mlops(home, "models", "prune", "--keep", "1", "--model-base-path", "serving/models/taxi", "--dry-run")
+    assert "keep       4  loaded under the version policy (latest 3)" in dry.stdout
+    result = json.loads(mlops(home, "models", "prune", "--keep", "1", "--model-base-path",
+                              "serving/models/taxi", "--json").stdout)
+    assert result["deleted"] == [1, 2, 3]  # the other directory's label on version 1 does not apply here
+    assert on_disk(base) == [4, 5, 6]
+    # By name, the taxi entry's directory and its label.
+    result = json.loads(mlops(home, "models", "prune", "--keep", "1", "--json").stdout)
+    assert result["base"] == str(other.resolve()) and result["deleted"] == [2, 3, 4, 5]
+    assert on_disk(other) == [1, 6]
