@@ -47,17 +47,25 @@ class VersionPolicy:
             return "specific " + ",".join(str(v) for v in sorted(self.versions))
         return "all"
 
+    def candidates(self, on_disk: Iterable[int]) -> Tuple[List[int], Optional[int]]:
+        """(the versions a server tries to load, newest first; how many of them it keeps, None for all).
+
+        Under `latest N` a server loads the newest N that load, so an older version stands in for
+        a newer one that is broken; `loads` is the answer when every version loads."""
+        versions = sorted(set(on_disk), reverse=True)
+        if self.kind == "specific":
+            return [v for v in versions if v in self.versions], None
+        if self.kind == "all":
+            return versions, None
+        return versions, self.num_versions
+
     def loads(self, on_disk: Iterable[int]) -> List[int]:
         """The versions out of `on_disk` a server with this policy keeps loaded, ascending, if each loads.
 
         (The server also skips a version that fails to load and then keeps an older one; only a
         running server can say that, see `mlops models list --server`.)"""
-        versions = sorted(set(on_disk))
-        if self.kind == "specific":
-            return [v for v in versions if v in self.versions]
-        if self.kind == "all":
-            return versions
-        return versions[-self.num_versions:]
+        versions, keep = self.candidates(on_disk)
+        return sorted(versions if keep is None else versions[:keep])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -146,15 +146,6 @@ class ModelStore:
         with self._status_lock:
             self._status[status.version] = status
 
-    def _wanted(self, on_disk: List[int]) -> Tuple[List[int], Optional[int]]:
-        """(versions to try, newest first; how many to keep or None for all of them)."""
-        policy = self.config.policy
-        if policy.kind == "specific":
-            return [v for v in on_disk if v in policy.versions], None
-        if policy.kind == "all":
-            return on_disk, None
-        return on_disk, policy.num_versions
-
     def _try_load(self, version: int, path: Path):
         stamp = self._stamp(path)
         if self._failed.get(version) == stamp:
@@ -187,7 +178,7 @@ class ModelStore:
         if not on_disk and not self._waiting_logged and not self.snapshot.servables:
             log.warning("model %s: no version under %s yet; serving 503 until one is pushed", self.name, base)
             self._waiting_logged = True
-        candidates, keep = self._wanted(on_disk)
+        candidates, keep = self.config.policy.candidates(on_disk)
         old = self.snapshot
         chosen: Dict[int, object] = {}
         for version in candidates:
