@@ -50,8 +50,10 @@ with DAG(
 Runs `mlops rollback` in the TFX environment. The chosen earlier model (a `to_version`, or by
 default the model served before the current one) is pushed **again** by the Pusher as the
 newest version, so the model server switches to it within seconds, and ML Metadata records the
-push with `push_kind=rollback`, the reason, who asked and the version it replaced. Nothing is
-deleted; `mlops models list` shows every push.
+push with `push_kind=rollback`, the reason, who asked and the version it replaced. When the
+model server that `make up` started runs, the task waits until it serves the new version and
+fails if it does not within 30 s (the push stays recorded; the server's log says why). Nothing
+is deleted; `mlops models list` shows every push.
 """,
 ) as dag:
     BashOperator(

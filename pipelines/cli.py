@@ -380,14 +380,27 @@ def cmd_rollback(args) -> int:
 
     from pipelines.rollback import AlreadyServing, rollback
 
-    if args.wait is not None and not args.server:
-        raise ConfigError("--wait only applies with --server", "add --server URL, or leave out --wait")
+    if args.no_server and (args.server or args.wait is not None):
+        raise ConfigError("--no-server does not go with --server or --wait", "pick one")
     args.wait = 30.0 if args.wait is None else args.wait
     config = _require_metadata(_project_config(args))
     serving = _project_serving(args, config)  # a broken models.config fails here, before the worker starts
     code = _in_warm_worker(args, "rollback")
     if code is not None:
         return code
+    # By default, the model server `make up` started for this home, when it runs and serves this directory.
+    server, found, unchecked = args.server, None, ""
+    if not server and not args.no_server:
+        from pipelines.services import running_model_server
+
+        found = running_model_server(_paths(args).home)
+        if found is None:
+            unchecked = "no model server of this home runs (`make up` starts one)"
+        elif found.base_path.resolve() != serving.base_path:
+            unchecked = f"this home's model server serves {found.base_path}, not {serving.base_path}"
+            found = None
+        else:
+            server = found.rest_url
     try:
         result = rollback(config, None if args.previous else args.to, args.reason, args.by,
                           progress=(lambda _: None) if args.json else print, force=args.force, serving=serving)
@@ -395,15 +408,16 @@ def cmd_rollback(args) -> int:
         print(json.dumps({"already_serving": done.served.version}) if args.json else str(done))
         return 0
     waited = None
-    if args.server:
+    if server:
         from serving.retention import wait_until_served
 
         if not args.json:
-            print(f"waiting up to {args.wait:g}s for the model server at {args.server} to serve version "
+            whose = f" of this home (pid {found.pid}, started by `make up`)" if found else ""
+            print(f"waiting up to {args.wait:g}s for the model server{whose} at {server} to serve version "
                   f"{result.new_version}", flush=True)
-        waited = wait_until_served(args.server, serving.model_name, result.new_version, args.wait)
+        waited = wait_until_served(server, serving.model_name, result.new_version, args.wait)
     if args.json:
-        print(json.dumps({**result.as_dict(), "server": args.server, "served_after_seconds": waited},
+        print(json.dumps({**result.as_dict(), "server": server, "served_after_seconds": waited},
                          indent=2, sort_keys=True))
     else:
         print(f"rolled back: version {result.new_version} now serves model {result.target.model_id} "
@@ -412,12 +426,14 @@ def cmd_rollback(args) -> int:
         for note in result.notes:
             print(f"note: {note}")
         if waited is not None:
-            print(f"the model server at {args.server} serves version {result.new_version} "
+            print(f"the model server at {server} serves version {result.new_version} "
                   f"({waited:.1f}s after the push)")
-    if args.server and waited is None:
-        print(f"error: the model server at {args.server} did not serve version {result.new_version} within "
+        elif unchecked:
+            print(f"{unchecked}, so no server was checked; a server elsewhere: --server URL")
+    if server and waited is None:
+        print(f"error: the model server at {server} did not serve version {result.new_version} within "
               f"{args.wait:g}s (the push is done and recorded; fix: read the server's log -- a version that fails "
-              f"to load is skipped -- and `mlops models list --server {args.server}`)", file=sys.stderr)
+              f"to load is skipped -- and `mlops models list --server {server}`)", file=sys.stderr)
         return 1
     return 0
 
@@ -665,9 +681,13 @@ def build_parser() -> argparse.ArgumentParser:
              "would not serve the push (default: <home>/serving/models.config if it exists)")
     rollback_parser.add_argument(
         "--server", help="after the push, wait until the model server at this URL serves the new version "
-                         "(e.g. http://127.0.0.1:8501); exit 1 if it does not within --wait seconds")
+                         "(e.g. http://127.0.0.1:8501); exit 1 if it does not within --wait seconds. Default: the "
+                         "model server `make up` started for this home, when it runs")
     rollback_parser.add_argument("--wait", type=float, metavar="SECONDS",
-                                 help="how long to wait for --server (default: 30)")
+                                 help="how long to wait for the model server (default: 30)")
+    rollback_parser.add_argument("--no-server", action="store_true",
+                                 help="do not wait for the model server that `make up` started for this home "
+                                      "(by default, when it runs, the rollback waits until it serves the new version)")
     rollback_parser.add_argument("--cold", action="store_true", help=COLD_HELP)
     rollback_parser.set_defaults(handler=cmd_rollback)
 

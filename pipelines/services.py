@@ -40,6 +40,7 @@ Python 3.11 environment only through subprocesses and HTTP.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -212,6 +213,30 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def record_model_server(home: Path, pid: int, rest_port: int, grpc_port: int, base_path: Path) -> None:
+    """Makes a running `mlops serve` this home's model server (`make status`, `make down`, rollbacks)."""
+    run_dir(home).mkdir(parents=True, exist_ok=True)
+    pid_file(home, MODEL_SERVER).write_text(f"{pid}\n")
+    serving_state_file(home).write_text(json.dumps(dict(
+        rest_port=rest_port, grpc_port=grpc_port, base_path=str(base_path), pid=pid), indent=2) + "\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningModelServer:
+    pid: int
+    rest_url: str  # http://127.0.0.1:8501
+    base_path: Path  # the version directory it serves
+
+
+def running_model_server(home: Path) -> Optional[RunningModelServer]:
+    """This home's model server (started by `make up` / `mlops airflow up`) if it runs."""
+    pid = running_pid(home, MODEL_SERVER)
+    state = _read_json(serving_state_file(home)) if pid else {}
+    if not pid or state.get("pid", pid) != pid or not state.get("rest_port") or not state.get("base_path"):
+        return None
+    return RunningModelServer(pid, f"http://{HOST}:{state['rest_port']}", Path(state["base_path"]))
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -510,9 +535,7 @@ class Services:
             log.flush()
             process = subprocess.Popen(cmd, env=env, cwd=str(self.home), stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
-        pid_file(self.home, MODEL_SERVER).write_text(f"{process.pid}\n")
-        serving_state_file(self.home).write_text(json.dumps(dict(
-            rest_port=rest_port, grpc_port=grpc_port, base_path=str(base), pid=process.pid), indent=2) + "\n")
+        record_model_server(self.home, process.pid, rest_port, grpc_port, base)
         return process.pid
 
     def _wait_model_server(self, timeout: float) -> None:

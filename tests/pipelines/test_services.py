@@ -78,6 +78,9 @@ def test_model_server_starts_with_no_model_pushed_shows_in_status_and_stops_with
         manager._wait_model_server(timeout=90)
         assert manager._start_model_server() == pid  # idempotent
         assert services.running_pid(tmp_path, services.MODEL_SERVER) == pid
+        # What `mlops rollback` waits on by default.
+        assert services.running_model_server(tmp_path) == services.RunningModelServer(
+            pid, f"http://127.0.0.1:{rest}", tmp_path / "serving" / "models" / "taxi")
         assert services.log_file(tmp_path, services.MODEL_SERVER) == tmp_path / "var" / "log" / "model-server.log"
         assert any(f"REST http://127.0.0.1:{rest}/v1/models/taxi" in line and "no model yet" in line for line in lines)
         assert services.http(f"http://127.0.0.1:{rest}/v1/models/taxi")[0] == 404
@@ -88,6 +91,7 @@ def test_model_server_starts_with_no_model_pushed_shows_in_status_and_stops_with
         assert f"stopped model-server (pid {pid})" in lines
         assert not services._pid_alive(pid)
         assert not services.pid_file(tmp_path, services.MODEL_SERVER).exists()
+        assert services.running_model_server(tmp_path) is None
         assert services.http(f"http://127.0.0.1:{rest}/v1/models/taxi", timeout=2)[0] == 0
     finally:
         manager.down(stop_worker=False, quiet=True)

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from pipelines import services
 from tests.conftest import DAY1, mlops
 from tests.serving.helpers import Http, Server
 from tests.serving.test_server_e2e import MODEL, Load, _probabilities
@@ -50,9 +51,13 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
         with Load(server.rest_port, body, threads=2) as load:
             server.wait_until(lambda: load.count() > 20, 30, "clients polling")
             started = time.monotonic()
-            done = mlops(home, "rollback", "--previous", "--reason", "too many tips predicted", "--by", "oncall",
-                         "--server", f"http://127.0.0.1:{server.rest_port}")
+            # No --server: the rollback finds the server recorded as this home's (as `make up` records
+            # it) and waits until it serves the new version.
+            services.record_model_server(home, server.proc.pid, server.rest_port, server.grpc_port, base)
+            done = mlops(home, "rollback", "--previous", "--reason", "too many tips predicted", "--by", "oncall")
             returned = time.monotonic()
+            assert f"for the model server of this home (pid {server.proc.pid}, started by `make up`) at " \
+                   f"http://127.0.0.1:{server.rest_port} to serve version 3" in done.stdout, done.stdout
             waited = re.search(r"serves version 3 \(([0-9.]+)s after the push\)", done.stdout)
             assert waited and float(waited.group(1)) <= 5.0, done.stdout
             server.wait_until(lambda: load.latest_version() == 3, 30, "answers from version 3")
@@ -76,6 +81,7 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
                                                                              (3, True, True)]
     finally:
         server.stop()
+        services.pid_file(home, services.MODEL_SERVER).unlink(missing_ok=True)
 
     pushes = json.loads(mlops(home, "models", "list", "--json").stdout)
     assert [(p["version"], p["kind"]) for p in pushes] == [(1, "nightly"), (2, "nightly"), (3, "rollback")]
