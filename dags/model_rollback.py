@@ -52,8 +52,9 @@ default the model served before the current one) is pushed **again** by the Push
 newest version, so the model server switches to it within seconds, and ML Metadata records the
 push with `push_kind=rollback`, the reason, who asked and the version it replaced. When the
 model server that `make up` started runs, the task waits until it serves the new version and
-fails if it does not within 30 s (the push stays recorded; the server's log says why). Nothing
-is deleted; `mlops models list` shows every push.
+fails if it does not within 30 s (the push stays recorded; the server's log says why). The
+Pusher's retention applies as after any push (the newest 5 versions and every labelled, pinned or
+served one stay); `mlops models list` shows every push.
 """,
 ) as dag:
     BashOperator(

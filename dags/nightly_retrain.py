@@ -96,7 +96,7 @@ RUN_OPTIONS = (
     "--date {{ span_date(params, dag_run, dag.timezone.name) }}"
     " --train-steps {{ params.train_steps }} --eval-steps {{ params.eval_steps }}"
     " --auc-floor {{ params.auc_floor }} --min-improvement {{ params.min_improvement }}"
-    " --slice-margin {{ params.slice_margin }}"
+    " --slice-margin {{ params.slice_margin }} --keep-versions {{ params.keep_versions }}"
 )
 
 
@@ -138,6 +138,9 @@ with DAG(
                                              "(negative: accept a somewhat worse model)"),
         "slice_margin": Param(0.05, type="number", minimum=0,
                               description="largest AUC loss allowed on a monitored slice"),
+        "keep_versions": Param(5, type="integer", minimum=0,
+                               description="after a push, keep the newest N pushed versions (plus labelled, "
+                                           "pinned and served ones); 0 keeps all"),
     },
     user_defined_macros={"span_date": span_date, "tfx_run_id": tfx_run_id},
     doc_md=f"""
@@ -152,7 +155,8 @@ ML Metadata behave exactly as in TFX.
   span; `Transform`, `Trainer` and `AtomicPusher` then never run and the served model stays.
 * **Push gate**: `GatedEvaluator` blesses only a model that beats the served one (AUC floor,
   1% relative gain, no monitored slice worse by more than the margin); `AtomicPusher` never
-  pushes the same model twice.
+  pushes the same model twice, and after a push keeps the newest `keep_versions` (5) version
+  directories plus any the server's models.config labels, pins or keeps loaded.
 * The last task's log ends with the run summary (span, rows, metrics, blessing, push).
 
 Trigger with a `date` param to run a given span. Settings: home `{HOME}`, pool `{POOL}`

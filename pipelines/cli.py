@@ -32,6 +32,16 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-22") from err
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: use 0 to keep every version")
+    return value
+
+
 def _yesterday() -> dt.date:
     return dt.date.today() - dt.timedelta(days=1)
 
@@ -62,7 +72,8 @@ def cmd_data_make_span(args) -> int:
 def _pipeline_config(args):
     import dataclasses
 
-    from pipelines.config import DataGateConfig, GateConfig, PipelineConfig, ProjectPaths, span_fingerprint
+    from pipelines.config import (DEFAULT_KEEP_VERSIONS, DataGateConfig, GateConfig, PipelineConfig, ProjectPaths,
+                                  span_fingerprint)
     from pipelines.data import latest_span
 
     paths = ProjectPaths.from_env(args.home)
@@ -82,6 +93,7 @@ def _pipeline_config(args):
         ),
         beam_mode=args.beam_mode,
         enable_cache=not args.no_cache,
+        keep_versions=getattr(args, "keep_versions", DEFAULT_KEEP_VERSIONS),
         data_gates=data_gates,
         span_fingerprint=span_fingerprint(paths.data_root, span_date),
     )
@@ -269,7 +281,7 @@ def cmd_airflow(args) -> int:
     conf = {
         "date": span, "train_steps": config.train_steps, "eval_steps": config.eval_steps,
         "auc_floor": config.gates.auc_floor, "min_improvement": config.gates.min_relative_improvement,
-        "slice_margin": config.gates.slice_margin,
+        "slice_margin": config.gates.slice_margin, "keep_versions": config.keep_versions,
     }
     log_path = paths.var / "log" / f"airflow-dags-test-{span}.log"
     print(f"airflow dags test {airflow_env.NIGHTLY_DAG} {span} (full Airflow log: {log_path})", flush=True)
@@ -295,14 +307,14 @@ def _refuse_options_the_dag_ignores(given: List[str]) -> None:
     if ignored:
         raise ConfigError(
             f"{', '.join(ignored)} would be ignored: the nightly_retrain DAG has no such param (it takes --date, "
-            "--train-steps, --eval-steps, --auc-floor, --min-improvement, --slice-margin)",
+            "--train-steps, --eval-steps, --auc-floor, --min-improvement, --slice-margin, --keep-versions)",
             "drift warnings go in schemas/taxi/gates.toml ([drift] warn) and the schema in "
             "schemas/taxi/schema.pbtxt, which every DAG run reads; or run outside Airflow with `mlops run`",
         )
 
 
 # Which `mlops airflow` subcommands read each option; given to any other, it would be ignored.
-_DAG_PARAMS = ("train_steps", "eval_steps", "auc_floor", "min_improvement", "slice_margin")
+_DAG_PARAMS = ("train_steps", "eval_steps", "auc_floor", "min_improvement", "slice_margin", "keep_versions")
 _AIRFLOW_OPTION_USERS = {
     "from_date": ("backfill",), "to_date": ("backfill",), "dry_run": ("backfill",), "keep_paused": ("backfill",),
     "port": ("up",), "unpause": ("up",), "dag": ("pause", "unpause"), "date": ("run",),
@@ -341,7 +353,8 @@ def _airflow_backfill(args, paths) -> int:
         raise ConfigError(f"no span under {paths.data_root} for {', '.join(d.isoformat() for d in missing)}",
                           f"seed those days first: `mlops data seed --end {args.to_date} --days {len(days)}` (keeps the spans already there)")
     conf = {"train_steps": args.train_steps, "eval_steps": args.eval_steps, "auc_floor": args.auc_floor,
-            "min_improvement": args.min_improvement, "slice_margin": args.slice_margin}
+            "min_improvement": args.min_improvement, "slice_margin": args.slice_margin,
+            "keep_versions": args.keep_versions}
     say = lambda line: print(line, flush=True)  # noqa: E731
     airflow_env.init(paths.home, progress=say)
     todo = airflow_env.backfill(paths.home, args.from_date, args.to_date, conf, progress=say, dry_run=args.dry_run)
@@ -476,9 +489,12 @@ def cmd_models_list(args) -> int:
     # the server serves it all the same, so it is listed rather than silently left out.
     recorded = {push.version for push in pushes}
     records = pushes + [PushRecord.unrecorded(version) for version in sorted(on_disk - recorded)]
+    # version -> the push after which the Pusher's retention deleted it
+    pruned_by = {version: push.version for push in pushes for version in push.pruned_versions}
     rows = [{**push.__dict__, "on_disk": push.version in on_disk, "serving": push.version == served,
              "loaded": push.version in loaded,
-             "labels": serving.labels_of(push.version)}
+             "labels": serving.labels_of(push.version),
+             "deleted_by_retention_after": pruned_by.get(push.version) if push.version not in on_disk else None}
             for push in records]
     rows.sort(key=lambda row: row["version"])
     if args.json:
@@ -497,7 +513,9 @@ def cmd_models_list(args) -> int:
         replaced = str(row["replaced_version"]) if row["replaced_version"] else ""
         labels = f"{','.join(row['labels']):{max(6, label_width)}}  " if label_width else ""
         print(f"{row['version']:>7}{mark}{row['model_id'] or '':>5}  {row['kind']:10}  {row['pushed_at'][:19]:19}  "
-              f"{row['requested_by']:{by_width}}  {labels}{replaced:>8}  {row['reason']}")
+              f"{row['requested_by']:{by_width}}  {labels}{replaced:>8}  {row['reason']}"
+              + (f" (deleted by retention after version {row['deleted_by_retention_after']})"
+                 if row["deleted_by_retention_after"] else ""))
     print(f"* = served to requests that name no version; + = loaded too; - = no longer on disk; "
           f"replaced = the version served before this push")
     print(f"served versions under {config.serving_model_dir}: {how}")
@@ -505,6 +523,7 @@ def cmd_models_list(args) -> int:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    from serving.retention import DEFAULT_KEEP  # standard library only
     parser.add_argument("--date", type=_date, help="span to run, YYYY-MM-DD (default: the latest seeded span)")
     parser.add_argument("--train-steps", type=int, default=300, help="training steps (default: 300)")
     parser.add_argument("--eval-steps", type=int, default=50, help="Trainer evaluation steps (default: 50)")
@@ -531,6 +550,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="let this feature's drift through with a warning (repeatable; adds to "
                         "[drift] warn in schemas/taxi/gates.toml)")
     parser.add_argument("--no-cache", action="store_true", help="rerun every node even if cached")
+    parser.add_argument(
+        "--keep-versions", type=_non_negative, default=DEFAULT_KEEP, metavar="N",
+        help="after a push, delete pushed versions older than the newest N, except those the models.config "
+             "labels, pins or keeps loaded (default: 5; 0 keeps every version; `mlops models prune` by hand)")
 
 
 def build_parser() -> argparse.ArgumentParser:

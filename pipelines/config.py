@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 from pipelines.errors import ConfigError
 from pipelines.taxi.model_options import STRATEGIES
+from serving.retention import DEFAULT_KEEP as DEFAULT_KEEP_VERSIONS  # pushed versions kept after a push
 
 PIPELINE_NAME = "taxi"
 BEAM_MODES = ("in_memory", "multi_processing", "multi_threading")
@@ -165,6 +166,10 @@ class PipelineConfig:
     beam_workers: int = 1
     extra_beam_args: Tuple[str, ...] = ()
     enable_cache: bool = True
+    # Pusher retention: newest pushed versions kept after a push (0: all), and the home whose
+    # serving/models.config labels, pins or keeps loaded more of them.
+    keep_versions: int = DEFAULT_KEEP_VERSIONS
+    project_home: str = ""
     # Name, size and mtime of the span's files (`span_fingerprint()`, read at the edge): a changed
     # file gives the span check a new cache key.
     span_fingerprint: str = ""
@@ -178,6 +183,7 @@ class PipelineConfig:
             schema_path=str(paths.schema_path),
             serving_model_dir=str(paths.serving_model_dir),
             metadata=MetadataConfig(sqlite_path=str(paths.metadata_path)),
+            project_home=str(paths.home),
             **overrides,
         )
 

@@ -217,6 +217,8 @@ def create_pipeline(config: PipelineConfig):
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_base_directory=config.serving_model_dir,
+        keep_versions=config.keep_versions,
+        project_home=config.project_home,
     )
     return Pipeline(
         pipeline_name=config.pipeline_name,

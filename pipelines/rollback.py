@@ -4,7 +4,8 @@ A rollback is a two-node TFX run in the `taxi` pipeline: a resolver that picks t
 (and its blessing) from ML Metadata, then our AtomicPusher with `allow_repush`, `push_kind=rollback`,
 the reason and who asked. The old bytes become the newest version directory, so a server that
 serves the latest version switches to them; the nightly `served_model` resolver follows too,
-because it reads the newest push. Nothing is deleted: rolling forward again is another push.
+because it reads the newest push. Rolling forward again is another push. The Pusher's retention
+(newest 5 versions, plus labelled, pinned and served ones) applies as after any push.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 import datetime as dt
 import getpass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from pipelines.errors import ConfigError
 
@@ -33,6 +34,7 @@ class PushRecord:
     pushed_at: str
     replaced_version: int
     fingerprint: str
+    pruned_versions: Tuple[int, ...] = ()  # deleted by the Pusher's retention right after this push
 
     @classmethod
     def unrecorded(cls, version: int, fingerprint: str = "") -> "PushRecord":
@@ -70,6 +72,7 @@ def list_pushes(connection_config) -> List[PushRecord]:
                 pushed_at=text("pushed_at"),
                 replaced_version=number("replaced_version"),
                 fingerprint=text("model_fingerprint"),
+                pruned_versions=tuple(int(v) for v in text("pruned_versions").split(",") if v),
             )
         )
     return sorted(out, key=lambda p: p.artifact_id)
@@ -171,6 +174,8 @@ def create_rollback_pipeline(config, model_id: int, reason: str, requested_by: s
         push_kind="rollback",
         reason=reason,
         requested_by=requested_by,
+        keep_versions=config.keep_versions,
+        project_home=config.project_home,
     )
     return Pipeline(
         pipeline_name=config.pipeline_name,  # same pipeline: the nightly resolvers see this push
@@ -251,6 +256,9 @@ def rollback(
         )
     replaced_version = new.replaced_version or served.version
     notes = []
+    if new.pruned_versions:
+        notes.append(f"retention deleted version(s) {', '.join(map(str, new.pruned_versions))} after this push "
+                     f"(keeping the newest {config.keep_versions} and every labelled, pinned or served one)")
     stale = serving.labels_of(replaced_version) if serving is not None else []
     if stale:
         notes.append(f"label(s) {', '.join(stale)} in {serving.config_path} still point at version {replaced_version}: "

@@ -28,6 +28,8 @@ class RunSummary:
     blessing_reason: str = ""
     pushed_version: Optional[int] = None
     push_reason: str = ""
+    pruned_versions: List[int] = dataclasses.field(default_factory=list)  # deleted by retention after the push
+    prune_error: str = ""
 
     def lines(self) -> List[str]:
         out = [f"run {self.run_id}", f"  span:      {self.span or '?'}"]
@@ -51,6 +53,11 @@ class RunSummary:
             out.append(f"  blessed:   {'yes' if self.blessed else 'no'} ({self.blessing_reason})")
         if self.pushed_version:
             out.append(f"  pushed:    version {self.pushed_version} ({self.push_reason})")
+            if self.pruned_versions:
+                out.append(f"  retention: deleted version(s) {', '.join(map(str, self.pruned_versions))} "
+                           "(older than the newest kept; labelled, pinned and served ones stay)")
+            if self.prune_error:
+                out.append(f"  retention: skipped, nothing deleted ({self.prune_error})")
         else:
             out.append(f"  pushed:    nothing ({self.push_reason or 'the Pusher did not run'})")
         return out
@@ -145,6 +152,9 @@ def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool)
         if "pushed" in props and props["pushed"].int_value == 1:
             summary.pushed_version = props["pushed_version"].int_value
         summary.push_reason = props["reason"].string_value if "reason" in props else ""
+        pruned = props["pruned_versions"].string_value if "pruned_versions" in props else ""
+        summary.pruned_versions = [int(v) for v in pruned.split(",") if v]
+        summary.prune_error = props["prune_error"].string_value if "prune_error" in props else ""
 
 
 def latest_run_id(connection_config) -> Optional[str]:

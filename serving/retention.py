@@ -1,11 +1,12 @@
 """Retention of pushed model versions (`mlops models prune`).
 
 Keeps the newest N versions (default 5), every version a models.config pins (`specific` policy),
-keeps loaded (`latest N`) or labels (`stable`, `canary`, ...), the newest version (what a `latest` server serves), the
-newest *complete* version (what the server falls back to when newer ones are broken), and any
-version a running server reports as loaded (`--server URL`). Everything else is deleted
-atomically: renamed to a hidden `.deleting-*` directory (which servers and `list_versions`
-ignore) and then removed. No TensorFlow import.
+keeps loaded (`latest N`) or labels (`stable`, `canary`, ...), the newest version (what a `latest`
+server serves), the newest *complete* version (what the server falls back to when newer ones are
+broken), and any version a running server reports as loaded (`--server URL`, by default the one
+`make up` started for the home). The Pusher applies the same plan after each push. Everything
+else is deleted atomically: renamed to a hidden `.deleting-*` directory (which servers and
+`list_versions` ignore) and then removed. No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ def looks_complete(version_dir: Path) -> bool:
 
 def plan_prune(base: Path, keep_newest: int = DEFAULT_KEEP, labels: Optional[Dict[str, int]] = None,
                pinned: Set[int] = frozenset(), served: Set[int] = frozenset(),
-               policy_loads: Set[int] = frozenset(), policy: str = "") -> PrunePlan:
-    """`policy_loads`: the versions a `latest N` policy keeps loaded (`policy` names it in the reason)."""
+               policy_loads: Set[int] = frozenset(), policy: str = "",
+               also_keep: Optional[Dict[int, str]] = None) -> PrunePlan:
+    """`policy_loads`: the versions a `latest N` policy keeps loaded (`policy` names it in the reason);
+    `also_keep`: more versions to keep, each with why."""
     if keep_newest < 1:
         raise ValueError("keep at least 1 version (the served one)")
     base = Path(base)
@@ -82,10 +85,24 @@ def plan_prune(base: Path, keep_newest: int = DEFAULT_KEEP, labels: Optional[Dic
         mark(version, "pinned by the version policy")
     for version in sorted(policy_loads):
         mark(version, f"loaded under the version policy ({policy or 'latest'})")
+    for version, why in sorted((also_keep or {}).items()):
+        mark(version, why)
     for version in sorted(served):
         mark(version, "loaded by the running server")
     delete = [v for v in on_disk if v not in keep]
     return PrunePlan(base, on_disk, keep, delete)
+
+
+def plan_for(serving, keep_newest: int = DEFAULT_KEEP, served: Set[int] = frozenset(),
+             also_keep: Optional[Dict[int, str]] = None) -> PrunePlan:
+    """The plan for a `serving.config.ProjectServing`'s directory: what its models.config entry (if
+    the file exists) labels, pins (`specific`) or keeps loaded (`latest N`) stays."""
+    model = serving.model if serving.config_path is not None else None
+    labels = model.label_map if model else {}
+    pinned = set(model.policy.versions) if model and model.policy.kind == "specific" else set()
+    loads = set(model.policy.loads(list_versions(serving.base_path))) if model and model.policy.kind == "latest" else set()
+    return plan_prune(serving.base_path, keep_newest, labels, pinned, served, loads,
+                      model.policy.describe() if model else "", also_keep)
 
 
 def remove_version(base: Path, version: int) -> None:
@@ -166,22 +183,25 @@ def cmd_prune(args) -> int:
         serving = ProjectServing.read(home, base, args.model_config_file)
     except ConfigFileError as err:
         raise ConfigError(str(err), "fix the models.config file or pass another --model-config-file") from err
-    model = serving.model if serving.config_path is not None else None
-    labels: Dict[str, int] = model.label_map if model else {}
-    pinned: Set[int] = set(model.policy.versions) if model and model.policy.kind == "specific" else set()
-    policy_loads: Set[int] = (set(model.policy.loads(list_versions(base)))
-                              if model and model.policy.kind == "latest" else set())
     served: Set[int] = set()
-    if args.server:
+    server = args.server
+    if not server:
+        # The model server `make up` started for this home, when it runs and serves this directory.
+        from pipelines.services import running_model_server
+
+        found = running_model_server(home)
+        if found is not None and found.base_path.resolve() == serving.base_path:
+            server = found.rest_url
+    if server:
         try:
-            served = served_versions(args.server, args.model_name)
+            served = served_versions(server, serving.model_name if not args.server else args.model_name)
         except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot ask the model server at {args.server}: {err}",
-                              "start it, or leave out --server") from err
+            raise ConfigError(f"cannot ask the model server at {server}: {err}",
+                              "start it, or leave out --server" if args.server else
+                              "it may be restarting: try again, or name a server with --server URL") from err
     if args.keep < 1:
         raise ConfigError(f"--keep {args.keep} would delete the served version", "keep at least 1")
-    plan = plan_prune(base, args.keep, labels, pinned, served, policy_loads,
-                      model.policy.describe() if model else "")
+    plan = plan_for(serving, args.keep, served)
     if args.json:
         result = plan.as_dict()
         result["dry_run"] = bool(args.dry_run)
@@ -206,5 +226,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model-config-file", help="models.config whose labels and pinned versions are kept "
                                                     "(default: <home>/serving/models.config if it exists)")
     parser.add_argument("--server", help="also keep what the model server at this URL has loaded, "
-                                         "e.g. http://127.0.0.1:8501")
+                                         "e.g. http://127.0.0.1:8501 (default: the model server `make up` "
+                                         "started for this home, when it runs)")
     parser.add_argument("--json", action="store_true", help="print the plan and result as JSON")

@@ -17,6 +17,10 @@ class AtomicPusherSpec(types.ComponentSpec):
         "push_kind": component_spec.ExecutionParameter(type=str, optional=True),
         "reason": component_spec.ExecutionParameter(type=str, optional=True),
         "requested_by": component_spec.ExecutionParameter(type=str, optional=True),
+        # Retention after a push: keep the newest N versions (0: keep all) and whatever the
+        # models.config of this project home labels, pins or keeps loaded.
+        "keep_versions": component_spec.ExecutionParameter(type=int, optional=True),
+        "project_home": component_spec.ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         executor.MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model),
@@ -44,6 +48,8 @@ class AtomicPusher(base_component.BaseComponent):
         push_kind: str = "nightly",
         reason: str = "",
         requested_by: str = "",
+        keep_versions: int = executor.DEFAULT_KEEP_VERSIONS,
+        project_home: str = "",
     ):
         super().__init__(
             spec=AtomicPusherSpec(
@@ -54,6 +60,8 @@ class AtomicPusher(base_component.BaseComponent):
                 push_kind=push_kind,
                 reason=reason,
                 requested_by=requested_by,
+                keep_versions=int(keep_versions),
+                project_home=project_home,
                 pushed_model=types.Channel(type=standard_artifacts.PushedModel),
             )
         )

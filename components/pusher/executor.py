@@ -4,6 +4,13 @@ Stock TFX's Pusher writes a new timestamped version on every cached rerun; this 
 the candidate's fingerprint with what is already pushed and, when it is there, pushes nothing
 and records why. A rollback is a push of an earlier model with `allow_repush` set, so that the
 older bytes become the newest version and the server switches to them.
+
+After a push it applies retention (`keep_versions`, default 5; 0 keeps everything): older version
+directories beyond the newest N go, except any version the project's models.config labels, pins
+or keeps loaded, the newest complete one and the version served until this push loads
+(serving/retention.py decides, as for `mlops models prune`). What went is recorded on the
+PushedModel (`pruned_versions`); the Trainer's model stays in the pipeline root, so a rollback
+to a pruned version still works. Retention never fails a push: a problem is logged and recorded.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from components.pusher import versions
+from serving.retention import DEFAULT_KEEP as DEFAULT_KEEP_VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,8 @@ REASON = "reason"
 REQUESTED_BY = "requested_by"
 KIND = "push_kind"  # "nightly" or "rollback"
 REPLACED_VERSION = "replaced_version"
+PRUNED_VERSIONS = "pruned_versions"  # "3,4": deleted by retention right after this push
+PRUNE_ERROR = "prune_error"
 
 
 class Executor(base_executor.BaseExecutor):
@@ -84,6 +94,31 @@ class Executor(base_executor.BaseExecutor):
         Path(pushed_model.uri).mkdir(parents=True, exist_ok=True)
         (Path(pushed_model.uri) / "PUSHED").write_text(f"{base / str(version)}\n")
         log.info("pushed model %s as version %d to %s (%s)", model.id, version, base, reason)
+        keep = exec_properties.get("keep_versions")
+        keep = DEFAULT_KEEP_VERSIONS if keep is None else int(keep)
+        if keep > 0:
+            self._retain(pushed_model, base, keep, served_before, exec_properties.get("project_home") or "")
+
+    @staticmethod
+    def _retain(pushed_model: types.Artifact, base: Path, keep: int, served_before, home: str) -> None:
+        from serving.config import ConfigFileError, ProjectServing, default_config_path
+        from serving.retention import apply_prune, plan_for
+
+        try:
+            # The models.config of the project's server (`make up`) says what else stays.
+            serving = ProjectServing.read(Path(home), base) if home else ProjectServing(base)
+            plan = plan_for(serving, keep, also_keep={served_before: "served until this push loads"} if served_before else None)
+            deleted = apply_prune(plan, emit=lambda _: None)
+        except (ConfigFileError, OSError, ValueError) as err:
+            where = f"{default_config_path(Path(home))}: " if isinstance(err, ConfigFileError) else ""
+            message = f"{where}{' '.join(str(err).split())[:400]}; fix it, then `mlops models prune`"
+            pushed_model.set_string_custom_property(PRUNE_ERROR, message)
+            log.warning("retention skipped after the push (nothing deleted): %s", message)
+            return
+        pushed_model.set_string_custom_property(PRUNED_VERSIONS, ",".join(map(str, deleted)))
+        if deleted:
+            log.info("retention: deleted version(s) %s of %s (keeping the newest %d, labelled, pinned and "
+                     "served ones)", ", ".join(map(str, deleted)), base, keep)
 
     @staticmethod
     def _not_pushed(pushed_model: types.Artifact, reason: str) -> None:

@@ -28,15 +28,23 @@ def runs(tmp_path_factory):
     env = {"TMPDIR": str(tmp)}
     first = _run(home, DAY1, "--auc-floor", "0.5", env=env)
     after_first = versions.list_versions(models)
+    first_saved_model = (models / "1" / "saved_model.pb").is_file()  # the 5th run's retention deletes it
     rerun = _run(home, DAY1, "--auc-floor", "0.5", env=env)
     after_rerun = versions.list_versions(models)
     strict = _run(home, DAY2, "--auc-floor", "0.999", env=env)
     after_strict = versions.list_versions(models)
     lenient = _run(home, DAY2, "--auc-floor", "0.0", "--min-improvement", "-1.0", "--slice-margin", "1.0", env=env)
+    after_lenient = versions.list_versions(models)
+    lenient_fingerprints = versions.fingerprints(models)
+    # More training steps: another model, pushed as version 3, then retention keeps 1 version
+    # (3) plus the one served until 3 loads (2).
+    retained = _run(home, DAY2, "--auc-floor", "0.0", "--min-improvement", "-1.0", "--slice-margin", "1.0",
+                    "--train-steps", "40", "--keep-versions", "1", env=env)
     return dict(
         home=home, models=models, tmp=tmp, first=first, rerun=rerun, strict=strict, lenient=lenient,
-        after_first=after_first, after_rerun=after_rerun, after_strict=after_strict,
-        after_lenient=versions.list_versions(models),
+        after_first=after_first, first_saved_model=first_saved_model, after_rerun=after_rerun, after_strict=after_strict,
+        after_lenient=after_lenient, lenient_fingerprints=lenient_fingerprints, retained=retained, after_retained=versions.list_versions(models),
+        listed=json.loads(mlops(home, "models", "list", "--json").stdout),
     )
 
 

@@ -6,6 +6,7 @@ assertions below; every test reads, none writes):
   2. span 1 again      -> served from cache, nothing pushed, says so
   3. span 2, floor .999 -> candidate not blessed -> nothing pushed
   4. span 2, gates off  -> candidate blessed against the served model -> version 2
+  5. span 2, gates off, more steps, --keep-versions 1 -> version 3; retention deletes version 1
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import pytest
 
 from components.pusher import versions
-from tests.conftest import DAY1, DAY2
+from tests.conftest import DAY1, DAY2, mlops
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +36,7 @@ def test_first_run_pushes_version_1_and_reports_the_run(runs):
     for node in ("CsvExampleGen", "Transform", "Trainer", "GatedEvaluator", "AtomicPusher"):
         assert first["node_states"][node] == "complete"
         assert f"] {node} complete in" in first["progress"]
-    assert (runs["models"] / "1" / "saved_model.pb").is_file()
+    assert runs["first_saved_model"]
 
 
 def test_rerun_of_the_same_span_is_cached_and_pushes_nothing(runs):
@@ -63,8 +64,19 @@ def test_second_span_passing_the_gates_is_pushed_as_version_2(runs):
     assert lenient["blessed"] is True
     assert "against model" in lenient["blessing_reason"]
     assert lenient["pushed_version"] == 2
-    assert versions.model_fingerprint(runs["models"] / "2") != versions.model_fingerprint(runs["models"] / "1")
+    assert runs["lenient_fingerprints"][2] != runs["lenient_fingerprints"][1]
     assert not [p for p in runs["models"].iterdir() if p.name.startswith(versions.TMP_PREFIX)]
+
+
+def test_a_push_deletes_versions_beyond_the_newest_n_but_not_the_one_it_replaces(runs):
+    retained = runs["retained"]
+    assert retained["pushed_version"] == 3, retained["push_reason"]
+    assert retained["pruned_versions"] == [1]
+    assert runs["after_retained"] == [2, 3]  # 2: served until 3 loads
+    assert "retention: deleted version(s) 1" in mlops(runs["home"], "summary").stdout
+    by_version = {row["version"]: row for row in runs["listed"]}
+    assert by_version[1]["on_disk"] is False and by_version[1]["deleted_by_retention_after"] == 3
+    assert by_version[3]["pruned_versions"] == [1] and by_version[2]["deleted_by_retention_after"] is None
 
 
 def test_runs_leave_nothing_in_the_temp_directory(runs):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines import services
 from tests.conftest import mlops
 from tests.serving.helpers import Http, Server, example_bytes, publish
 
@@ -448,10 +449,15 @@ def test_prune_keeps_labelled_and_newest_versions_of_a_served_directory(contract
     server, base = contract["server"], contract["base"]
     for v in (4, 5):
         publish(contract["home"] / "serving" / "models" / "taxi" / "1", base, v)
-    # labels: stable=3, canary=2 (previous test); --keep 1 keeps 5 (newest), 3 and 2 (labels)
-    result = json.loads(mlops(contract["home"], "models", "prune", "--keep", "1", "--model-base-path", str(base),
-                              "--model-config-file", str(contract["config"]),
-                              "--server", f"http://127.0.0.1:{server.rest_port}", "--json").stdout)
+    # labels: stable=3, canary=2 (previous test); --keep 1 keeps 5 (newest), 3 and 2 (labels).
+    # No --server: the server recorded as the home's (as `make up` records it) is asked what it has loaded.
+    home = contract["home"]
+    services.record_model_server(home, server.proc.pid, server.rest_port, server.grpc_port, base)
+    try:
+        result = json.loads(mlops(home, "models", "prune", "--keep", "1", "--model-base-path", str(base),
+                                  "--model-config-file", str(contract["config"]), "--json").stdout)
+    finally:
+        services.pid_file(home, services.MODEL_SERVER).unlink(missing_ok=True)
     assert result["deleted"] == [1, 4]
     assert "loaded by the running server" in result["keep"]["2"] and "label 'canary'" in result["keep"]["2"]
     assert sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) == [2, 3, 5]

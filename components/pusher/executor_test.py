@@ -1,0 +1,66 @@
+"""The AtomicPusher's executor on real TFX artifacts: a push, then retention of older versions."""
+
+from pathlib import Path
+
+from tfx.types import standard_artifacts
+
+from components.pusher import executor, versions
+
+
+def _model(root: Path, payload: bytes):
+    """A Model artifact whose Format-Serving directory looks like a complete SavedModel."""
+    model = standard_artifacts.Model()
+    model.uri = str(root)
+    serving = root / "Format-Serving"
+    (serving / "variables").mkdir(parents=True)
+    (serving / "saved_model.pb").write_bytes(payload)
+    (serving / "variables" / "variables.index").write_bytes(b"index-" + payload)
+    (serving / "variables" / "variables.data-00000-of-00001").write_bytes(b"data-" + payload)
+    return model
+
+
+def _push(tmp: Path, base: Path, n: int, **properties):
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(tmp / f"pushed-{n}")
+    executor.Executor().Do({executor.MODEL_KEY: [_model(tmp / f"model-{n}", f"graph {n}".encode())]},
+                           {executor.PUSHED_MODEL_KEY: [pushed]},
+                           {"push_base_directory": str(base), **properties})
+    return pushed
+
+
+def test_each_push_keeps_the_newest_n_versions_and_records_what_it_deleted(tmp_path):
+    base = tmp_path / "home" / "serving" / "models" / "taxi"
+    for n in range(1, 4):
+        assert not _push(tmp_path, base, n, keep_versions=3).get_string_custom_property(executor.PRUNED_VERSIONS)
+    assert versions.list_versions(base) == [1, 2, 3]
+    fourth = _push(tmp_path, base, 4, keep_versions=3)
+    assert fourth.get_int_custom_property(executor.PUSHED_VERSION) == 4
+    assert fourth.get_string_custom_property(executor.PRUNED_VERSIONS) == "1"
+    assert versions.list_versions(base) == [2, 3, 4]
+    # keep 1: the version served until this push loads stays too
+    assert _push(tmp_path, base, 5, keep_versions=1).get_string_custom_property(executor.PRUNED_VERSIONS) == "2,3"
+    assert versions.list_versions(base) == [4, 5]
+    # 0 keeps every version
+    _push(tmp_path, base, 6, keep_versions=0)
+    assert versions.list_versions(base) == [4, 5, 6]
+
+
+def test_retention_keeps_what_the_projects_models_config_labels_pins_or_loads(tmp_path):
+    home = tmp_path / "home"
+    base = home / "serving" / "models" / "taxi"
+    config = home / "serving" / "models.config"
+    for n in range(1, 5):
+        _push(tmp_path, base, n, keep_versions=0)
+    config.write_text('model_config_list { config { name: "taxi" base_path: "serving/models/taxi" '
+                      'model_version_policy { latest { num_versions: 2 } } version_labels { key: "stable" value: 1 } } }')
+    pushed = _push(tmp_path, base, 5, keep_versions=1, project_home=str(home))
+    # 1: labelled; 4: loaded under `latest 2` and served until 5 loads; 5: the push
+    assert pushed.get_string_custom_property(executor.PRUNED_VERSIONS) == "2,3"
+    assert versions.list_versions(base) == [1, 4, 5]
+
+    # A models.config that does not parse: the push stands, nothing is deleted, and it says why.
+    config.write_text("model_config_list { config { name: ")
+    broken = _push(tmp_path, base, 6, keep_versions=1, project_home=str(home))
+    assert broken.get_int_custom_property(executor.PUSHED) == 1
+    assert versions.list_versions(base) == [1, 4, 5, 6]
+    assert "models.config" in broken.get_string_custom_property(executor.PRUNE_ERROR)
