@@ -163,12 +163,24 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _is_airflow(pid: int, marker: bytes = b"airflow") -> bool:
-    """Guards against a pid file whose process is gone and whose pid was reused."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return marker in cmdline.read()
-    except OSError:
-        return _pid_alive(pid)
+    """Guards against a pid file whose process is gone and whose pid was reused.
+
+    A process that is in the middle of exec() shows an empty command line for a moment (the new
+    program's arguments are not mapped yet): that is read again rather than taken for "not ours",
+    which once deleted the pid file of a triggerer that had just started, so that `make up`
+    reported it dead and `make down` left it running."""
+    for _ in range(40):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                text = cmdline.read()
+        except OSError:
+            return _pid_alive(pid)
+        if text:
+            return marker in text
+        if not _pid_alive(pid):
+            return False  # a zombie has an empty command line too
+        time.sleep(0.025)
+    return _pid_alive(pid)
 
 
 def running_pid(home: Path, service: str) -> Optional[int]:
