@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import airflow_env, services, worker
+from serving.retention import wait_until_served
 from tests.conftest import REPO, make_home, mlops
 from tests.e2e import webdriver
 
@@ -294,6 +295,12 @@ def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow):
     pushed = sorted(int(p.name) for p in models.iterdir() if p.name.isdigit()) if models.is_dir() else []
     assert pushed, f"no model version pushed to {models}"
     assert (models / str(pushed[0]) / "saved_model.pb").is_file()
+    # The model server `make up` started beside Airflow serves what the DAG pushed (it watches the
+    # directory), and it is what `mlops rollback` and `mlops models prune` find for this home.
+    server = services.running_model_server(home)
+    assert server is not None and server.base_path.resolve() == models.resolve(), server
+    waited = wait_until_served(server.rest_url, "taxi", pushed[-1], timeout=60)
+    assert waited is not None, f"the make-up model server does not serve version {pushed[-1]}"
 
 
 # ----------------------------------------------------------------------------------- 4. make down
