@@ -524,6 +524,7 @@ def cmd_models_list(args) -> int:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     from serving.retention import DEFAULT_KEEP  # standard library only
+
     parser.add_argument("--date", type=_date, help="span to run, YYYY-MM-DD (default: the latest seeded span)")
     parser.add_argument("--train-steps", type=int, default=300, help="training steps (default: 300)")
     parser.add_argument("--eval-steps", type=int, default=50, help="Trainer evaluation steps (default: 50)")
