@@ -57,7 +57,7 @@ class RunSummary:
                 out.append(f"  retention: deleted version(s) {', '.join(map(str, self.pruned_versions))} "
                            "(older than the newest kept; labelled, pinned and served ones stay)")
             if self.prune_error:
-                out.append(f"  retention: skipped, nothing deleted ({self.prune_error})")
+                out.append(f"  retention: {self.prune_error}")
         else:
             out.append(f"  pushed:    nothing ({self.push_reason or 'the Pusher did not run'})")
         return out

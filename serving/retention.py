@@ -33,6 +33,7 @@ class PrunePlan:
     on_disk: List[int]
     keep: Dict[int, List[str]]  # version -> why it stays
     delete: List[int]
+    failed: Dict[int, str] = dataclasses.field(default_factory=dict)  # version -> why apply_prune could not delete it
 
     def lines(self) -> List[str]:
         out = [f"{self.base}: {len(self.on_disk)} version(s) on disk, keeping {len(self.keep)}, "
@@ -120,6 +121,10 @@ def apply_prune(plan: PrunePlan, emit: Callable[[str], None] = print) -> List[in
             remove_version(plan.base, version)
         except FileNotFoundError:
             continue  # someone else removed it first
+        except OSError as err:  # not ours to delete (permissions, a read-only mount): the rest still go
+            plan.failed[version] = " ".join(str(err).split())
+            emit(f"could not delete version {version}: {plan.failed[version]}")
+            continue
         deleted.append(version)
         emit(f"deleted version {version}")
     for leftover in plan.base.glob(f"{DELETING_PREFIX}*"):  # from an interrupted earlier prune
@@ -206,15 +211,16 @@ def cmd_prune(args) -> int:
         result = plan.as_dict()
         result["dry_run"] = bool(args.dry_run)
         result["deleted"] = [] if args.dry_run else apply_prune(plan, emit=lambda _: None)
+        result["failed"] = {str(v): why for v, why in plan.failed.items()}
         print(json.dumps(result, indent=2, sort_keys=True))
-        return 0
+        return 1 if plan.failed else 0
     for line in plan.lines():
         print(line)
     if args.dry_run:
         print("dry run: nothing deleted")
         return 0
     apply_prune(plan)
-    return 0
+    return 1 if plan.failed else 0
 
 
 def add_arguments(parser) -> None:

@@ -108,14 +108,18 @@ class Executor(base_executor.BaseExecutor):
             # The models.config of the project's server (`make up`) says what else stays.
             serving = ProjectServing.read(Path(home), base) if home else ProjectServing(base)
             plan = plan_for(serving, keep, also_keep={served_before: "served until this push loads"} if served_before else None)
-            deleted = apply_prune(plan, emit=lambda _: None)
         except (ConfigFileError, OSError, ValueError) as err:
             where = f"{default_config_path(Path(home))}: " if isinstance(err, ConfigFileError) else ""
-            message = f"{where}{' '.join(str(err).split())[:400]}; fix it, then `mlops models prune`"
+            message = f"skipped, nothing deleted: {where}{' '.join(str(err).split())[:400]}; fix it, then `mlops models prune`"
             pushed_model.set_string_custom_property(PRUNE_ERROR, message)
-            log.warning("retention skipped after the push (nothing deleted): %s", message)
+            log.warning("retention after the push: %s", message)
             return
+        deleted = apply_prune(plan, emit=lambda _: None)  # a version it cannot delete is skipped, in plan.failed
         pushed_model.set_string_custom_property(PRUNED_VERSIONS, ",".join(map(str, deleted)))
+        if plan.failed:
+            message = "could not delete " + "; ".join(f"version {v}: {why}" for v, why in sorted(plan.failed.items()))
+            pushed_model.set_string_custom_property(PRUNE_ERROR, message[:500])
+            log.warning("retention: %s", message)
         if deleted:
             log.info("retention: deleted version(s) %s of %s (keeping the newest %d, labelled, pinned and "
                      "served ones)", ", ".join(map(str, deleted)), base, keep)

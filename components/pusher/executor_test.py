@@ -1,5 +1,6 @@
 """The AtomicPusher's executor on real TFX artifacts: a push, then retention of older versions."""
 
+import subprocess
 from pathlib import Path
 
 from tfx.types import standard_artifacts
@@ -63,4 +64,21 @@ def test_retention_keeps_what_the_projects_models_config_labels_pins_or_loads(tm
     broken = _push(tmp_path, base, 6, keep_versions=1, project_home=str(home))
     assert broken.get_int_custom_property(executor.PUSHED) == 1
     assert versions.list_versions(base) == [1, 4, 5, 6]
-    assert "models.config" in broken.get_string_custom_property(executor.PRUNE_ERROR)
+    error = broken.get_string_custom_property(executor.PRUNE_ERROR)
+    assert error.startswith("skipped, nothing deleted: ") and "models.config" in error, error
+
+
+def test_a_version_that_cannot_be_deleted_is_recorded_and_the_others_still_go(tmp_path):
+    base = tmp_path / "home" / "serving" / "models" / "taxi"
+    for n in range(1, 4):
+        _push(tmp_path, base, n, keep_versions=0)
+    stuck = base / "1"
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)  # immutable: even root cannot rename it
+    try:
+        pushed = _push(tmp_path, base, 4, keep_versions=1)
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    assert pushed.get_int_custom_property(executor.PUSHED) == 1
+    assert pushed.get_string_custom_property(executor.PRUNED_VERSIONS) == "2"
+    assert pushed.get_string_custom_property(executor.PRUNE_ERROR).startswith("could not delete version 1: ")
+    assert versions.list_versions(base) == [1, 3, 4]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,18 @@ def test_cli_keeps_what_a_latest_n_policy_loads_and_reads_the_entry_of_the_prune
     result = json.loads(mlops(home, "models", "prune", "--keep", "1", "--json").stdout)
     assert result["base"] == str(other.resolve()) and result["deleted"] == [2, 3, 4, 5]
     assert on_disk(other) == [1, 6]
+
+
+def test_cli_a_version_that_cannot_be_deleted_is_named_and_exits_1(tmp_path):
+    base = tmp_path / "serving" / "models" / "taxi"
+    for v in range(1, 5):
+        fake_version(base, v)
+    subprocess.run(["chattr", "+i", str(base / "1")], check=True)  # immutable: even root cannot rename it
+    try:
+        done = mlops(tmp_path, "models", "prune", "--keep", "1", "--json", check=False)
+    finally:
+        subprocess.run(["chattr", "-i", str(base / "1")], check=True)
+    assert done.returncode == 1, done
+    result = json.loads(done.stdout)
+    assert result["deleted"] == [2, 3] and list(result["failed"]) == ["1"]
+    assert on_disk(base) == [1, 4]
