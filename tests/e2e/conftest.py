@@ -42,8 +42,9 @@ def runs(tmp_path_factory):
                     "--train-steps", "40", "--keep-versions", "1", env=env)
     return dict(
         home=home, models=models, tmp=tmp, first=first, rerun=rerun, strict=strict, lenient=lenient,
-        after_first=after_first, first_saved_model=first_saved_model, after_rerun=after_rerun, after_strict=after_strict,
-        after_lenient=after_lenient, lenient_fingerprints=lenient_fingerprints, retained=retained, after_retained=versions.list_versions(models),
+        after_first=after_first, first_saved_model=first_saved_model, after_rerun=after_rerun,
+        after_strict=after_strict, after_lenient=after_lenient, lenient_fingerprints=lenient_fingerprints,
+        retained=retained, after_retained=versions.list_versions(models),
         listed=json.loads(mlops(home, "models", "list", "--json").stdout),
     )
 
