@@ -404,16 +404,10 @@ def cmd_rollback(args) -> int:
     # By default, the model server `make up` started for this home, when it runs and serves this directory.
     server, found, unchecked = args.server, None, ""
     if not server and not args.no_server:
-        from pipelines.services import running_model_server
+        from pipelines.services import model_server_for
 
-        found = running_model_server(_paths(args).home)
-        if found is None:
-            unchecked = "no model server of this home runs (`make up` starts one)"
-        elif found.base_path.resolve() != serving.base_path:
-            unchecked = f"this home's model server serves {found.base_path}, not {serving.base_path}"
-            found = None
-        else:
-            server = found.rest_url
+        found, unchecked = model_server_for(_paths(args).home, serving.base_path)
+        server = found.rest_url if found else None
     try:
         result = rollback(config, None if args.previous else args.to, args.reason, args.by,
                           progress=(lambda _: None) if args.json else print, force=args.force, serving=serving)

@@ -50,7 +50,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from pipelines import airflow_env
 from pipelines.errors import ConfigError
@@ -249,6 +249,16 @@ def running_model_server(home: Path) -> Optional[RunningModelServer]:
     if not pid or state.get("pid", pid) != pid or not state.get("rest_port") or not state.get("base_path"):
         return None
     return RunningModelServer(pid, f"http://{HOST}:{state['rest_port']}", Path(state["base_path"]))
+
+
+def model_server_for(home: Path, base_path: Path) -> Tuple[Optional[RunningModelServer], str]:
+    """This home's model server if it runs and serves `base_path`; else None and why not."""
+    found = running_model_server(home)
+    if found is None:
+        return None, "no model server of this home runs (`make up` starts one)"
+    if found.base_path.resolve() != Path(base_path).resolve():
+        return None, f"this home's model server serves {found.base_path}, not {base_path}"
+    return found, ""
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -186,11 +186,16 @@ class ProjectServing:
     @classmethod
     def read(cls, home: Path, base_path: Path, explicit: Optional[str] = None) -> "ProjectServing":
         """Raises ConfigFileError for a models.config that is missing (when explicit) or unreadable."""
-        base = Path(base_path).resolve()
         path = resolve_config_path(home, explicit)
+        return cls.from_configs(base_path, path, load_model_config(path, home) if path else [])
+
+    @classmethod
+    def from_configs(cls, base_path: Path, path: Optional[Path], configs: List[ModelConfig]) -> "ProjectServing":
+        """`read` for a models.config already loaded (`path` None: there is none)."""
+        base = Path(base_path).resolve()
         if path is None:
             return cls(base, None, ModelConfig(base.name, base))
-        match = [m for m in load_model_config(path, home) if m.base_path == base]
+        match = [m for m in configs if m.base_path == base]
         return cls(base, path, match[0] if match else None)
 
     @property

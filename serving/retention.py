@@ -59,9 +59,8 @@ def looks_complete(version_dir: Path) -> bool:
 
 def plan_prune(base: Path, keep_newest: int = DEFAULT_KEEP, labels: Optional[Dict[str, int]] = None,
                pinned: Set[int] = frozenset(), served: Set[int] = frozenset(),
-               policy_loads: Set[int] = frozenset(), policy: str = "",
-               also_keep: Optional[Dict[int, str]] = None) -> PrunePlan:
-    """`policy_loads`: the versions a `latest N` policy keeps loaded (`policy` names it in the reason);
+               latest=None, also_keep: Optional[Dict[int, str]] = None) -> PrunePlan:
+    """`latest`: a `latest N` serving.config.VersionPolicy, whose loaded versions stay;
     `also_keep`: more versions to keep, each with why."""
     if keep_newest < 1:
         raise ValueError("keep at least 1 version (the served one)")
@@ -84,8 +83,8 @@ def plan_prune(base: Path, keep_newest: int = DEFAULT_KEEP, labels: Optional[Dic
         mark(version, f"label {label!r}")
     for version in sorted(pinned):
         mark(version, "pinned by the version policy")
-    for version in sorted(policy_loads):
-        mark(version, f"loaded under the version policy ({policy or 'latest'})")
+    for version in latest.loads(on_disk) if latest is not None else []:
+        mark(version, f"loaded under the version policy ({latest.describe()})")
     for version, why in sorted((also_keep or {}).items()):
         mark(version, why)
     for version in sorted(served):
@@ -101,9 +100,8 @@ def plan_for(serving, keep_newest: int = DEFAULT_KEEP, served: Set[int] = frozen
     model = serving.model if serving.config_path is not None else None
     labels = model.label_map if model else {}
     pinned = set(model.policy.versions) if model and model.policy.kind == "specific" else set()
-    loads = set(model.policy.loads(list_versions(serving.base_path))) if model and model.policy.kind == "latest" else set()
-    return plan_prune(serving.base_path, keep_newest, labels, pinned, served, loads,
-                      model.policy.describe() if model else "", also_keep)
+    latest = model.policy if model and model.policy.kind == "latest" else None
+    return plan_prune(serving.base_path, keep_newest, labels, pinned, served, latest, also_keep)
 
 
 def remove_version(base: Path, version: int) -> None:
@@ -178,25 +176,23 @@ def cmd_prune(args) -> int:
     try:
         config_path = resolve_config_path(home, args.model_config_file)
         configs = load_model_config(config_path, home) if config_path else []
-        if args.model_base_path:
-            base = Path(args.model_base_path)
-            base = base if base.is_absolute() else home / base
-        else:
-            named = [c.base_path for c in configs if c.name == args.model_name]
-            base = named[0] if named else home / "serving" / "models" / args.model_name
-        # What the config says about *this directory*: its entry by base_path, as a server reads it.
-        serving = ProjectServing.read(home, base, args.model_config_file)
     except ConfigFileError as err:
         raise ConfigError(str(err), "fix the models.config file or pass another --model-config-file") from err
+    if args.model_base_path:
+        base = Path(args.model_base_path)
+        base = base if base.is_absolute() else home / base
+    else:
+        named = [c.base_path for c in configs if c.name == args.model_name]
+        base = named[0] if named else home / "serving" / "models" / args.model_name
+    # What the config says about *this directory*: its entry by base_path, as a server reads it.
+    serving = ProjectServing.from_configs(base, config_path, configs)
     served: Set[int] = set()
     server = args.server
     if not server:
-        # The model server `make up` started for this home, when it runs and serves this directory.
-        from pipelines.services import running_model_server
+        from pipelines.services import model_server_for
 
-        found = running_model_server(home)
-        if found is not None and found.base_path.resolve() == serving.base_path:
-            server = found.rest_url
+        found, _ = model_server_for(home, serving.base_path)
+        server = found.rest_url if found else None
     if server:
         try:
             served = served_versions(server, serving.model_name if not args.server else args.model_name)
