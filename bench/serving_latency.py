@@ -471,8 +471,10 @@ def switch_times(home: Path, base: Path, model_dir: Path, server: Server, can_ro
     poller = Poller(server)
     if can_rollback:
         want = max(versions(base)) + 1
+        # --server: the command returns once the measured server serves the new version (the home has
+        # two servers; either may be the one registered as the home's).
         cmd = [str(MLOPS), "--home", str(home), "rollback", "--previous", "--reason", "bench: rollback timing",
-               "--by", "bench/serving_latency.py"]
+               "--by", "bench/serving_latency.py", "--server", f"http://127.0.0.1:{server.rest_port}"]
         started = time.monotonic()
         proc = subprocess.Popen(cmd, env=CHILD_ENV, stdout=open(logs / "rollback.log", "w"), stderr=subprocess.STDOUT)
         out["rollback"] = poller.until_version(want, started, watch=base / str(want))
@@ -614,7 +616,8 @@ def render(rows: list, switch: dict, meta: dict) -> str:
         lines.append(f"- `mlops rollback --previous` started -> first answer from the restored version: "
                      f"**{switch['rollback']:.2f} s** (target <= {SWITCH_TARGET_S:.0f} s): **{verdict(ok)}**; the "
                      f"command itself took {switch['rollback_cmd']:.2f} s (a two-node run, resolver + AtomicPusher, in the "
-                     f"home's warm worker that the pipeline runs started); from the pushed version directory appearing (polled every ~10 ms) "
+                     f"home's warm worker that the pipeline runs started, then its wait until the server serves the "
+                     f"version); from the pushed version directory appearing (polled every ~10 ms) "
                      f"to the first answer from it: **{switch['rollback_dir']:.2f} s**")
     else:
         lines.append("- rollback: not measured (`--model-dir` has no ML Metadata with two pushes)")

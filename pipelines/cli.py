@@ -419,7 +419,7 @@ def cmd_rollback(args) -> int:
         from serving.retention import wait_until_served
 
         if not args.json:
-            whose = f" of this home (pid {found.pid}, started by `make up`)" if found else ""
+            whose = f" of this home (pid {found.pid}, started by `{found.started_by}`)" if found else ""
             print(f"waiting up to {args.wait:g}s for the model server{whose} at {server} to serve version "
                   f"{result.new_version}", flush=True)
         waited = wait_until_served(server, serving.model_name, result.new_version, args.wait)
@@ -552,6 +552,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from serving.config import PROJECT_CONFIG_HELP_DEFAULT  # no TensorFlow import
+
     parser = argparse.ArgumentParser(
         prog="mlops",
         description="Nightly TFX retraining: seed data, run a span (in-process or through Airflow), serve the "
@@ -696,15 +698,16 @@ def build_parser() -> argparse.ArgumentParser:
     rollback_parser.add_argument(
         "--model-config-file",
         help="the models.config the model server runs with: a rollback is refused when its version policy "
-             "would not serve the push (default: <home>/serving/models.config if it exists)")
+             "would not serve the push (" + PROJECT_CONFIG_HELP_DEFAULT + ")")
     rollback_parser.add_argument(
         "--server", help="after the push, wait until the model server at this URL serves the new version "
-                         "(e.g. http://127.0.0.1:8501); exit 1 if it does not within --wait seconds. Default: the "
-                         "model server `make up` started for this home, when it runs")
+                         "(e.g. http://127.0.0.1:8501); exit 1 if it does not within --wait seconds. Default: this "
+                         "home's model server, when it runs (`make up` starts it; a `mlops serve` of the home's "
+                         "model directory registers itself)")
     rollback_parser.add_argument("--wait", type=float, metavar="SECONDS",
                                  help="how long to wait for the model server (default: 30)")
     rollback_parser.add_argument("--no-server", action="store_true",
-                                 help="do not wait for the model server that `make up` started for this home "
+                                 help="do not wait for this home's model server "
                                       "(by default, when it runs, the rollback waits until it serves the new version)")
     rollback_parser.add_argument("--cold", action="store_true", help=COLD_HELP)
     rollback_parser.set_defaults(handler=cmd_rollback)
@@ -718,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_list.add_argument(
         "--model-config-file",
         help="the models.config the model server runs with, whose version policy and labels say what is served "
-             "(default: <home>/serving/models.config if it exists; without one the newest version is served)")
+             "(" + PROJECT_CONFIG_HELP_DEFAULT + "; without one the newest version is served)")
     models_list.add_argument("--server", help="ask the running model server which versions it has loaded instead, "
                                               "e.g. http://127.0.0.1:8501")
     models_list.set_defaults(handler=cmd_models_list)

@@ -227,12 +227,45 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def record_model_server(home: Path, pid: int, rest_port: int, grpc_port: int, base_path: Path) -> None:
-    """Makes a running `mlops serve` this home's model server (`make status`, `make down`, rollbacks)."""
+STARTED_BY_UP = "make up"  # `make up` / `mlops airflow up` started it, and `make down` stops it
+STARTED_BY_HAND = "mlops serve"  # started by hand; it registered itself, and `make down` leaves it running
+
+
+def record_model_server(home: Path, pid: int, rest_port: int, grpc_port: int, base_path: Path,
+                        config_file: Optional[Path] = None, started_by: str = STARTED_BY_UP) -> None:
+    """Makes a running `mlops serve` this home's model server (`make status`, `make down`, rollbacks,
+    retention). `config_file`: the models.config it follows (it may not exist yet)."""
     run_dir(home).mkdir(parents=True, exist_ok=True)
     pid_file(home, MODEL_SERVER).write_text(f"{pid}\n")
     serving_state_file(home).write_text(json.dumps(dict(
-        rest_port=rest_port, grpc_port=grpc_port, base_path=str(base_path), pid=pid), indent=2) + "\n")
+        rest_port=rest_port, grpc_port=grpc_port, base_path=str(base_path), pid=pid,
+        model_config_file=str(config_file) if config_file else None, started_by=started_by), indent=2) + "\n")
+
+
+def register_model_server(home: Path, pid: int, rest_port: int, grpc_port: int, base_path: Path,
+                          config_file: Optional[Path], started_by: str) -> Optional[int]:
+    """Records a model server that just bound its ports as this home's, unless another one already
+    is (a live pid that is not `pid`): returns that one's pid, or None when `pid` is now recorded."""
+    other = running_pid(home, MODEL_SERVER)
+    if other and other != pid:
+        return other
+    state = _read_json(serving_state_file(home)) if other == pid else {}
+    # `make up` recorded this pid before the process started: it stays "started by make up".
+    record_model_server(home, pid, rest_port, grpc_port, base_path, config_file,
+                        state.get("started_by") or started_by)
+    return None
+
+
+def unregister_model_server(home: Path, pid: int) -> None:
+    """At a model server's shutdown: forgets it, if it is still the one recorded."""
+    try:
+        recorded = int(pid_file(home, MODEL_SERVER).read_text().strip())
+    except (OSError, ValueError):
+        return
+    if recorded == pid:
+        for path in (pid_file(home, MODEL_SERVER), serving_state_file(home)):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,22 +273,26 @@ class RunningModelServer:
     pid: int
     rest_url: str  # http://127.0.0.1:8501
     base_path: Path  # the version directory it serves
+    config_file: Optional[Path] = None  # the models.config it follows (may not exist)
+    started_by: str = STARTED_BY_UP
 
 
 def running_model_server(home: Path) -> Optional[RunningModelServer]:
-    """This home's model server (started by `make up` / `mlops airflow up`) if it runs."""
+    """This home's model server (started by `make up`, or a `mlops serve` that registered itself) if it runs."""
     pid = running_pid(home, MODEL_SERVER)
     state = _read_json(serving_state_file(home)) if pid else {}
     if not pid or state.get("pid", pid) != pid or not state.get("rest_port") or not state.get("base_path"):
         return None
-    return RunningModelServer(pid, f"http://{HOST}:{state['rest_port']}", Path(state["base_path"]))
+    config = state.get("model_config_file")
+    return RunningModelServer(pid, f"http://{HOST}:{state['rest_port']}", Path(state["base_path"]),
+                              Path(config) if config else None, state.get("started_by") or STARTED_BY_UP)
 
 
 def model_server_for(home: Path, base_path: Path) -> Tuple[Optional[RunningModelServer], str]:
     """This home's model server if it runs and serves `base_path`; else None and why not."""
     found = running_model_server(home)
     if found is None:
-        return None, "no model server of this home runs (`make up` starts one)"
+        return None, "no model server of this home runs (`make up` starts one; a `mlops serve` of the home's model directory registers itself)"
     if found.base_path.resolve() != Path(base_path).resolve():
         return None, f"this home's model server serves {found.base_path}, not {base_path}"
     return found, ""
@@ -502,7 +539,12 @@ class Services:
     def down(self, stop_worker: bool = True, timeout: float = STOP_TIMEOUT, quiet: bool = False) -> int:
         emit = (lambda _: None) if quiet else self.emit
         pids = {service: pid for service, pid in self.pids().items() if pid}
-        pids.update({MODEL_SERVER: pid} if (pid := running_pid(self.home, MODEL_SERVER)) else {})
+        server = running_model_server(self.home)
+        if server is not None and server.started_by != STARTED_BY_UP:
+            emit(f"left the model server started by `{server.started_by}` running (pid {server.pid}): "
+                 f"`kill {server.pid}` stops it")
+        elif pid := running_pid(self.home, MODEL_SERVER):
+            pids[MODEL_SERVER] = pid
         # The scheduler first (no new tasks), the api-server last (running tasks report to it).
         order = [s for s in (MODEL_SERVER, "scheduler", "triggerer", "dag-processor", "api-server") if s in pids]
         for service in order:
@@ -521,8 +563,9 @@ class Services:
                 pid_file(self.home, service).unlink()
         with contextlib.suppress(OSError):
             state_file(self.home).unlink()
-        with contextlib.suppress(OSError):
-            serving_state_file(self.home).unlink()
+        if MODEL_SERVER in pids:
+            with contextlib.suppress(OSError):
+                serving_state_file(self.home).unlink()
         if not order:
             emit(f"Airflow is not running for {self.home}")
         if stop_worker:
@@ -533,6 +576,12 @@ class Services:
 
     def _start_model_server(self) -> Optional[int]:
         """`mlops serve` for this home in the background, unless it already runs; its pid."""
+        found = running_model_server(self.home)
+        if found is not None:
+            if found.started_by != STARTED_BY_UP:
+                self.emit(f"model server: already running for {self.home} (pid {found.pid}, started by "
+                          f"`{found.started_by}`): using it; `make down` leaves it running")
+            return found.pid
         pid = running_pid(self.home, MODEL_SERVER)
         if pid:
             return pid
@@ -544,10 +593,13 @@ class Services:
                                   "MLOPS_SERVING_GRPC_PORT=8510 make up")
         import sys
 
+        from serving.config import default_config_path
+
+        # On the home's defaults: <home>/serving/models/taxi, and <home>/serving/models.config
+        # (labels, pinned versions) whenever it exists, also when it is written later.
         base = self.home / "serving" / "models" / MODEL_NAME
         cmd = [str(Path(sys.executable).parent / "mlops"), "--home", str(self.home), "serve",
-               "--model-name", MODEL_NAME, "--model-base-path", str(base), "--host", HOST,
-               "--rest-port", str(rest_port), "--grpc-port", str(grpc_port)]
+               "--model-name", MODEL_NAME, "--host", HOST, "--rest-port", str(rest_port), "--grpc-port", str(grpc_port)]
         log_path = log_file(self.home, MODEL_SERVER)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         run_dir(self.home).mkdir(parents=True, exist_ok=True)
@@ -557,7 +609,7 @@ class Services:
             log.flush()
             process = subprocess.Popen(cmd, env=env, cwd=str(self.home), stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
-        record_model_server(self.home, process.pid, rest_port, grpc_port, base)
+        record_model_server(self.home, process.pid, rest_port, grpc_port, base, default_config_path(self.home))
         return process.pid
 
     def _wait_model_server(self, timeout: float) -> None:
@@ -591,6 +643,8 @@ class Services:
                       if s.get("state") == "AVAILABLE"] if status == 200 and isinstance(body, dict) else []
             where = (f", REST :{state.get('rest_port')} gRPC :{state.get('grpc_port')}, "
                      + (f"serving version {', '.join(map(str, served))}" if served else f"no model (HTTP {status})"))
+        if pid and state.get("started_by") not in (None, STARTED_BY_UP):
+            where += f", started by `{state['started_by']}`"
         state_text = f"running (pid {pid}){where}" if pid else "stopped"
         self.emit(f"{MODEL_SERVER:14} {state_text}  log: {log_file(self.home, MODEL_SERVER)}")
 

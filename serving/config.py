@@ -26,6 +26,9 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 DEFAULT_MODEL_NAME = "taxi"
 DEFAULT_CONFIG_NAME = "models.config"  # looked for in <home>/serving/ when no file is given
+# --help of the commands that read how the home's model server serves (project_config_path)
+PROJECT_CONFIG_HELP_DEFAULT = ("default: the one this home's running model server follows, else "
+                               "<home>/serving/models.config if it exists")
 
 
 class ConfigFileError(ValueError):
@@ -109,6 +112,20 @@ def resolve_config_path(home: Path, explicit: Optional[str]) -> Optional[Path]:
     return path if path.is_file() else None
 
 
+def project_config_path(home: Path, explicit: Optional[str]) -> Optional[Path]:
+    """The models.config that says how the home's model server serves: the explicit one; else the
+    one the home's running model server follows (`make up`'s, or a `mlops serve` that registered
+    itself with --model-config-file elsewhere); else <home>/serving/models.config when it exists."""
+    if explicit:
+        return resolve_config_path(home, explicit)
+    from pipelines.services import running_model_server  # standard library only
+
+    server = running_model_server(Path(home))
+    if server is not None and server.config_file is not None and server.config_file.is_file():
+        return server.config_file.resolve()
+    return resolve_config_path(home, None)
+
+
 def parse_model_config(text: str, home: Path) -> List[ModelConfig]:
     """Parses a ModelServerConfig text proto into ModelConfigs (base paths resolved against `home`)."""
     from google.protobuf import text_format
@@ -186,7 +203,7 @@ class ProjectServing:
     @classmethod
     def read(cls, home: Path, base_path: Path, explicit: Optional[str] = None) -> "ProjectServing":
         """Raises ConfigFileError for a models.config that is missing (when explicit) or unreadable."""
-        path = resolve_config_path(home, explicit)
+        path = project_config_path(home, explicit)
         return cls.from_configs(base_path, path, load_model_config(path, home) if path else [])
 
     @classmethod

@@ -170,11 +170,11 @@ def cmd_prune(args) -> int:
     """`mlops models prune`."""
     from pipelines.config import ProjectPaths
     from pipelines.errors import ConfigError
-    from serving.config import ConfigFileError, ProjectServing, load_model_config, resolve_config_path
+    from serving.config import ConfigFileError, ProjectServing, load_model_config, project_config_path
 
     home = ProjectPaths.from_env(args.home).home
     try:
-        config_path = resolve_config_path(home, args.model_config_file)
+        config_path = project_config_path(home, args.model_config_file)
         configs = load_model_config(config_path, home) if config_path else []
     except ConfigFileError as err:
         raise ConfigError(str(err), "fix the models.config file or pass another --model-config-file") from err
@@ -220,14 +220,16 @@ def cmd_prune(args) -> int:
 
 
 def add_arguments(parser) -> None:
+    from serving.config import PROJECT_CONFIG_HELP_DEFAULT
+
     parser.add_argument("--keep", type=int, default=DEFAULT_KEEP, help="newest versions to keep (default: 5)")
     parser.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     parser.add_argument("--model-name", default="taxi", help="model (default: taxi)")
     parser.add_argument("--model-base-path", help="version directory (default: from models.config, else "
                                                   "<home>/serving/models/<name>)")
     parser.add_argument("--model-config-file", help="models.config whose labels and pinned versions are kept "
-                                                    "(default: <home>/serving/models.config if it exists)")
+                                                    f"({PROJECT_CONFIG_HELP_DEFAULT})")
     parser.add_argument("--server", help="also keep what the model server at this URL has loaded, "
-                                         "e.g. http://127.0.0.1:8501 (default: the model server `make up` "
-                                         "started for this home, when it runs)")
+                                         "e.g. http://127.0.0.1:8501 (default: this home's model server, when "
+                                         "it runs)")
     parser.add_argument("--json", action="store_true", help="print the plan and result as JSON")

@@ -30,6 +30,9 @@ class ServerOptions:
     model_name: str = "taxi"
     model_base_path: Optional[Path] = None
     model_config_file: Optional[Path] = None
+    # On the home's defaults (neither --model-base-path nor --model-config-file): model_config_file
+    # is <home>/serving/models.config, followed also while it does not exist (then: the default model).
+    follow_home_config: bool = False
     host: str = "127.0.0.1"
     rest_port: int = 8501
     grpc_port: int = 8500
@@ -60,10 +63,16 @@ def setup_logging() -> None:
 
 
 def model_configs(options: ServerOptions):
-    from serving.config import load_model_config, single_model
+    from serving.config import load_model_config
 
-    if options.model_config_file is not None:
+    if options.model_config_file is not None and not (options.follow_home_config and not options.model_config_file.is_file()):
         return load_model_config(options.model_config_file, options.home)
+    return default_models(options)
+
+
+def default_models(options: ServerOptions):
+    from serving.config import single_model
+
     base = options.model_base_path or (options.home / "serving" / "models" / options.model_name)
     return single_model(options.model_name, base)
 
@@ -82,6 +91,7 @@ class ModelServer:
         self.registry = Registry(
             configs, loader=self._load, stamp=version_stamp, config_path=options.model_config_file,
             home=options.home, poll_seconds=options.poll_seconds, metrics=self.metrics,
+            fallback=default_models(options) if options.follow_home_config else None,
         )
         self.api = Api(self.registry, options.max_concurrent_requests)
         self.rest = None
@@ -179,15 +189,43 @@ def run(options: ServerOptions) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
-    while not stop.wait(1.0):
-        pass
-    server.stop()
+    registered = register_as_home_server(options, server)
+    try:
+        while not stop.wait(1.0):
+            pass
+        server.stop()
+    finally:
+        if registered:
+            from pipelines.services import unregister_model_server
+
+            unregister_model_server(options.home, os.getpid())
     return 0
+
+
+def register_as_home_server(options: ServerOptions, server: ModelServer) -> bool:
+    """A server of the home's model directory (the Pusher's) becomes the home's model server, unless
+    another one runs: `mlops rollback` then waits for it to serve the restored version, and retention
+    keeps what it loads and what its models.config labels. `make up` records its server itself."""
+    from pipelines.config import ProjectPaths
+    from pipelines.services import STARTED_BY_HAND, register_model_server
+
+    pusher_dir = ProjectPaths(options.home).serving_model_dir.resolve()
+    if not server.rest_port or not any(store.config.base_path == pusher_dir for store in server.registry.models.values()):
+        return False  # not the home's model directory (or no REST port to be asked on)
+    other = register_model_server(options.home, os.getpid(), server.rest_port, server.grpc_port, pusher_dir,
+                                  options.model_config_file, STARTED_BY_HAND)
+    if other is not None:
+        log.info("not this home's registered model server: pid %d is (`mlops airflow status`); rollbacks wait "
+                 "for that one", other)
+        return False
+    log.info("registered as the model server of %s: `mlops rollback` waits for it, retention keeps what it "
+             "loads", options.home)
+    return True
 
 
 def options_from_args(args) -> ServerOptions:
     from pipelines.config import ProjectPaths
-    from serving.config import resolve_config_path
+    from serving.config import default_config_path, resolve_config_path
 
     home = ProjectPaths.from_env(args.home).home
     base = None
@@ -195,10 +233,12 @@ def options_from_args(args) -> ServerOptions:
         base = Path(args.model_base_path)
         if not base.is_absolute():
             base = (Path.cwd() / base) if (Path.cwd() / base).exists() else home / base
-    config_file = resolve_config_path(home, args.model_config_file) if args.model_config_file or not args.model_base_path else None
+    on_defaults = not args.model_config_file and not args.model_base_path
+    config_file = (default_config_path(home) if on_defaults
+                   else resolve_config_path(home, args.model_config_file) if args.model_config_file else None)
     return ServerOptions(
         home=home, model_name=args.model_name, model_base_path=base.resolve() if base else None,
-        model_config_file=config_file, host=args.host, rest_port=args.rest_port, grpc_port=args.grpc_port,
+        model_config_file=config_file, follow_home_config=on_defaults, host=args.host, rest_port=args.rest_port, grpc_port=args.grpc_port,
         poll_seconds=args.poll_seconds, max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
         grace_seconds=args.grace_seconds, max_concurrent_requests=args.max_concurrent_requests,
         enable_batching=args.enable_batching, max_batch_size=args.max_batch_size,
@@ -217,7 +257,8 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--model-config-file",
         help="TF Serving models.config (ModelServerConfig text proto): models, version policy, labels; reread "
-             "when it changes (default: <home>/serving/models.config if it exists and no --model-base-path is given)",
+             "when it changes (default, when no --model-base-path is given: <home>/serving/models.config whenever it "
+             "exists, also when it is written, edited or removed while the server runs)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, local only)")
     parser.add_argument("--rest-port", type=int, default=8501, help="REST port (default: 8501; 0: no REST)")

@@ -227,9 +227,12 @@ class Registry:
 
     def __init__(self, configs: List[ModelConfig], loader: Callable, stamp: Callable,
                  config_path: Optional[Path] = None, home: Optional[Path] = None,
-                 poll_seconds: float = 1.0, metrics=None):
+                 poll_seconds: float = 1.0, metrics=None, fallback: Optional[List[ModelConfig]] = None):
         self._loader, self._stamp, self._metrics = loader, stamp, metrics
         self.config_path, self.home = config_path, home
+        # What serves while `config_path` does not exist (the home's default models.config, which
+        # may be written, edited and removed while the server runs); None: a missing file is an error.
+        self._fallback = fallback
         self._config_stamp = config_stamp(config_path)
         self.models: Dict[str, ModelStore] = {c.name: ModelStore(c, loader, stamp, metrics) for c in configs}
         self.poll_seconds = poll_seconds
@@ -247,11 +250,16 @@ class Registry:
         if self.config_path is None or stamp == self._config_stamp:
             return
         self._config_stamp = stamp
-        try:
-            configs = load_model_config(self.config_path, self.home or Path.cwd())
-        except ConfigFileError as err:
-            log.error("model config %s: %s; keeping the previous config", self.config_path, err)
-            return
+        if stamp is None and self._fallback is not None:
+            configs = self._fallback
+            log.info("model config %s is gone: back to the defaults (%s)", self.config_path,
+                     ", ".join(f"{c.name} from {c.base_path}" for c in configs))
+        else:
+            try:
+                configs = load_model_config(self.config_path, self.home or Path.cwd())
+            except ConfigFileError as err:
+                log.error("model config %s: %s; keeping the previous config", self.config_path, err)
+                return
         models = dict(self.models)
         for config in configs:
             if config.name in models:

@@ -95,8 +95,10 @@ def test_model_server_starts_with_no_model_pushed_shows_in_status_and_stops_with
         assert manager._start_model_server() == pid  # idempotent
         assert services.running_pid(tmp_path, services.MODEL_SERVER) == pid
         # What `mlops rollback` waits on by default.
+        # It follows the home's models.config (whenever that exists), as `mlops serve` on the defaults does.
         assert services.running_model_server(tmp_path) == services.RunningModelServer(
-            pid, f"http://127.0.0.1:{rest}", tmp_path / "serving" / "models" / "taxi")
+            pid, f"http://127.0.0.1:{rest}", tmp_path / "serving" / "models" / "taxi",
+            tmp_path / "serving" / "models.config", services.STARTED_BY_UP)
         assert services.log_file(tmp_path, services.MODEL_SERVER) == tmp_path / "var" / "log" / "model-server.log"
         assert any(f"REST http://127.0.0.1:{rest}/v1/models/taxi" in line and "no model yet" in line for line in lines)
         assert services.http(f"http://127.0.0.1:{rest}/v1/models/taxi")[0] == 404

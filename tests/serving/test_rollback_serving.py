@@ -51,12 +51,12 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
         with Load(server.rest_port, body, threads=2) as load:
             server.wait_until(lambda: load.count() > 20, 30, "clients polling")
             started = time.monotonic()
-            # No --server: the rollback finds the server recorded as this home's (as `make up` records
-            # it) and waits until it serves the new version.
-            services.record_model_server(home, server.proc.pid, server.rest_port, server.grpc_port, base)
+            # No --server: a `mlops serve` of the home's model directory registered itself as the home's
+            # model server, so the rollback waits until it serves the new version.
+            assert "registered as the model server of" in server.log()
             done = mlops(home, "rollback", "--previous", "--reason", "too many tips predicted", "--by", "oncall")
             returned = time.monotonic()
-            assert f"for the model server of this home (pid {server.proc.pid}, started by `make up`) at " \
+            assert f"for the model server of this home (pid {server.proc.pid}, started by `mlops serve`) at " \
                    f"http://127.0.0.1:{server.rest_port} to serve version 3" in done.stdout, done.stdout
             waited = re.search(r"serves version 3 \(([0-9.]+)s after the push\)", done.stdout)
             assert waited and float(waited.group(1)) <= 5.0, done.stdout
@@ -81,7 +81,7 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
                                                                              (3, True, True)]
     finally:
         server.stop()
-        services.pid_file(home, services.MODEL_SERVER).unlink(missing_ok=True)
+    assert services.running_model_server(home) is None, "a stopped server stays registered"
 
     pushes = json.loads(mlops(home, "models", "list", "--json").stdout)
     assert [(p["version"], p["kind"]) for p in pushes] == [(1, "nightly"), (2, "nightly"), (3, "rollback")]

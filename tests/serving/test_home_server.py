@@ -1,0 +1,112 @@
+"""Which running `mlops serve` is a home's model server, and what follows from it (issue 6).
+
+`make up` records the server it starts. A `mlops serve` started by hand on the home's model
+directory (the Pusher's) registers itself when no other server is registered, so that `mlops
+rollback` waits for it and retention keeps what its models.config labels; it forgets itself when
+it stops, and `make down` leaves it running. On the home's defaults it follows
+`<home>/serving/models.config` also when that file is written or removed while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines import services
+from tests.conftest import mlops
+from tests.serving.helpers import Http, Server, publish
+
+pytestmark = pytest.mark.e2e
+
+
+def _home_with_versions(taxi_model, root: Path, versions) -> Path:
+    home = root / "home"
+    for version in versions:
+        publish(taxi_model["model"], home / "serving" / "models" / "taxi", version)
+    return home
+
+
+def test_a_server_on_the_home_defaults_registers_itself_follows_the_home_config_and_outlives_make_down(
+        taxi_model, tmp_path):
+    home = _home_with_versions(taxi_model, tmp_path, (1, 2))
+    base = (home / "serving" / "models" / "taxi").resolve()
+    server = Server(home, tmp_path / "server.log")
+    try:
+        server.wait_serving(2)
+        server.wait_until(lambda: services.running_model_server(home) is not None, 30, "the server registered")
+        assert services.running_model_server(home) == services.RunningModelServer(
+            server.proc.pid, f"http://127.0.0.1:{server.rest_port}", base,
+            home.resolve() / "serving" / "models.config", services.STARTED_BY_HAND)
+        assert "registered as the model server of" in server.log()
+
+        lines = []
+        manager = services.Services(home, emit=lines.append)
+        manager.status()
+        assert any(line.startswith("model-server") and f"running (pid {server.proc.pid})" in line
+                   and "serving version 2" in line and "started by `mlops serve`" in line for line in lines), lines
+        manager.down(stop_worker=False)
+        assert any(f"left the model server started by `mlops serve` running (pid {server.proc.pid})" in line
+                   for line in lines), lines
+        assert server.alive() and services.running_model_server(home).pid == server.proc.pid
+
+        # The home's models.config, written after the start: versions 1 and 2 with a label ...
+        config = home / "serving" / "models.config"
+        config.write_text('model_config_list { config { name: "taxi" base_path: "serving/models/taxi" '
+                          'model_version_policy { specific { versions: 1 versions: 2 } } '
+                          'version_labels { key: "stable" value: 1 } } }\n')
+        server.wait_until(lambda: server.available_versions() == [1, 2], 60, "the written config's versions 1, 2")
+        code, headers, _ = Http(server.rest_port).post("/v1/models/taxi/labels/stable:predict",
+                                                       {"instances": taxi_model["rows"][:1]})
+        assert code == 200 and headers["X-Model-Version"] == "1"
+        # ... then removed: back to the default policy (the newest version only).
+        config.unlink()
+        server.wait_until(lambda: server.available_versions() == [2], 60, "the defaults again after the removal")
+        assert "is gone: back to the defaults" in server.log()
+        assert Http(server.rest_port).post("/v1/models/taxi/labels/stable:predict",
+                                           {"instances": taxi_model["rows"][:1]})[0] == 404
+    finally:
+        assert server.stop() == 0
+    assert services.running_model_server(home) is None, "a stopped server stays registered"
+    assert not services.pid_file(home, services.MODEL_SERVER).exists()
+
+
+def test_retention_reads_the_models_config_of_the_registered_server_and_a_second_server_does_not_take_over(
+        taxi_model, tmp_path):
+    home = _home_with_versions(taxi_model, tmp_path, (1, 2, 3))
+    elsewhere = tmp_path / "elsewhere" / "models.config"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(f'model_config_list {{ config {{ name: "taxi" base_path: "{home / "serving" / "models" / "taxi"}" '
+                         'version_labels { key: "stable" value: 1 } } }\n')
+    server = Server(home, tmp_path / "server.log", config=elsewhere)
+    second = None
+    try:
+        server.wait_serving(3)
+        server.wait_until(lambda: services.running_model_server(home) is not None, 30, "the server registered")
+        registered = services.running_model_server(home)
+        assert (registered.pid, registered.config_file) == (server.proc.pid, elsewhere.resolve())
+
+        # No --model-config-file, no --server: the registered server's config and loaded versions.
+        plan = json.loads(mlops(home, "models", "prune", "--keep", "1", "--dry-run", "--json").stdout)
+        assert plan["delete"] == [2], plan
+        assert "label 'stable'" in plan["keep"]["1"] and "loaded by the running server" in plan["keep"]["3"], plan
+        # The same for the Pusher's retention: the models.config it would read.
+        from serving.config import project_config_path
+
+        assert project_config_path(home, None) == elsewhere.resolve()
+
+        # A second server of the same directory serves, but the first stays the home's.
+        second = Server(home, tmp_path / "second.log", base=home / "serving" / "models" / "taxi")
+        second.wait_serving(3)
+        second.wait_until(lambda: "not this home's registered model server" in second.log(), 30, "its log line")
+        assert f"pid {server.proc.pid} is" in second.log()
+        assert second.stop() == 0
+        second = None
+        assert services.running_model_server(home).pid == server.proc.pid
+    finally:
+        if second is not None:
+            second.stop()
+        assert server.stop() == 0
+    assert services.running_model_server(home) is None
+    assert project_config_path(home, None) is None  # no server, no <home>/serving/models.config
