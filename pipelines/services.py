@@ -292,7 +292,8 @@ def model_server_for(home: Path, base_path: Path) -> Tuple[Optional[RunningModel
     """This home's model server if it runs and serves `base_path`; else None and why not."""
     found = running_model_server(home)
     if found is None:
-        return None, "no model server of this home runs (`make up` starts one; a `mlops serve` of the home's model directory registers itself)"
+        return None, ("no model server of this home runs (`make up` starts one; a `mlops serve` of the home's "
+                      "model directory registers itself)")
     if found.base_path.resolve() != Path(base_path).resolve():
         return None, f"this home's model server serves {found.base_path}, not {base_path}"
     return found, ""

@@ -65,8 +65,9 @@ def setup_logging() -> None:
 def model_configs(options: ServerOptions):
     from serving.config import load_model_config
 
-    if options.model_config_file is not None and not (options.follow_home_config and not options.model_config_file.is_file()):
-        return load_model_config(options.model_config_file, options.home)
+    path = options.model_config_file
+    if path is not None and (path.is_file() or not options.follow_home_config):
+        return load_model_config(path, options.home)
     return default_models(options)
 
 
@@ -130,6 +131,9 @@ class ModelServer:
                 self.api, self.metrics, f"{host}:{opts.grpc_port}", opts.max_body_bytes, opts.grpc_workers
             )
             self.grpc.start()
+        if opts.follow_home_config:
+            log.info("following %s (%s; reread when it is written, changed or removed)", opts.model_config_file,
+                     "in force" if opts.model_config_file.is_file() else "absent: the defaults serve")
         for store in self.registry.models.values():
             config = store.config
             log.info("model %s: watching %s (policy %s%s)", config.name, config.base_path, config.policy.describe(),
@@ -210,12 +214,13 @@ def register_as_home_server(options: ServerOptions, server: ModelServer) -> bool
     from pipelines.services import STARTED_BY_HAND, register_model_server
 
     pusher_dir = ProjectPaths(options.home).serving_model_dir.resolve()
-    if not server.rest_port or not any(store.config.base_path == pusher_dir for store in server.registry.models.values()):
+    serves_it = any(store.config.base_path == pusher_dir for store in server.registry.models.values())
+    if not server.rest_port or not serves_it:
         return False  # not the home's model directory (or no REST port to be asked on)
     other = register_model_server(options.home, os.getpid(), server.rest_port, server.grpc_port, pusher_dir,
                                   options.model_config_file, STARTED_BY_HAND)
     if other is not None:
-        log.info("not this home's registered model server: pid %d is (`mlops airflow status`); rollbacks wait "
+        log.info("not this home's registered model server: pid %d is (`make status` shows it); rollbacks wait "
                  "for that one", other)
         return False
     log.info("registered as the model server of %s: `mlops rollback` waits for it, retention keeps what it "
@@ -238,7 +243,8 @@ def options_from_args(args) -> ServerOptions:
                    else resolve_config_path(home, args.model_config_file) if args.model_config_file else None)
     return ServerOptions(
         home=home, model_name=args.model_name, model_base_path=base.resolve() if base else None,
-        model_config_file=config_file, follow_home_config=on_defaults, host=args.host, rest_port=args.rest_port, grpc_port=args.grpc_port,
+        model_config_file=config_file, follow_home_config=on_defaults, host=args.host, rest_port=args.rest_port,
+        grpc_port=args.grpc_port,
         poll_seconds=args.poll_seconds, max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
         grace_seconds=args.grace_seconds, max_concurrent_requests=args.max_concurrent_requests,
         enable_batching=args.enable_batching, max_batch_size=args.max_batch_size,

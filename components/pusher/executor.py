@@ -110,7 +110,8 @@ class Executor(base_executor.BaseExecutor):
             # says what else stays.
             path = project_config_path(Path(home), None) if home else None
             serving = ProjectServing.from_configs(base, path, load_model_config(path, Path(home)) if path else [])
-            plan = plan_for(serving, keep, also_keep={served_before: "served until this push loads"} if served_before else None)
+            also_keep = {served_before: "served until this push loads"} if served_before else None
+            plan = plan_for(serving, keep, also_keep=also_keep)
         except (ConfigFileError, OSError, ValueError) as err:
             where = f"{path}: " if isinstance(err, ConfigFileError) and path else ""
             message = f"skipped, nothing deleted: {where}{' '.join(str(err).split())[:400]}; fix it, then `mlops models prune`"

@@ -40,6 +40,7 @@ def test_a_server_on_the_home_defaults_registers_itself_follows_the_home_config_
             server.proc.pid, f"http://127.0.0.1:{server.rest_port}", base,
             home.resolve() / "serving" / "models.config", services.STARTED_BY_HAND)
         assert "registered as the model server of" in server.log()
+        assert "models.config (absent: the defaults serve; reread when it is written" in server.log()
 
         lines = []
         manager = services.Services(home, emit=lines.append)
@@ -77,7 +78,8 @@ def test_retention_reads_the_models_config_of_the_registered_server_and_a_second
     home = _home_with_versions(taxi_model, tmp_path, (1, 2, 3))
     elsewhere = tmp_path / "elsewhere" / "models.config"
     elsewhere.parent.mkdir()
-    elsewhere.write_text(f'model_config_list {{ config {{ name: "taxi" base_path: "{home / "serving" / "models" / "taxi"}" '
+    base = home / "serving" / "models" / "taxi"
+    elsewhere.write_text(f'model_config_list {{ config {{ name: "taxi" base_path: "{base}" '
                          'version_labels { key: "stable" value: 1 } } }\n')
     server = Server(home, tmp_path / "server.log", config=elsewhere)
     second = None
