@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import functools
 import http.client
 import json
 import os
@@ -319,13 +320,25 @@ def run_native(load: NativeLoad, concurrency: int, requests: int, server_pid: in
                                - _H2LOAD_START_CPU.get(key, 0.0)))
 
 
+@functools.lru_cache(maxsize=None)
+def in_process(model_dir: Path) -> tuple:
+    """The model for the in-process variants, loaded once for every batch size: (the SavedModel as
+    tf.saved_model.load gives it, its `serving_default` as the server calls it)."""
+    import tensorflow as tf
+
+    from serving.servable import load_servable
+
+    return tf.saved_model.load(str(model_dir)), load_servable("taxi", 0, model_dir).signature("serving_default")
+
+
 def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, echo: EchoServer) -> dict:
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     serialized = example_bytes(ROW)
-    signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    loaded, fast = in_process(model_dir)
+    signature = loaded.signatures["serving_default"]
     key = next(iter(signature.structured_input_signature[1]))
     body = json.dumps({"instances": [ROW] * batch})
     request = predict_pb2.PredictRequest()
@@ -339,17 +352,13 @@ def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, ech
                 value.numpy()
         return call
 
-    from serving.servable import load_servable
-
-    fast = load_servable("taxi", 0, model_dir).signature("serving_default")
-
     def direct_server_path():
         def call():
             fast.run({fast.example_input: tf.constant([serialized] * batch)})  # outputs as numpy, like direct
         return call
 
     # serving_features: the same trip as one value per input (0 / "" where ROW has none)
-    by_features = tf.saved_model.load(str(model_dir)).signatures[FEATURES_SIGNATURE]
+    by_features = loaded.signatures[FEATURES_SIGNATURE]
     feature_specs = by_features.structured_input_signature[1]
     feature_row = {name: ROW.get(name, "" if spec.dtype == tf.string else 0) for name, spec in feature_specs.items()}
     features_body = json.dumps({"signature_name": FEATURES_SIGNATURE, "instances": [feature_row] * batch})
