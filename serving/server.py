@@ -211,12 +211,21 @@ def register_as_home_server(options: ServerOptions, server: ModelServer) -> bool
     another one runs: `mlops rollback` then waits for it to serve the restored version, and retention
     keeps what it loads and what its models.config labels. `make up` records its server itself."""
     from pipelines.config import ProjectPaths
-    from pipelines.services import STARTED_BY_HAND, register_model_server
+    from pipelines.services import MODEL_SERVER, STARTED_BY_HAND, register_model_server, running_pid
 
     pusher_dir = ProjectPaths(options.home).serving_model_dir.resolve()
-    serves_it = any(store.config.base_path == pusher_dir for store in server.registry.models.values())
-    if not server.rest_port or not serves_it:
-        return False  # not the home's model directory (or no REST port to be asked on)
+    bases = [store.config.base_path for store in server.registry.models.values()]
+    if not server.rest_port or not bases:
+        return False  # no REST port to be asked on, or nothing to serve
+    if pusher_dir not in bases:
+        if running_pid(options.home, MODEL_SERVER) == os.getpid():
+            # `make up` recorded this server for the home's directory, but the home's models.config
+            # serves others: the record says what it serves, so no rollback waits for it in vain.
+            register_model_server(options.home, os.getpid(), server.rest_port, server.grpc_port, bases[0],
+                                  options.model_config_file, STARTED_BY_HAND)
+            log.warning("the home's model directory %s is not in %s: rollbacks and retention will not count on "
+                        "this server", pusher_dir, options.model_config_file)
+        return False
     other = register_model_server(options.home, os.getpid(), server.rest_port, server.grpc_port, pusher_dir,
                                   options.model_config_file, STARTED_BY_HAND)
     if other is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from pipelines import airflow_env, services
 from tests.conftest import REPO, mlops
@@ -141,3 +142,30 @@ def test_an_airflow_cli_write_waits_out_a_busy_sqlite_store_instead_of_failing(t
     assert waited >= 24.5, f"the CLI call finished in {waited:.1f}s, before the lock was released"
     pools = airflow_env.run_airflow(tmp_path, ["pools", "get", "busy_probe", "--output", "json"]).stdout
     assert '"busy_probe"' in pools
+
+
+def test_make_ups_server_records_what_the_homes_models_config_serves(tmp_path, monkeypatch):
+    """With <home>/serving/models.config serving another directory, the record of `make up`'s server
+    says so: a rollback of the Pusher's directory does not wait for it (and says why)."""
+    rest, grpc = services.free_port(), services.free_port()
+    monkeypatch.setenv("MLOPS_SERVING_REST_PORT", str(rest))
+    monkeypatch.setenv("MLOPS_SERVING_GRPC_PORT", str(grpc))
+    other = tmp_path / "serving" / "models" / "other"
+    other.mkdir(parents=True)
+    (tmp_path / "serving" / "models.config").write_text(
+        'model_config_list { config { name: "taxi" base_path: "serving/models/other" } }\n')
+    manager = services.Services(tmp_path, emit=lambda _: None)
+    try:
+        pid = manager._start_model_server()
+        manager._wait_model_server(timeout=90)
+        deadline = time.monotonic() + 30
+        while services.running_model_server(tmp_path).base_path != other.resolve() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        found = services.running_model_server(tmp_path)
+        assert (found.pid, found.base_path, found.started_by) == (pid, other.resolve(), services.STARTED_BY_UP)
+        server, why = services.model_server_for(tmp_path, tmp_path / "serving" / "models" / "taxi")
+        assert server is None and f"serves {other.resolve()}, not " in why
+        assert "is not in" in services.log_file(tmp_path, services.MODEL_SERVER).read_text()
+    finally:
+        manager.down(stop_worker=False, quiet=True)
+    assert not services._pid_alive(pid)
