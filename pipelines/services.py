@@ -644,10 +644,12 @@ class Services:
                       if s.get("state") == "AVAILABLE"] if status == 200 and isinstance(body, dict) else []
             where = (f", REST :{state.get('rest_port')} gRPC :{state.get('grpc_port')}, "
                      + (f"serving version {', '.join(map(str, served))}" if served else f"no model (HTTP {status})"))
+        logs = log_file(self.home, MODEL_SERVER)
         if pid and state.get("started_by") not in (None, STARTED_BY_UP):
             where += f", started by `{state['started_by']}`"
+            logs = "the stderr of the terminal or supervisor that started it"
         state_text = f"running (pid {pid}){where}" if pid else "stopped"
-        self.emit(f"{MODEL_SERVER:14} {state_text}  log: {log_file(self.home, MODEL_SERVER)}")
+        self.emit(f"{MODEL_SERVER:14} {state_text}  log: {logs}")
 
     def _stop_worker(self, emit: Callable[[str], None]) -> None:
         from pipelines import worker  # standard library only

@@ -46,7 +46,8 @@ def test_a_server_on_the_home_defaults_registers_itself_follows_the_home_config_
         manager = services.Services(home, emit=lines.append)
         manager.status()
         assert any(line.startswith("model-server") and f"running (pid {server.proc.pid})" in line
-                   and "serving version 2" in line and "started by `mlops serve`" in line for line in lines), lines
+                   and "serving version 2" in line and "started by `mlops serve`" in line
+                   and "log: the stderr of the terminal" in line for line in lines), lines
         manager.down(stop_worker=False)
         assert any(f"left the model server started by `mlops serve` running (pid {server.proc.pid})" in line
                    for line in lines), lines
