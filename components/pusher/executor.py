@@ -101,19 +101,17 @@ class Executor(base_executor.BaseExecutor):
 
     @staticmethod
     def _retain(pushed_model: types.Artifact, base: Path, keep: int, served_before, home: str) -> None:
-        from serving.config import ConfigFileError, ProjectServing, load_model_config, project_config_path
+        from serving.config import ConfigFileError, ProjectServing, project_config_path
         from serving.retention import apply_prune, plan_for
 
-        path = None
         try:
             # The models.config of the home's model server (`make up`'s, or a registered `mlops serve`)
             # says what else stays.
-            path = project_config_path(Path(home), None) if home else None
-            serving = ProjectServing.from_configs(base, path, load_model_config(path, Path(home)) if path else [])
+            serving = ProjectServing.read(Path(home), base) if home else ProjectServing.from_configs(base, None, [])
             also_keep = {served_before: "served until this push loads"} if served_before else None
             plan = plan_for(serving, keep, also_keep=also_keep)
         except (ConfigFileError, OSError, ValueError) as err:
-            where = f"{path}: " if isinstance(err, ConfigFileError) and path else ""
+            where = f"{project_config_path(Path(home), None)}: " if isinstance(err, ConfigFileError) and home else ""
             message = f"skipped, nothing deleted: {where}{' '.join(str(err).split())[:400]}; fix it, then `mlops models prune`"
             pushed_model.set_string_custom_property(PRUNE_ERROR, message)
             log.warning("retention after the push: %s", message)
