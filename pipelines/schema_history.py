@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from pipelines.errors import ConfigError
+from pipelines.files import write_atomic
 from pipelines.schema_diff import COMPARATOR_FIELDS, describe_changes, parse_schema
 
 KEEP_DAYS = 30
@@ -61,21 +62,6 @@ def _read_schema_bytes(paths) -> bytes:
     except FileNotFoundError as err:
         raise ConfigError(f"schema file {paths.schema_path} does not exist",
                           "restore schemas/taxi/schema.pbtxt from git") from err
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Readers see the old file or the new one, never half of it."""
-    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager
@@ -150,7 +136,7 @@ def _snapshot_locked(paths, now: dt.datetime) -> Path:
                             "file": target.name})
         entries = read_history(paths)
     if not target.exists():
-        _write_atomic(target, data)
+        write_atomic(target, data)
     _prune_locked(paths, entries, now, KEEP_DAYS, keep_shas={sha})
     return target
 
@@ -304,7 +290,7 @@ def apply_accept(paths, plan: Acceptance, by: str, reason: str, now: Optional[dt
         _snapshot_locked(paths, now)  # the schema before, in case no run recorded it yet
         if _sha(_read_schema_bytes(paths)) != plan.from_sha:
             raise ConfigError(f"{paths.schema_path} changed while `schema accept` ran", "run it again")
-        _write_atomic(paths.schema_path, plan.new_text.encode(), paths.schema_path.stat().st_mode & 0o777)
+        write_atomic(paths.schema_path, plan.new_text.encode(), paths.schema_path.stat().st_mode & 0o777)
         _append(history_dir(paths), {"event": "accept", "time": now.isoformat(timespec="seconds"),
                                      "span": plan.span, "by": by, "reason": reason, "from_sha": plan.from_sha,
                                      "to_sha": plan.to_sha, "changes": plan.changes})

@@ -54,6 +54,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from pipelines import airflow_env
 from pipelines.errors import ConfigError
+from pipelines.files import write_atomic
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -236,10 +237,11 @@ def record_model_server(home: Path, pid: int, rest_port: int, grpc_port: int, ba
     """Makes a running `mlops serve` this home's model server (`make status`, `make down`, rollbacks,
     retention). `config_file`: the models.config it follows (it may not exist yet)."""
     run_dir(home).mkdir(parents=True, exist_ok=True)
-    pid_file(home, MODEL_SERVER).write_text(f"{pid}\n")
-    serving_state_file(home).write_text(json.dumps(dict(
+    # Atomic: `make status` and rollbacks read these while a starting server records itself again.
+    write_atomic(pid_file(home, MODEL_SERVER), f"{pid}\n".encode())
+    write_atomic(serving_state_file(home), (json.dumps(dict(
         rest_port=rest_port, grpc_port=grpc_port, base_path=str(base_path), pid=pid,
-        model_config_file=str(config_file) if config_file else None, started_by=started_by), indent=2) + "\n")
+        model_config_file=str(config_file) if config_file else None, started_by=started_by), indent=2) + "\n").encode())
 
 
 def register_model_server(home: Path, pid: int, rest_port: int, grpc_port: int, base_path: Path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -169,3 +170,25 @@ def test_make_ups_server_records_what_the_homes_models_config_serves(tmp_path, m
     finally:
         manager.down(stop_worker=False, quiet=True)
     assert not services._pid_alive(pid)
+
+
+def test_the_model_server_record_is_never_read_half_written(tmp_path):
+    """A starting `mlops serve` records itself again over what `make up` wrote; `make status`
+    read the state file in between once and asked http://127.0.0.1:None (a CI failure)."""
+    import threading
+
+    stop = threading.Event()
+
+    def rewrite():
+        while not stop.is_set():
+            services.record_model_server(tmp_path, os.getpid(), 8501, 8500, tmp_path / "serving" / "models" / "taxi")
+
+    services.record_model_server(tmp_path, os.getpid(), 8501, 8500, tmp_path / "serving" / "models" / "taxi")
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        states = [services._read_json(services.serving_state_file(tmp_path)) for _ in range(3000)]
+    finally:
+        stop.set()
+        writer.join()
+    assert all(state.get("rest_port") == 8501 for state in states)
