@@ -8,6 +8,7 @@ accepting connections, let in-flight requests finish (up to --grace-seconds), ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -193,48 +194,116 @@ def run(options: ServerOptions) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
-    registered = register_as_home_server(options, server)
+    registration = HomeRegistration(options, server)
     try:
+        registration.update()
         while not stop.wait(1.0):
-            pass
+            registration.update()  # a models.config edit, or the registered server gone
         server.stop()
     finally:
-        if registered:
-            from pipelines.services import unregister_model_server
-
-            unregister_model_server(options.home, os.getpid())
+        registration.forget()
     return 0
 
 
-def register_as_home_server(options: ServerOptions, server: ModelServer) -> bool:
-    """A server of the home's model directory (the Pusher's) becomes the home's model server, unless
-    another one runs: `mlops rollback` then waits for it to serve the restored version, and retention
-    keeps what it loads and what its models.config labels. `make up` records its server itself."""
-    from pipelines.config import ProjectPaths
-    from pipelines.services import MODEL_SERVER, STARTED_BY_HAND, register_model_server, running_pid
+class HomeRegistration:
+    """Keeps this server's record as the home's model server in step with what it serves.
 
-    pusher_dir = ProjectPaths(options.home).serving_model_dir.resolve()
-    bases = [store.config.base_path for store in server.registry.models.values()]
-    if not server.rest_port or not bases:
-        return False  # no REST port to be asked on, or nothing to serve
-    if pusher_dir not in bases:
-        if running_pid(options.home, MODEL_SERVER) == os.getpid():
-            # `make up` recorded this server for the home's directory, but the home's models.config
-            # serves others: the record says what it serves, so no rollback waits for it in vain.
-            register_model_server(options.home, os.getpid(), server.rest_port, server.grpc_port, bases[0],
-                                  options.model_config_file, STARTED_BY_HAND)
-            log.warning("the home's model directory %s is not in %s: rollbacks and retention will not count on "
-                        "this server", pusher_dir, options.model_config_file)
-        return False
-    other = register_model_server(options.home, os.getpid(), server.rest_port, server.grpc_port, pusher_dir,
-                                  options.model_config_file, STARTED_BY_HAND)
-    if other is not None:
-        log.info("not this home's registered model server: pid %d is (`make status` shows it); rollbacks wait "
-                 "for that one", other)
-        return False
-    log.info("registered as the model server of %s: `mlops rollback` waits for it, retention keeps what it "
-             "loads", options.home)
-    return True
+    A server of the home's model directory (the Pusher's) with a REST port is the home's model server
+    when no other one runs: `mlops rollback` then waits for it to serve the restored version, and
+    retention keeps what it loads and what its models.config labels. `make up` records its server
+    before it starts. Checked at start-up and then every second, so that a models.config edit that
+    drops (or brings back) the home's directory, or the registered server stopping, takes effect
+    while this one runs. Logs only the changes."""
+
+    def __init__(self, options: ServerOptions, server: ModelServer):
+        from pipelines.config import ProjectPaths
+
+        self.options, self.server = options, server
+        self.pusher_dir = ProjectPaths(options.home).serving_model_dir.resolve()
+        self._said: Optional[str] = None  # the last state logged
+        self._self_registered = False  # this process wrote the record as a hand-started server
+        self._failed = False
+
+    def update(self) -> None:
+        try:
+            self._update()
+            self._failed = False
+        except Exception as err:  # noqa: BLE001 -- a full disk or an odd record must not stop the server
+            if not self._failed:
+                log.warning("cannot update this home's model server record (will retry every second): %s: %s",
+                            type(err).__name__, err)
+            self._failed = True
+
+    def _say(self, state: str, level: int, message: str, *args) -> None:
+        if state != self._said:
+            log.log(level, message, *args)
+        self._said = state
+
+    def _update(self) -> None:
+        from pipelines.services import (HOST, MODEL_SERVER, STARTED_BY_HAND, STARTED_BY_UP, record_model_server,
+                                        register_model_server, running_model_server, running_pid,
+                                        unregister_model_server)
+
+        home, pid, server = self.options.home, os.getpid(), self.server
+        bases = [store.config.base_path.resolve() for store in list(server.registry.models.values())]
+        serves_home = self.pusher_dir in bases
+        recorded = running_pid(home, MODEL_SERVER)
+        if recorded == pid:
+            current = running_model_server(home)
+            # `make up` records the pid before its server starts; `make down` stops only such a server.
+            by_up = not self._self_registered and (current is None or current.started_by == STARTED_BY_UP)
+            if not serves_home and not by_up:
+                unregister_model_server(home, pid)
+                self._self_registered = False
+                self._say("dropped", logging.WARNING,
+                          "no longer serves the home's model directory %s (its models.config changed): not the "
+                          "home's model server any more; rollbacks and retention no longer count on it",
+                          self.pusher_dir)
+                return
+            base = self.pusher_dir if serves_home else (bases[0] if bases else None)
+            config = self.options.model_config_file
+            if base is not None and (current is None or current.base_path.resolve() != base
+                                     or current.config_file != (Path(config) if config else None)
+                                     or current.rest_url != f"http://{HOST}:{server.rest_port}"):
+                # `make up` recorded this server for the home's directory, but its models.config serves
+                # others: the record says what it serves, so that no rollback waits for it in vain.
+                record_model_server(home, pid, server.rest_port, server.grpc_port, base,
+                                    self.options.model_config_file, STARTED_BY_UP if by_up else STARTED_BY_HAND)
+            if serves_home:
+                self._say("registered", logging.INFO,
+                          "registered as the model server of %s: `mlops rollback` waits for it, retention keeps "
+                          "what it loads", home)
+            else:
+                self._say("elsewhere", logging.WARNING,
+                          "the home's model directory %s is not in %s: rollbacks and retention will not count "
+                          "on this server", self.pusher_dir, self.options.model_config_file)
+            return
+        if not serves_home:
+            self._say("other", logging.DEBUG, "does not serve the home's model directory %s", self.pusher_dir)
+            return
+        if not server.rest_port:
+            self._say("no-rest", logging.INFO,
+                      "serves the home's model directory but has no REST port, so it is not the home's model "
+                      "server: `mlops rollback` and `make status` ask that one over REST (add --rest-port)")
+            return
+        other = recorded or register_model_server(home, pid, server.rest_port, server.grpc_port, self.pusher_dir,
+                                                  self.options.model_config_file, STARTED_BY_HAND)
+        self._self_registered = other is None
+        if other is not None:
+            self._say(f"second:{other}", logging.INFO,
+                      "not this home's registered model server: pid %d is (`make status` shows it); rollbacks "
+                      "wait for that one, and this one takes over if it stops", other)
+            return
+        self._say("registered", logging.INFO,
+                  "registered as the model server of %s: `mlops rollback` waits for it, retention keeps what it "
+                  "loads", home)
+
+    def forget(self) -> None:
+        """At shutdown: the home has no model server any more, if this one was it."""
+        from pipelines.services import unregister_model_server
+
+        with contextlib.suppress(OSError):
+            unregister_model_server(self.options.home, os.getpid())
 
 
 def options_from_args(args) -> ServerOptions:

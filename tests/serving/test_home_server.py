@@ -113,3 +113,60 @@ def test_retention_reads_the_models_config_of_the_registered_server_and_a_second
         assert server.stop() == 0
     assert services.running_model_server(home) is None
     assert project_config_path(home, None) is None  # no server, no <home>/serving/models.config
+
+
+def test_the_home_server_record_follows_models_config_edits_and_a_waiting_server_takes_over(taxi_model, tmp_path):
+    """The record is kept in step while the servers run: a models.config edit that drops the home's
+    directory unregisters the server (rollbacks would otherwise wait for a server that never loads the
+    restored version), a second server of the directory takes over, and the first one, its directory
+    back, waits its turn until the second one stops."""
+    home = _home_with_versions(taxi_model, tmp_path, (1,))
+    base = (home / "serving" / "models" / "taxi").resolve()
+    other = tmp_path / "other" / "taxi"
+    publish(taxi_model["model"], other, 7)
+    config = tmp_path / "first" / "models.config"
+    config.parent.mkdir()
+
+    def serve(directory: Path) -> None:
+        config.write_text(f'model_config_list {{ config {{ name: "taxi" base_path: "{directory}" }} }}\n')
+
+    def registered_pid():
+        found = services.running_model_server(home)
+        return found.pid if found else None
+
+    serve(base)
+    first = Server(home, tmp_path / "first.log", config=config)
+    second = None
+    try:
+        first.wait_serving(1)
+        first.wait_until(lambda: registered_pid() == first.proc.pid, 30, "the first server registered")
+        second = Server(home, tmp_path / "second.log", base=base)
+        second.wait_serving(1)
+        second.wait_until(lambda: "not this home's registered model server" in second.log(), 30, "its log line")
+        assert registered_pid() == first.proc.pid
+
+        # The first server's models.config now serves another directory: it is not the home's any more,
+        # and the second server, which still serves the home's directory, takes over.
+        serve(other)
+        first.wait_until(lambda: first.available_versions() == [7], 60, "the first server on the other directory")
+        first.wait_until(lambda: registered_pid() == second.proc.pid, 30, "the second server took over")
+        assert "no longer serves the home's model directory" in first.log()
+        assert "registered as the model server of" in second.log()
+        assert services.running_model_server(home).base_path == base
+
+        # The home's directory back in the first server's config: the second stays the home's server ...
+        serve(base)
+        first.wait_until(lambda: first.available_versions() == [1], 60, "the first server back on the home")
+        first.wait_until(lambda: first.log().count("not this home's registered model server") == 1, 30,
+                         "the first server waiting its turn")
+        assert registered_pid() == second.proc.pid
+        # ... until it stops: then the first one is the home's server again.
+        assert second.stop() == 0
+        second = None
+        first.wait_until(lambda: registered_pid() == first.proc.pid, 30, "the first server registered again")
+        assert first.log().count("registered as the model server of") == 2
+    finally:
+        if second is not None:
+            second.stop()
+        assert first.stop() == 0
+    assert registered_pid() is None
