@@ -743,7 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serves the newest loadable version of serving/models/<name>/ (or what a models.config "
         "says) with TF Serving's REST API (/v1/models/...) and gRPC API, reloading within about a second "
         "when a version appears; broken versions are skipped. Prometheus metrics at "
-        "/monitoring/prometheus/metrics. SIGTERM: finish in-flight requests, exit 0.",
+        "/monitoring/prometheus/metrics. SIGTERM: finish in-flight requests, exit 0. A server of this "
+        "home's model directory with a REST port is the home's model server while no other one runs "
+        "(`make status` shows it; `mlops rollback` waits for it to serve the restored version; retention "
+        "keeps what it loads); `make up` starts one.",
     )
     from serving import server as _server  # imports TensorFlow only when the command runs
 
