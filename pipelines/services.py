@@ -244,20 +244,6 @@ def record_model_server(home: Path, pid: int, rest_port: int, grpc_port: int, ba
         model_config_file=str(config_file) if config_file else None, started_by=started_by), indent=2) + "\n").encode())
 
 
-def register_model_server(home: Path, pid: int, rest_port: int, grpc_port: int, base_path: Path,
-                          config_file: Optional[Path], started_by: str) -> Optional[int]:
-    """Records a model server that just bound its ports as this home's, unless another one already
-    is (a live pid that is not `pid`): returns that one's pid, or None when `pid` is now recorded."""
-    other = running_pid(home, MODEL_SERVER)
-    if other and other != pid:
-        return other
-    state = _read_json(serving_state_file(home)) if other == pid else {}
-    # `make up` recorded this pid before the process started: it stays "started by make up".
-    record_model_server(home, pid, rest_port, grpc_port, base_path, config_file,
-                        state.get("started_by") or started_by)
-    return None
-
-
 def unregister_model_server(home: Path, pid: int) -> None:
     """At a model server's shutdown: forgets it, if it is still the one recorded."""
     try:

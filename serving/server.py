@@ -241,8 +241,7 @@ class HomeRegistration:
 
     def _update(self) -> None:
         from pipelines.services import (HOST, MODEL_SERVER, STARTED_BY_HAND, STARTED_BY_UP, record_model_server,
-                                        register_model_server, running_model_server, running_pid,
-                                        unregister_model_server)
+                                        running_model_server, running_pid, unregister_model_server)
 
         home, pid, server = self.options.home, os.getpid(), self.server
         bases = [store.config.base_path.resolve() for store in list(server.registry.models.values())]
@@ -286,14 +285,15 @@ class HomeRegistration:
                       "serves the home's model directory but has no REST port, so it is not the home's model "
                       "server: `mlops rollback` and `make status` ask that one over REST (add --rest-port)")
             return
-        other = recorded or register_model_server(home, pid, server.rest_port, server.grpc_port, self.pusher_dir,
-                                                  self.options.model_config_file, STARTED_BY_HAND)
-        self._self_registered = other is None
-        if other is not None:
-            self._say(f"second:{other}", logging.INFO,
+        if recorded:  # another live server is the home's (a stale pid file reads as None)
+            self._self_registered = False
+            self._say(f"second:{recorded}", logging.INFO,
                       "not this home's registered model server: pid %d is (`make status` shows it); rollbacks "
-                      "wait for that one, and this one takes over if it stops", other)
+                      "wait for that one, and this one takes over if it stops", recorded)
             return
+        record_model_server(home, pid, server.rest_port, server.grpc_port, self.pusher_dir,
+                            self.options.model_config_file, STARTED_BY_HAND)
+        self._self_registered = True
         self._say("registered", logging.INFO,
                   "registered as the model server of %s: `mlops rollback` waits for it, retention keeps what it "
                   "loads", home)
