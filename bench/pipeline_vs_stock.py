@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 from common import MLOPS, REPO, log, measure, publish, seed_home
-from components.pusher.versions import list_versions
+from serving.versions import list_versions
 from pipelines.data import bundled_csv_path
 
 # The example inside the installed wheel, found without importing tfx (TensorFlow costs seconds).

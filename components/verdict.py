@@ -20,6 +20,11 @@ SPAN_DATE = "span_date"
 GATE = "gate"
 
 
+def fix_or_accept(span_date: str) -> str:
+    """The fix a blocking data finding names: repair the producer, or accept the change."""
+    return f"fix the data producer and rerun the span, or accept the change with `mlops schema accept --date {span_date}`"
+
+
 def record(artifact, gate: str, span_date: str, findings: Iterable[dict], problem: str = "", fix: str = "") -> None:
     """Sets the verdict properties. `findings`: dicts with at least feature, kind, message, blocking."""
     findings = list(findings)

@@ -459,7 +459,7 @@ def _project_serving(args, config):
 def cmd_models_list(args) -> int:
     import json
 
-    from components.pusher.versions import list_versions
+    from serving.versions import list_versions
     from pipelines.rollback import PushRecord, list_pushes
 
     config = _project_config(args)

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
+from components.util.spans import span_number
 from pipelines.config import PipelineConfig
 from pipelines.taxi import features as F
 
 PREPROCESSING_FN = "pipelines.taxi.preprocessing.preprocessing_fn"
 RUN_FN = "pipelines.taxi.model.run_fn"
 HEADLINE_METRIC = "auc"
-
-
-def span_number(day: dt.date) -> int:
-    """TFX's span number for a date: days since the Unix epoch."""
-    return (day - dt.date(1970, 1, 1)).days
-
-
-def span_date(span: int) -> str:
-    """The date (ISO) of a TFX span number: the inverse of `span_number`."""
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=span)).isoformat()
 
 
 def _eval_config(config: PipelineConfig):

@@ -16,7 +16,7 @@ from tfx import types
 from tfx.dsl.components.common import resolver
 
 from components.verdict import BLOCKED, GATE, SPAN_DATE
-from pipelines.pipeline import span_date
+from components.util.spans import span_date
 
 # Kept equal to components.pusher.executor's names; importing it here would pull TFX's
 # Pusher dependencies into the compile step.

@@ -116,7 +116,7 @@ def choose_target(pushes: List[PushRecord], to_version: Optional[int],
 
 def unrecorded_served_version(base, pushes: List[PushRecord]) -> Optional[PushRecord]:
     """The newest version directory under `base` when no push records it (newer than the last push)."""
-    from components.pusher.versions import latest_version, model_fingerprint
+    from serving.versions import latest_version, model_fingerprint
 
     newest = latest_version(Path(base))
     if newest is None or not pushes or newest <= pushes[-1].version:

@@ -120,7 +120,7 @@ def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool)
     props = artifact.custom_properties
     type_name = store.get_artifact_types_by_id([artifact.type_id])[0].name
     if type_name == "Examples" and "span" in props:
-        from pipelines.pipeline import span_date
+        from components.util.spans import span_date
 
         summary.span = span_date(props["span"].int_value)
     elif type_name == "ExampleStatistics":

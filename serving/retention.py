@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set
 
-from components.pusher.versions import list_versions
+from serving.versions import list_versions
 
 log = logging.getLogger("serving")
 

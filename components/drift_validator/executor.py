@@ -33,6 +33,9 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
 from components import verdict
+from components.util.schemas import load_schema
+from components.util.spans import span_date_of
+from components.verdict import fix_or_accept
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +53,6 @@ COMPARATORS = {"JENSEN_SHANNON_DIVERGENCE": ("jensen_shannon_divergence", "Jense
                "L_INFTY": ("l_infinity", "L-infinity distance")}
 
 
-def load_schema(schema_artifact):
-    from tensorflow_metadata.proto.v0 import schema_pb2
-
-    schema_file = io_utils.get_only_uri_in_dir(schema_artifact.uri)
-    return io_utils.parse_pbtxt_file(schema_file, schema_pb2.Schema())
-
-
 def _load_schema_anomalies(anomalies_artifact):
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
@@ -66,17 +62,8 @@ def _load_schema_anomalies(anomalies_artifact):
     return anomalies
 
 
-def span_date_of(artifact) -> str:
-    from pipelines.pipeline import span_date
-
-    span = artifact.span if artifact.has_property("span") else -1
-    return span_date(span) if span >= 0 else "?"
-
-
 def schema_findings(anomalies, span_date: str) -> List[dict]:
     """One blocking finding per feature ExampleValidator flagged: what was seen vs expected."""
-    from components.span_check.executor import fix_or_accept
-
     findings = []
     for feature, info in sorted(anomalies.anomaly_info.items()):
         findings.append(dict(feature=feature, kind="schema", blocking=True, fix=fix_or_accept(span_date),
@@ -212,8 +199,6 @@ def drift_table(statistics, schema, baselines: Dict[str, Any]) -> Dict[str, dict
 
 
 def drift_findings(table: Dict[str, dict], warn_only: set, labels: Dict[str, str], span_date: str) -> List[dict]:
-    from components.span_check.executor import fix_or_accept
-
     findings = []
     for feature, row in sorted(table.items()):
         if not row["over"]:

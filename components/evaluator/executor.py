@@ -113,7 +113,7 @@ class Executor(tfx_evaluator_executor.Executor):
 
         # TFMA computes the loss through a Keras metric inside tf.function: keep AutoGraph out of
         # Keras' own code there too (a few seconds per model otherwise).
-        from pipelines.taxi.model import skip_autograph_of_tf_keras
+        from components.util.keras import skip_autograph_of_tf_keras
 
         skip_autograph_of_tf_keras()
         tfma_properties = {k: v for k, v in exec_properties.items() if k not in ("slice_margin", "min_slice_examples")}

@@ -27,7 +27,7 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from components.pusher import versions
+from serving import versions
 from serving.retention import DEFAULT_KEEP as DEFAULT_KEEP_VERSIONS
 
 log = logging.getLogger(__name__)

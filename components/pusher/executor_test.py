@@ -5,7 +5,8 @@ from pathlib import Path
 
 from tfx.types import standard_artifacts
 
-from components.pusher import executor, versions
+from components.pusher import executor
+from serving import versions
 
 
 def _model(root: Path, payload: bytes):

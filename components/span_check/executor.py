@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -34,16 +33,14 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
 from components import verdict
+from components.util.schemas import load_schema
+from components.verdict import fix_or_accept
 
 log = logging.getLogger(__name__)
 
 GATE = "span_check"
 NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 FIX_PRODUCER = "fix the data producer (or the file) and rerun the span"
-
-
-def fix_or_accept(span_date: str) -> str:
-    return f"fix the data producer and rerun the span, or accept the change with `mlops schema accept --date {span_date}`"
 
 
 @dataclasses.dataclass
@@ -215,8 +212,6 @@ class Executor(base_executor.BaseExecutor):
         output_dict: Dict[str, List[types.Artifact]],
         exec_properties: Dict[str, Any],
     ) -> None:
-        from components.drift_validator.executor import load_schema
-
         span_date = exec_properties["span_date"]
         schema = load_schema(artifact_utils.get_single_instance(input_dict["schema"]))
         folder = Path(exec_properties["input_base"], span_date)

@@ -17,6 +17,7 @@ from typing import Sequence
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from components.util.keras import skip_autograph_of_tf_keras
 from pipelines.taxi import features as F
 from pipelines.taxi.model_options import STRATEGIES
 
@@ -28,21 +29,6 @@ DEEP_UNITS = (64, 32)
 
 class UnknownStrategyError(ValueError):
     pass
-
-
-def skip_autograph_of_tf_keras() -> None:
-    """Keeps AutoGraph out of Keras' own code, as TensorFlow always meant to (idempotent).
-
-    TF 2.16's AutoGraph exempts the `keras` package but not `tf_keras`, where legacy Keras now
-    lives (newer TensorFlow releases add the same `DoNotConvert("tf_keras")` rule). Without it,
-    the first `fit` step re-transpiles hundreds of Keras functions: ~35 s of a 300-step Trainer.
-    Our own functions (the serving signatures) are still converted.
-    """
-    from tensorflow.python.autograph.core import config as autograph_config
-
-    if not any(rule.matches("tf_keras") for rule in autograph_config.CONVERSION_RULES
-               if isinstance(rule, autograph_config.DoNotConvert)):
-        autograph_config.CONVERSION_RULES += (autograph_config.DoNotConvert("tf_keras"),)
 
 
 @dataclasses.dataclass(frozen=True)

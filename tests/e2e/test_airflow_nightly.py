@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from components.pusher import versions
+from serving import versions
 from pipelines import airflow_env
 from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from components.pusher import versions
+from serving import versions
 from tests.conftest import DAY1, FAST_RUN_ARGS, REPO, make_home, mlops
 
 # kind -> (the gate that blocks it, the feature the error must name, words naming the fault)

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from components.pusher import versions
+from serving import versions
 from tests.conftest import DAY1, DAY2, mlops
 
 pytestmark = pytest.mark.e2e

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from components.pusher import versions
+from serving import versions
 
 
 def _fake_saved_model(path, payload: bytes = b"graph"):
