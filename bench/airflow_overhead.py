@@ -41,7 +41,7 @@ import datetime as dt, sys
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from pipelines.config import PipelineConfig, ProjectPaths
 from pipelines.pipeline import create_pipeline
-from pipelines.runner import ensure_state_dirs, prepare_process_env
+from pipelines.node_runner import ensure_state_dirs, prepare_process_env
 prepare_process_env()
 home, day, steps, eval_steps = sys.argv[1:5]
 config = PipelineConfig.for_project(ProjectPaths.from_env(home), dt.date.fromisoformat(day),

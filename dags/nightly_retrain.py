@@ -53,7 +53,7 @@ DEFAULT_TIMEOUT = dt.timedelta(minutes=20)
 LAST_NODE = MANIFEST["nodes"][-1]["id"]
 
 
-# `mlops node run` exit codes that retrying cannot fix (pipelines/cli.py).
+# `mlops node run` exit codes that retrying cannot fix (pipelines/cli/common.py).
 NO_RETRY_EXIT_CODES = {2: "configuration error", 3: "the span failed data validation"}
 
 

@@ -66,7 +66,9 @@ class ProjectPaths:
 
     @property
     def serving_model_dir(self) -> Path:
-        return self.home / "serving" / "models" / PIPELINE_NAME
+        from serving.home import model_dir
+
+        return model_dir(self.home, PIPELINE_NAME)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,17 +1,12 @@
-"""Errors that say what went wrong and what to do about it."""
+"""Errors that say what went wrong and what to do about it.
 
+`MlopsError` and `ConfigError` live at the bottom layer (serving/errors.py), so that the model
+server and retention raise the same errors as the pipeline; `DataError` is the pipeline's own.
+"""
 
-class MlopsError(Exception):
-    """A user-facing failure. `str(err)` is one line: the problem, then the fix in parentheses."""
+from serving.errors import ConfigError, MlopsError
 
-    def __init__(self, problem: str, fix: str):
-        super().__init__(f"{problem} ({fix})")
-        self.problem = problem
-        self.fix = fix
-
-
-class ConfigError(MlopsError):
-    """The configuration cannot work; nothing was run."""
+__all__ = ["ConfigError", "DataError", "MlopsError"]
 
 
 class DataError(MlopsError):

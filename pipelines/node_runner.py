@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -128,6 +129,20 @@ def _pid_file(config, run_id: str, node_id: str):
             pass
 
 
+def prepare_process_env() -> None:
+    """Settings every process that trains or loads Keras models needs (design.md, section 2)."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # google-cloud packages pulled in by TFX warn about Python 3.10 on every import.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
+
+
+def ensure_state_dirs(config) -> None:
+    Path(config.pipeline_root).mkdir(parents=True, exist_ok=True)
+    if config.metadata.is_sqlite:
+        Path(config.metadata.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+
+
 def compile_for(config, run_id: str):
     """The compiled IR of the project's pipeline for `config`, bound to `run_id`."""
     from pipelines.pipeline import create_pipeline
@@ -140,8 +155,6 @@ def run_one_node(config, run_id: str, node_id: str) -> NodeResult:
 
     Every task of a run compiles the same config, so the IR (and so the cache keys) agree.
     """
-    from pipelines.runner import ensure_state_dirs, prepare_process_env
-
     prepare_process_env()
     config.check()
     ensure_state_dirs(config)

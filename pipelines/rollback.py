@@ -215,8 +215,7 @@ def rollback(
     Raises AlreadyServing (nothing done) when the chosen model is the one being served, and
     ConfigError for an unknown version, a never-blessed model (unless `force`), or when the model
     server's models.config (`serving`: a serving.config.ProjectServing) would not serve the push."""
-    from pipelines.node_runner import compile_pipeline, node_ids, run_node
-    from pipelines.runner import ensure_state_dirs, prepare_process_env
+    from pipelines.node_runner import compile_pipeline, ensure_state_dirs, node_ids, prepare_process_env, run_node
 
     if not reason or not reason.strip():
         raise ConfigError("a rollback needs a reason", 'pass --reason "why the served model is bad"')

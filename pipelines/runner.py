@@ -7,21 +7,11 @@ each, so `mlops run` and the nightly DAG behave the same.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import warnings
-from pathlib import Path
 from typing import Callable, Optional
 
 from pipelines.config import PipelineConfig
+from pipelines.node_runner import ensure_state_dirs, prepare_process_env
 from pipelines.summary import RunSummary
-
-
-def prepare_process_env() -> None:
-    """Settings every process that trains or loads Keras models needs (design.md, section 2)."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # google-cloud packages pulled in by TFX warn about Python 3.10 on every import.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
 
 
 def default_run_id(span_date: dt.date, kind: str = "local") -> str:
@@ -35,12 +25,6 @@ def default_run_id(span_date: dt.date, kind: str = "local") -> str:
 
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     return f"{kind}__{span_date.isoformat()}__{now}-{secrets.token_hex(3)}"
-
-
-def ensure_state_dirs(config: PipelineConfig) -> None:
-    Path(config.pipeline_root).mkdir(parents=True, exist_ok=True)
-    if config.metadata.is_sqlite:
-        Path(config.metadata.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
 
 
 class RunFailed(Exception):

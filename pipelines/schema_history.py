@@ -1,4 +1,5 @@
-"""Schema history: `mlops schema history|accept|diff|prune` and the snapshots behind them.
+"""Schema history: the snapshots and history behind `mlops schema history|accept|diff|prune`
+(pipelines/cli/schema.py).
 
 Every pipeline run calls `snapshot_for_run`: the schema in force is copied to a content-addressed
 file under var/schemas/taxi/ and `history.jsonl` gets a line whenever the schema changed, so
@@ -12,18 +13,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import difflib
 import hashlib
 import json
 import math
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from pipelines.errors import ConfigError
-from pipelines.files import write_atomic
+from serving.files import write_atomic
 from pipelines.schema_diff import COMPARATOR_FIELDS, describe_changes, parse_schema
 
 KEEP_DAYS = 30
@@ -39,24 +38,24 @@ def history_dir(paths) -> Path:
     return paths.var / "schemas" / "taxi"
 
 
-def _utc(now: Optional[dt.datetime] = None) -> dt.datetime:
+def utc_now(now: Optional[dt.datetime] = None) -> dt.datetime:
     now = now or dt.datetime.now(dt.timezone.utc)
     return now.replace(tzinfo=dt.timezone.utc) if now.tzinfo is None else now.astimezone(dt.timezone.utc)
 
 
 def _parse_time(text: str) -> dt.datetime:
-    return _utc(dt.datetime.fromisoformat(text))
+    return utc_now(dt.datetime.fromisoformat(text))
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _snapshot_path(directory: Path, sha: str) -> Path:
+def snapshot_path(directory: Path, sha: str) -> Path:
     return directory / f"{sha[:12]}.pbtxt"
 
 
-def _read_schema_bytes(paths) -> bytes:
+def read_schema_bytes(paths) -> bytes:
     try:
         return paths.schema_path.read_bytes()
     except FileNotFoundError as err:
@@ -98,7 +97,7 @@ def _append(directory: Path, entry: dict) -> None:
         os.fsync(out.fileno())
 
 
-def _entry_sha(entry: dict) -> Optional[str]:
+def entry_sha(entry: dict) -> Optional[str]:
     """The schema in force after this entry: a snapshot's sha, an acceptance's to_sha."""
     return entry.get("sha") or entry.get("to_sha")
 
@@ -115,7 +114,7 @@ class Period:
 def periods(entries: List[dict]) -> List[Period]:
     out: List[Period] = []
     for entry in entries:
-        sha = _entry_sha(entry)
+        sha = entry_sha(entry)
         if not sha or (out and out[-1].sha == sha):
             continue
         start = _parse_time(entry["time"])
@@ -127,11 +126,11 @@ def periods(entries: List[dict]) -> List[Period]:
 
 def _snapshot_locked(paths, now: dt.datetime) -> Path:
     directory = history_dir(paths)
-    data = _read_schema_bytes(paths)
+    data = read_schema_bytes(paths)
     sha = _sha(data)
     entries = read_history(paths)
-    target = _snapshot_path(directory, sha)
-    if not entries or _entry_sha(entries[-1]) != sha:
+    target = snapshot_path(directory, sha)
+    if not entries or entry_sha(entries[-1]) != sha:
         _append(directory, {"event": "snapshot", "time": now.isoformat(timespec="seconds"), "sha": sha,
                             "file": target.name})
         entries = read_history(paths)
@@ -144,7 +143,7 @@ def _snapshot_locked(paths, now: dt.datetime) -> Path:
 def snapshot_for_run(paths, now: Optional[dt.datetime] = None) -> Path:
     """Records the schema this run uses; returns its snapshot file. No TFX: runs on every task."""
     with _locked(history_dir(paths)):
-        return _snapshot_locked(paths, _utc(now))
+        return _snapshot_locked(paths, utc_now(now))
 
 
 def _prune_locked(paths, entries: List[dict], now: dt.datetime, keep_days: int,
@@ -159,7 +158,7 @@ def _prune_locked(paths, entries: List[dict], now: dt.datetime, keep_days: int,
     for sha, end in sorted(last_in_force.items()):
         if end is None or end > cutoff or sha in keep_shas:
             continue
-        path = _snapshot_path(directory, sha)
+        path = snapshot_path(directory, sha)
         if path.exists():
             path.unlink(missing_ok=True)
             removed.append((path, end))
@@ -174,7 +173,7 @@ def prune_snapshots(paths, keep_days: int = KEEP_DAYS,
         return []
     with _locked(directory):
         keep = {_sha(paths.schema_path.read_bytes())} if paths.schema_path.is_file() else set()
-        return _prune_locked(paths, read_history(paths), _utc(now), keep_days, keep)
+        return _prune_locked(paths, read_history(paths), utc_now(now), keep_days, keep)
 
 
 # --- Accepting a span: TFDV statistics, drift distances from ML Metadata ---
@@ -257,7 +256,7 @@ def plan_accept(paths, span_day: dt.date) -> Acceptance:
     from pipelines.config import PipelineConfig, check_span_dir
 
     folder = check_span_dir(paths.data_root, span_day)
-    original = _read_schema_bytes(paths)
+    original = read_schema_bytes(paths)
     import tensorflow_data_validation as tfdv
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -285,10 +284,10 @@ def plan_accept(paths, span_day: dt.date) -> Acceptance:
 
 def apply_accept(paths, plan: Acceptance, by: str, reason: str, now: Optional[dt.datetime] = None) -> Path:
     """Writes the schema and the history entry; returns the new snapshot."""
-    now = _utc(now)
+    now = utc_now(now)
     with _locked(history_dir(paths)):
         _snapshot_locked(paths, now)  # the schema before, in case no run recorded it yet
-        if _sha(_read_schema_bytes(paths)) != plan.from_sha:
+        if _sha(read_schema_bytes(paths)) != plan.from_sha:
             raise ConfigError(f"{paths.schema_path} changed while `schema accept` ran", "run it again")
         write_atomic(paths.schema_path, plan.new_text.encode(), paths.schema_path.stat().st_mode & 0o777)
         _append(history_dir(paths), {"event": "accept", "time": now.isoformat(timespec="seconds"),
@@ -297,22 +296,17 @@ def apply_accept(paths, plan: Acceptance, by: str, reason: str, now: Optional[dt
         return _snapshot_locked(paths, now)
 
 
-# --- Command handlers ---
+# --- What the `mlops schema` commands show ---
 
 
-def _paths(args):
-    from pipelines.config import ProjectPaths
-
-    return ProjectPaths.from_env(args.home)
-
-
-def _summary(entry: dict, previous: Optional[dict], directory: Path) -> str:
+def entry_summary(entry: dict, previous: Optional[dict], directory: Path) -> str:
+    """One line: what this history entry changed against the one before it."""
     if entry.get("event") == "accept":
         changes = entry.get("changes") or []
     elif previous is None:
         return "first snapshot"
     else:
-        old, new = (_snapshot_path(directory, _entry_sha(e)) for e in (previous, entry))
+        old, new = (snapshot_path(directory, entry_sha(e)) for e in (previous, entry))
         if not (old.is_file() and new.is_file()):
             return "changed outside `schema accept` (earlier snapshot pruned)"
         changes = describe_changes(parse_schema(old.read_text()), parse_schema(new.read_text()))
@@ -321,62 +315,12 @@ def _summary(entry: dict, previous: Optional[dict], directory: Path) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def cmd_history(args) -> int:
-    paths = _paths(args)
-    entries = read_history(paths)
-    previous: Optional[dict] = None
-    for entry in entries:
-        entry["summary"] = _summary(entry, previous, history_dir(paths))
-        previous = entry
-    if args.json:
-        print(json.dumps(entries, indent=2, sort_keys=True))
-        return 0
-    if not entries:
-        print("no schema history yet (it starts with the next pipeline run or `mlops schema accept`)")
-    for entry in entries:
-        span = f"span {entry['span']}" if entry.get("span") else ""
-        by = f"by {entry['by']}" if entry.get("by") else ""
-        reason = f"reason: {entry['reason']}" if entry.get("reason") else ""
-        fields = [entry["time"], f"{entry.get('event', '?'):<8}", (_entry_sha(entry) or "?")[:12], span, by, reason,
-                  entry["summary"]]
-        print("  ".join(f for f in fields if f))
-    return 0
-
-
-def _is_risky(change: str) -> bool:
+def is_risky(change: str) -> bool:
     """A change after which a feature is no longer checked, or checked as something else."""
     return any(word in change for word in (": deprecated", ": feature removed", ": type "))
 
 
-def cmd_accept(args) -> int:
-    paths = _paths(args)
-    plan = plan_accept(paths, args.date)
-    by = args.by or os.environ.get("USER") or "unknown"
-    result = dataclasses.asdict(plan)
-    del result["new_text"]
-    result.update(by=by, reason=args.reason or "", dry_run=args.dry_run, written=False)
-    risky = [line for line in plan.changes if _is_risky(line)]
-    if risky and not args.dry_run and not args.force:
-        raise ConfigError(f"accepting span {plan.span} would stop validating features: {'; '.join(risky)}",
-                          "fix the data producer instead, or pass --force if the change is intended "
-                          "(`--dry-run` shows every change)")
-    if plan.changes and not args.dry_run:
-        apply_accept(paths, plan, by, args.reason or "")
-        result["written"] = True
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-    elif not plan.changes:
-        print(f"nothing to change: span {plan.span} already passes the schema")
-    else:
-        verb = "would change" if args.dry_run else "changed"
-        print(f"span {plan.span}: {verb} {paths.schema_path} ({plan.from_sha[:12]} -> {plan.to_sha[:12]})")
-        for line in plan.changes:
-            print(f"  {line}")
-        print("dry run: nothing written" if args.dry_run else "recorded in `mlops schema history`")
-    return 0
-
-
-def _schema_in_force(paths, entries: List[dict], when: dt.datetime) -> Tuple[Period, List[str]]:
+def schema_in_force(paths, entries: List[dict], when: dt.datetime) -> Tuple[Period, List[str]]:
     """The period in force at `when`, else the oldest one still on disk, with notes saying so."""
     directory, notes = history_dir(paths), []
     stretches = periods(entries)
@@ -386,142 +330,10 @@ def _schema_in_force(paths, entries: List[dict], when: dt.datetime) -> Tuple[Per
         notes.append(f"history starts at {stretches[0].start.isoformat()}, after "
                      f"{when.isoformat(timespec='seconds')}: comparing with the oldest snapshot")
     for later in stretches[index:]:
-        if _snapshot_path(directory, later.sha).is_file():
+        if snapshot_path(directory, later.sha).is_file():
             if later is not stretches[index]:
                 notes.append(f"the snapshot in force then ({stretches[index].sha[:12]}) was pruned: comparing "
                              f"with the oldest kept one, from {later.start.isoformat()}")
             return later, notes
     raise ConfigError(f"no snapshot file under {directory} for the schemas since {when.isoformat()}",
                       "run the pipeline (or `mlops schema accept`) to take a snapshot")
-
-
-def _window(args) -> Tuple[dt.datetime, Optional[dt.datetime]]:
-    if args.to and not args.start:
-        raise ConfigError("--to needs --from", "pass --from DATE --to DATE, or --since DURATION")
-    if args.start:
-        start = dt.datetime.combine(args.start, dt.time(), dt.timezone.utc)
-        end = dt.datetime.combine(args.to + dt.timedelta(days=1), dt.time(), dt.timezone.utc) if args.to else None
-        if end is not None and end <= start:
-            raise ConfigError(f"--to {args.to} is before --from {args.start}", "swap them")
-        return start, end
-    return _utc() - (args.since or dt.timedelta(days=KEEP_DAYS)), None
-
-
-def cmd_diff(args) -> int:
-    paths = _paths(args)
-    start, end = _window(args)
-    entries = read_history(paths)
-    if not entries:
-        print("no schema history yet (it starts with the next pipeline run or `mlops schema accept`): "
-              "nothing to compare")
-        return 0
-    directory = history_dir(paths)
-    before, notes = _schema_in_force(paths, entries, start)
-    old_file = _snapshot_path(directory, before.sha)
-    if end is None:
-        new_file, new_label = paths.schema_path, f"{paths.schema_path} (current)"
-        new_text = _read_schema_bytes(paths).decode()
-    else:
-        after, more_notes = _schema_in_force(paths, entries, end)
-        notes += more_notes
-        new_file, new_label = _snapshot_path(directory, after.sha), f"schema in force at {end.isoformat()}"
-        new_text = new_file.read_text()
-    old_text = old_file.read_text()
-    changes = describe_changes(parse_schema(old_text), parse_schema(new_text))
-    unified = "".join(difflib.unified_diff(old_text.splitlines(True), new_text.splitlines(True),
-                                           str(old_file), str(new_file))) if args.unified else ""
-    if args.json:
-        print(json.dumps({"from": {"sha": before.sha, "since": before.start.isoformat(), "file": str(old_file)},
-                          "to": str(new_file), "notes": notes, "changes": changes, "unified": unified},
-                         indent=2, sort_keys=True))
-        return 0
-    for note in notes:
-        print(f"note: {note}")
-    print(f"from {old_file} (in force since {before.start.isoformat()})")
-    print(f"to   {new_label}")
-    print("\n".join(f"  {line}" for line in changes) if changes else "no schema changes")
-    if unified:
-        print(unified, end="")
-    return 0
-
-
-def cmd_prune(args) -> int:
-    if args.keep_days < 0:
-        raise ConfigError(f"--keep-days {args.keep_days} is negative", "pass 0 or more days")
-    removed = prune_snapshots(_paths(args), args.keep_days)
-    for path, end in removed:
-        print(f"removed {path} (out of force since {end.isoformat()})")
-    if not removed:
-        print(f"nothing to prune: every snapshot was in force within the last {args.keep_days} days")
-    return 0
-
-
-def _duration(text: str) -> dt.timedelta:
-    import argparse
-
-    match = re.fullmatch(r"(\d+)([wdhm])", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d, 12h, 2w or 45m")
-    unit = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}[match.group(2)]
-    return dt.timedelta(**{unit: int(match.group(1))})
-
-
-def add_commands(commands) -> None:
-    """Adds `mlops schema ...` to the CLI's subparsers (argument definitions only, no TFX)."""
-    from pipelines.cli import _date  # the CLI is loaded already: it is what calls this
-
-    schema = commands.add_parser(
-        "schema", help="history of schemas/taxi/schema.pbtxt: accept a span, diff, prune snapshots",
-        description="Every pipeline run snapshots the schema it uses under var/schemas/taxi/ and notes in "
-        "history.jsonl when it changed. These commands list that history, change the schema so a span "
-        "passes (recording who and why), compare schemas over time and prune old snapshots.",
-    )
-    actions = schema.add_subparsers(dest="schema_command", metavar="ACTION", required=True)
-
-    history = actions.add_parser(
-        "history", help="list schema changes: time, event, sha, span, who, why, what changed",
-        description="One line per entry of var/schemas/taxi/history.jsonl, oldest first: snapshots taken "
-        "by pipeline runs when the schema had changed, and acceptances by `mlops schema accept`.",
-    )
-    history.add_argument("--json", action="store_true", help="print JSON")
-    history.set_defaults(handler=cmd_history)
-
-    accept = actions.add_parser(
-        "accept", help="update the schema so that a span passes validation, and record why",
-        description="Computes the span's statistics with TFDV, relaxes the schema for its anomalies "
-        "(new features, domain values, ranges, presence) and raises the drift threshold of each feature "
-        "whose drift blocked the span (from the drift validator's findings in ML Metadata) to 10% above "
-        "the measured distance. The schema's leading comments are kept; the change is recorded in the "
-        "history. Running it again for the same span changes nothing.",
-    )
-    accept.add_argument("--date", type=_date, required=True, help="span date, YYYY-MM-DD (data/incoming/DATE/)")
-    accept.add_argument("--reason", help="why the change is acceptable (recorded in the history)")
-    accept.add_argument("--by", help="who accepts it (default: $USER)")
-    accept.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
-    accept.add_argument("--force", action="store_true",
-                        help="also write changes that stop validating a feature (deprecated, removed, new type)")
-    accept.add_argument("--json", action="store_true", help="print the result as JSON")
-    accept.set_defaults(handler=cmd_accept)
-
-    diff = actions.add_parser(
-        "diff", help="what changed in the schema since a time: features, types, presence, domains, drift",
-        description="Compares the schema in force at the start (from the history and its snapshots) with "
-        "the current schema, or the one in force at the end of --to. --from/--to are whole UTC days. When "
-        "the history does not reach back that far, the oldest snapshot is used and a note says so.",
-    )
-    window = diff.add_mutually_exclusive_group()
-    window.add_argument("--since", type=_duration, help="duration like 30d, 12h, 2w (default: 30d)")
-    window.add_argument("--from", dest="start", type=_date, metavar="DATE", help="start of this day (UTC)")
-    diff.add_argument("--to", type=_date, metavar="DATE", help="end of this day (UTC); needs --from")
-    diff.add_argument("--unified", action="store_true", help="also print a unified diff of the two files")
-    diff.add_argument("--json", action="store_true", help="print JSON")
-    diff.set_defaults(handler=cmd_diff)
-
-    prune = actions.add_parser(
-        "prune", help="delete schema snapshots out of force for more than --keep-days days",
-        description="Pipeline runs prune after each snapshot (30 days); this runs it explicitly and prints "
-        "what was removed. The current schema's snapshot and files the history does not name are kept; "
-        "history.jsonl itself is never shortened.",
-    )
-    prune.add_argument("--keep-days", type=int, default=KEEP_DAYS, help="days to keep (default: 30)")
-    prune.set_defaults(handler=cmd_prune)

@@ -40,23 +40,21 @@ Python 3.11 environment only through subprocesses and HTTP.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 from pipelines import airflow_env
 from pipelines.errors import ConfigError
-from pipelines.files import write_atomic
+from pipelines.http import free_port, http, port_free
+from serving import home as home_record
+from serving.home import HOST, MODEL_SERVER, STARTED_BY_UP, read_json
+from serving.processes import live_pid, pid_alive
 
-HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 ADMIN = "admin"
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -67,8 +65,7 @@ TRIGGER_LOG_PORT = 8794
 START_TIMEOUT = 240.0
 STOP_TIMEOUT = 30.0
 PROJECT_DAGS = (airflow_env.NIGHTLY_DAG, airflow_env.ROLLBACK_DAG)
-MODEL_SERVER = "model-server"
-MODEL_NAME = "taxi"
+MODEL_NAME = home_record.DEFAULT_MODEL
 SERVING_REST_PORT = 8501
 SERVING_GRPC_PORT = 8500
 
@@ -77,7 +74,7 @@ SERVING_GRPC_PORT = 8500
 
 
 def run_dir(home: Path) -> Path:
-    return airflow_env.airflow_home(home) / "run"
+    return home_record.run_dir(home)  # the model server's record lives there too
 
 
 def pid_file(home: Path, service: str) -> Path:
@@ -149,142 +146,15 @@ def _command(service: str, port: int) -> List[str]:
 # ----------------------------------------------------------------------------------- processes
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) is not running
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _is_airflow(pid: int, marker: bytes = b"airflow") -> bool:
-    """Guards against a pid file whose process is gone and whose pid was reused.
-
-    A process that is in the middle of exec() shows an empty command line for a moment (the new
-    program's arguments are not mapped yet): that is read again rather than taken for "not ours",
-    which once deleted the pid file of a triggerer that had just started, so that `make up`
-    reported it dead and `make down` left it running."""
-    for _ in range(40):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                text = cmdline.read()
-        except OSError:
-            return _pid_alive(pid)
-        if text:
-            return marker in text
-        if not _pid_alive(pid):
-            return False  # a zombie has an empty command line too
-        time.sleep(0.025)
-    return _pid_alive(pid)
-
-
 def running_pid(home: Path, service: str) -> Optional[int]:
     """The pid of `service` for this home if it runs; removes a stale pid file."""
-    path = pid_file(home, service)
-    try:
-        pid = int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if _pid_alive(pid) and _is_airflow(pid, b"\0serve\0" if service == MODEL_SERVER else b"airflow"):
-        return pid
-    with contextlib.suppress(OSError):
-        path.unlink()
-    return None
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+    if service == MODEL_SERVER:
+        return home_record.running_pid(home)
+    return live_pid(pid_file(home, service), b"airflow")
 
 
 def _read_state(home: Path) -> dict:
-    return _read_json(state_file(home))
-
-
-def serving_state_file(home: Path) -> Path:
-    return run_dir(home) / f"{MODEL_SERVER}.json"
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-STARTED_BY_UP = "make up"  # `make up` / `mlops airflow up` started it, and `make down` stops it
-STARTED_BY_HAND = "mlops serve"  # started by hand; it registered itself, and `make down` leaves it running
-
-
-def record_model_server(home: Path, pid: int, rest_port: int, grpc_port: int, base_path: Path,
-                        config_file: Optional[Path] = None, started_by: str = STARTED_BY_UP) -> None:
-    """Makes a running `mlops serve` this home's model server (`make status`, `make down`, rollbacks,
-    retention). `config_file`: the models.config it follows (it may not exist yet)."""
-    run_dir(home).mkdir(parents=True, exist_ok=True)
-    # Atomic: `make status` and rollbacks read these while a starting server records itself again.
-    write_atomic(pid_file(home, MODEL_SERVER), f"{pid}\n".encode())
-    write_atomic(serving_state_file(home), (json.dumps(dict(
-        rest_port=rest_port, grpc_port=grpc_port, base_path=str(base_path), pid=pid,
-        model_config_file=str(config_file) if config_file else None, started_by=started_by), indent=2) + "\n").encode())
-
-
-def unregister_model_server(home: Path, pid: int) -> None:
-    """At a model server's shutdown: forgets it, if it is still the one recorded."""
-    try:
-        recorded = int(pid_file(home, MODEL_SERVER).read_text().strip())
-    except (OSError, ValueError):
-        return
-    if recorded == pid:
-        for path in (pid_file(home, MODEL_SERVER), serving_state_file(home)):
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-
-@dataclasses.dataclass(frozen=True)
-class RunningModelServer:
-    pid: int
-    rest_url: str  # http://127.0.0.1:8501
-    base_path: Path  # the version directory it serves
-    config_file: Optional[Path] = None  # the models.config it follows (may not exist)
-    started_by: str = STARTED_BY_UP
-
-
-def running_model_server(home: Path) -> Optional[RunningModelServer]:
-    """This home's model server (started by `make up`, or a `mlops serve` that registered itself) if it runs."""
-    pid = running_pid(home, MODEL_SERVER)
-    state = _read_json(serving_state_file(home)) if pid else {}
-    if not pid or state.get("pid", pid) != pid or not state.get("rest_port") or not state.get("base_path"):
-        return None
-    config = state.get("model_config_file")
-    return RunningModelServer(pid, f"http://{HOST}:{state['rest_port']}", Path(state["base_path"]),
-                              Path(config) if config else None, state.get("started_by") or STARTED_BY_UP)
-
-
-def model_server_for(home: Path, base_path: Path) -> Tuple[Optional[RunningModelServer], str]:
-    """This home's model server if it runs and serves `base_path`; else None and why not."""
-    found = running_model_server(home)
-    if found is None:
-        return None, ("no model server of this home runs (`make up` starts one; a `mlops serve` of the home's "
-                      "model directory registers itself)")
-    if found.base_path.resolve() != Path(base_path).resolve():
-        return None, f"this home's model server serves {found.base_path}, not {base_path}"
-    return found, ""
+    return read_json(state_file(home))
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -293,32 +163,6 @@ def _tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text[-lines:])
-
-
-# ----------------------------------------------------------------------------------- HTTP
-
-
-def http(url: str, method: str = "GET", body: Optional[dict] = None, token: Optional[str] = None,
-         timeout: float = 10.0) -> tuple:
-    """(status, parsed JSON or text); status 0 when nothing answers."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Accept", "application/json")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as err:
-        status, raw = err.code, err.read()
-    except (urllib.error.URLError, OSError):
-        return 0, None
-    try:
-        return status, json.loads(raw or b"null")
-    except ValueError:
-        return status, raw.decode(errors="replace")
 
 
 def health(url: str) -> Optional[dict]:
@@ -396,7 +240,7 @@ class Services:
         if any(pids.values()):  # a partial set: keep the port the running ones were started with
             port = int(state.get("port") or port or default_port())
         port = port or default_port()
-        if not pids["api-server"] and not _port_free(port):
+        if not pids["api-server"] and not port_free(port):
             raise ConfigError(f"port {port} on {HOST} is already in use",
                               "stop what uses it, or pick another: `make up AIRFLOW_PORT=8093`")
         airflow_env.init(self.home, progress=self.emit)
@@ -448,7 +292,7 @@ class Services:
                                       ("trigger_log_port", TRIGGER_LOG_PORT, "triggerer")):
             if pids.get(owner) and state.get(key):
                 chosen.append(int(state[key]))  # its server runs: every service must agree on it
-            elif _port_free(preferred) and preferred not in chosen:
+            elif port_free(preferred) and preferred not in chosen:
                 chosen.append(preferred)
             else:
                 chosen.append(free_port())
@@ -528,7 +372,7 @@ class Services:
     def down(self, stop_worker: bool = True, timeout: float = STOP_TIMEOUT, quiet: bool = False) -> int:
         emit = (lambda _: None) if quiet else self.emit
         pids = {service: pid for service, pid in self.pids().items() if pid}
-        server = running_model_server(self.home)
+        server = home_record.running_model_server(self.home)
         if server is not None and server.started_by != STARTED_BY_UP:
             emit(f"left the model server started by `{server.started_by}` running (pid {server.pid}): "
                  f"`kill {server.pid}` stops it")
@@ -540,10 +384,10 @@ class Services:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pids[service], signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while any(_pid_alive(pids[s]) for s in order) and time.monotonic() < deadline:
+        while any(pid_alive(pids[s]) for s in order) and time.monotonic() < deadline:
             time.sleep(0.2)
         for service in order:
-            forced = _pid_alive(pids[service])
+            forced = pid_alive(pids[service])
             # Whatever is left in the service's session (its own children) goes too.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pids[service], signal.SIGKILL)
@@ -554,7 +398,7 @@ class Services:
             state_file(self.home).unlink()
         if MODEL_SERVER in pids:
             with contextlib.suppress(OSError):
-                serving_state_file(self.home).unlink()
+                home_record.state_file(self.home).unlink()
         if not order:
             emit(f"Airflow is not running for {self.home}")
         if stop_worker:
@@ -565,7 +409,7 @@ class Services:
 
     def _start_model_server(self) -> Optional[int]:
         """`mlops serve` for this home in the background, unless it already runs; its pid."""
-        found = running_model_server(self.home)
+        found = home_record.running_model_server(self.home)
         if found is not None:
             if found.started_by != STARTED_BY_UP:
                 self.emit(f"model server: already running for {self.home} (pid {found.pid}, started by "
@@ -576,7 +420,7 @@ class Services:
             return pid
         rest_port, grpc_port = serving_ports()
         for port in (rest_port, grpc_port):
-            if not _port_free(port):
+            if not port_free(port):
                 raise ConfigError(f"model server port {port} on {HOST} is already in use",
                                   "stop what uses it, or pick others: MLOPS_SERVING_REST_PORT=8511 "
                                   "MLOPS_SERVING_GRPC_PORT=8510 make up")
@@ -598,12 +442,12 @@ class Services:
             log.flush()
             process = subprocess.Popen(cmd, env=env, cwd=str(self.home), stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
-        record_model_server(self.home, process.pid, rest_port, grpc_port, base, default_config_path(self.home))
+        home_record.record_model_server(self.home, process.pid, rest_port, grpc_port, base, default_config_path(self.home))
         return process.pid
 
     def _wait_model_server(self, timeout: float) -> None:
         """Until the REST port answers (any HTTP status: 404 while no model is pushed)."""
-        state = _read_json(serving_state_file(self.home))
+        state = read_json(home_record.state_file(self.home))
         url = f"http://{HOST}:{state.get('rest_port', serving_ports()[0])}/v1/models/{MODEL_NAME}"
         deadline = time.monotonic() + timeout
         while True:
@@ -624,7 +468,7 @@ class Services:
 
     def _model_server_status(self) -> None:
         pid = running_pid(self.home, MODEL_SERVER)
-        state = _read_json(serving_state_file(self.home)) if pid else {}
+        state = read_json(home_record.state_file(self.home)) if pid else {}
         where = ""
         if pid:
             status, body = http(f"http://{HOST}:{state.get('rest_port')}/v1/models/{MODEL_NAME}", timeout=2.0)
@@ -640,7 +484,7 @@ class Services:
         self.emit(f"{MODEL_SERVER:14} {state_text}  log: {logs}")
 
     def _stop_worker(self, emit: Callable[[str], None]) -> None:
-        from pipelines import worker  # standard library only
+        from pipelines.worker import client as worker  # standard library only
 
         answer = worker.request(worker.socket_path(self.home), "stop")
         if answer:
@@ -655,21 +499,3 @@ class Services:
             raise ConfigError(f"`airflow dags {verb} {dag_id}` failed: {(result.stderr or result.stdout).strip()[-300:]}",
                               "is the DAG parsed yet? `make up` waits until it is")
         self.emit(f"DAG {dag_id}: {'paused' if paused else 'unpaused'}")
-
-
-def main(home: Path, args) -> int:
-    """`mlops airflow up|down|status|pause|unpause`."""
-    services = Services(home, emit=lambda line: print(line, flush=True))
-    command = args.airflow_command
-    if command == "up":
-        return services.up(port=args.port, unpause=args.unpause)
-    if command == "down":
-        return services.down()
-    if command == "status":
-        return services.status()
-    if command in ("pause", "unpause"):
-        airflow_env.init(services.home, progress=services.emit)
-        for dag_id in args.dag or [airflow_env.NIGHTLY_DAG]:
-            services.set_paused(dag_id, command == "pause")
-        return 0
-    raise ValueError(command)

@@ -62,7 +62,8 @@ def validate_span(config: PipelineConfig, run_id: Optional[str] = None,
     from pipelines.errors import DataError
     from pipelines.node_runner import compile_pipeline, node_ids, run_node
     from pipelines.pipeline import create_validation_pipeline
-    from pipelines.runner import default_run_id, ensure_state_dirs, prepare_process_env
+    from pipelines.node_runner import ensure_state_dirs, prepare_process_env
+    from pipelines.runner import default_run_id
 
     prepare_process_env()
     config.check()

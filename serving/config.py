@@ -118,7 +118,7 @@ def project_config_path(home: Path, explicit: Optional[str]) -> Optional[Path]:
     itself with --model-config-file elsewhere); else <home>/serving/models.config when it exists."""
     if explicit:
         return resolve_config_path(home, explicit)
-    from pipelines.services import running_model_server  # standard library only
+    from serving.home import running_model_server  # standard library only
 
     server = running_model_server(Path(home))
     if server is not None and server.config_file is not None and server.config_file.is_file():

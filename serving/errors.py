@@ -1,6 +1,21 @@
-"""Errors of the model server, each with the HTTP status and gRPC code TF Serving uses for it."""
+"""Errors. `MlopsError` and `ConfigError`: what every layer raises to the user (the problem, then the
+fix). `ServingError` and its kinds: what the model server answers, each with the HTTP status and
+gRPC code TF Serving uses for it."""
 
 from __future__ import annotations
+
+
+class MlopsError(Exception):
+    """A user-facing failure. `str(err)` is one line: the problem, then the fix in parentheses."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem} ({fix})")
+        self.problem = problem
+        self.fix = fix
+
+
+class ConfigError(MlopsError):
+    """The configuration cannot work; nothing was run."""
 
 
 class ServingError(Exception):

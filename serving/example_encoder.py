@@ -21,7 +21,8 @@ from __future__ import annotations
 import struct
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from serving.servable import BYTES, FLOAT, INT
+# Kinds of tf.train.Feature lists (the servable reads them off a model's parsing spec).
+INT, FLOAT, BYTES = "int64", "float", "bytes"
 
 _pack_float = struct.Struct("<f").pack
 _ONE_BYTE = [bytes([i]) for i in range(128)]

@@ -19,6 +19,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow.python.eager import context, record
 
 from serving.errors import BadRequest
+from serving.example_encoder import BYTES, FLOAT, INT
 
 log = logging.getLogger("serving")
 
@@ -28,8 +29,6 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 
-# Kinds of tf.train.Feature lists.
-INT, FLOAT, BYTES = "int64", "float", "bytes"
 _KIND_OF_DTYPE = {types_pb2.DT_INT64: INT, types_pb2.DT_FLOAT: FLOAT, types_pb2.DT_STRING: BYTES}
 
 

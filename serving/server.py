@@ -7,7 +7,6 @@ accepting connections, let in-flight requests finish (up to --grace-seconds), ex
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import logging
@@ -216,10 +215,10 @@ class HomeRegistration:
     while this one runs. Logs only the changes."""
 
     def __init__(self, options: ServerOptions, server: ModelServer):
-        from pipelines.config import ProjectPaths
+        from serving.home import model_dir
 
         self.options, self.server = options, server
-        self.pusher_dir = ProjectPaths(options.home).serving_model_dir.resolve()
+        self.pusher_dir = model_dir(options.home).resolve()
         self._said: Optional[str] = None  # the last state logged
         self._self_registered = False  # this process wrote the record as a hand-started server
         self._failed = False
@@ -240,13 +239,13 @@ class HomeRegistration:
         self._said = state
 
     def _update(self) -> None:
-        from pipelines.services import (HOST, MODEL_SERVER, STARTED_BY_HAND, STARTED_BY_UP, record_model_server,
-                                        running_model_server, running_pid, unregister_model_server)
+        from serving.home import (HOST, STARTED_BY_HAND, STARTED_BY_UP, record_model_server, running_model_server,
+                                  running_pid, unregister_model_server)
 
         home, pid, server = self.options.home, os.getpid(), self.server
         bases = [store.config.base_path.resolve() for store in list(server.registry.models.values())]
         serves_home = self.pusher_dir in bases
-        recorded = running_pid(home, MODEL_SERVER)
+        recorded = running_pid(home)
         if recorded == pid:
             current = running_model_server(home)
             # `make up` records the pid before its server starts; `make down` stops only such a server.
@@ -300,111 +299,10 @@ class HomeRegistration:
 
     def forget(self) -> None:
         """At shutdown: the home has no model server any more, if this one was it."""
-        from pipelines.services import unregister_model_server
+        from serving.home import unregister_model_server
 
         with contextlib.suppress(OSError):
             unregister_model_server(self.options.home, os.getpid())
 
 
-def options_from_args(args) -> ServerOptions:
-    from pipelines.config import ProjectPaths
-    from serving.config import default_config_path, resolve_config_path
-
-    home = ProjectPaths.from_env(args.home).home
-    base = None
-    if args.model_base_path:
-        base = Path(args.model_base_path)
-        if not base.is_absolute():
-            base = (Path.cwd() / base) if (Path.cwd() / base).exists() else home / base
-    on_defaults = not args.model_config_file and not args.model_base_path
-    config_file = (default_config_path(home) if on_defaults
-                   else resolve_config_path(home, args.model_config_file) if args.model_config_file else None)
-    return ServerOptions(
-        home=home, model_name=args.model_name, model_base_path=base.resolve() if base else None,
-        model_config_file=config_file, follow_home_config=on_defaults, host=args.host, rest_port=args.rest_port,
-        grpc_port=args.grpc_port,
-        poll_seconds=args.poll_seconds, max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
-        grace_seconds=args.grace_seconds, max_concurrent_requests=args.max_concurrent_requests,
-        enable_batching=args.enable_batching, max_batch_size=args.max_batch_size,
-        num_batch_threads=args.num_batch_threads,
-        tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
-        tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
-        single_threaded_executor=args.single_threaded_executor,
-    )
-
-
-def add_arguments(parser) -> None:
-    """Options of `mlops serve` (TF Serving's flags, spelled with dashes)."""
-    parser.add_argument("--model-name", default="taxi", help="model name in URLs and gRPC requests (default: taxi)")
-    parser.add_argument("--model-base-path",
-                        help="directory of integer version subdirectories (default: <home>/serving/models/<name>)")
-    parser.add_argument(
-        "--model-config-file",
-        help="TF Serving models.config (ModelServerConfig text proto): models, version policy, labels; reread "
-             "when it changes (default, when no --model-base-path is given: <home>/serving/models.config whenever it "
-             "exists, also when it is written, edited or removed while the server runs)",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, local only)")
-    parser.add_argument("--rest-port", type=int, default=8501, help="REST port (default: 8501; 0: no REST)")
-    parser.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default: 8500; 0: no gRPC)")
-    parser.add_argument("--poll-seconds", type=float, default=1.0, help="model directory scan interval (default: 1)")
-    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                        help="largest request body; larger ones get 413 (default: 8 MiB)")
-    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT,
-                        help="seconds to receive a request (and idle keep-alive limit) (default: 30)")
-    parser.add_argument("--grace-seconds", type=float, default=10.0,
-                        help="on SIGTERM, how long in-flight requests may take to finish (default: 10)")
-    parser.add_argument("--max-concurrent-requests", type=int, default=0,
-                        help="requests decoded and encoded (JSON, tf.Examples) at once; others queue (default: "
-                             "half the CPUs, at least 1: more only contend for Python's GIL and slow down loading "
-                             "new versions)")
-    parser.add_argument("--enable-batching", action=argparse.BooleanOptionalAction, default=True,
-                        help="run concurrent requests to a signature as one model call, without waiting for a "
-                             "timer (TF Serving's --enable_batching with batch_timeout_micros 0)")
-    parser.add_argument("--max-batch-size", type=int, default=256,
-                        help="most rows (instances, examples) in one batched model call; a larger request runs "
-                             "alone (default: 256)")
-    parser.add_argument("--num-batch-threads", type=int, default=1,
-                        help="batches of one signature computed at the same time (default: 1)")
-    parser.add_argument("--tensorflow-inter-op-parallelism", type=int, default=0,
-                        help="threads that run independent ops of a model call in parallel (TF Serving's "
-                             "--tensorflow_inter_op_parallelism; default: 0, TensorFlow's choice)")
-    parser.add_argument("--tensorflow-intra-op-parallelism", type=int, default=0,
-                        help="threads one op (a large matmul) may use (TF Serving's "
-                             "--tensorflow_intra_op_parallelism; default: 0, TensorFlow's choice)")
-    parser.add_argument("--single-threaded-executor", action=argparse.BooleanOptionalAction, default=True,
-                        help="run each model call's ops in the request's own thread (TensorFlow's "
-                             "SINGLE_THREADED_EXECUTOR) instead of handing every op to the inter-op pool: less CPU "
-                             "per call; used for a signature only when its warm-up answers the same with it")
-
-
-def main(args) -> int:
-    from pipelines.errors import ConfigError
-    from serving.config import ConfigFileError
-
-    if not args.rest_port and not args.grpc_port:
-        raise ConfigError("both --rest-port and --grpc-port are 0", "enable at least one of them")
-    for flag, value, least in (("--max-batch-size", args.max_batch_size, 1),
-                               ("--num-batch-threads", args.num_batch_threads, 1),
-                               ("--tensorflow-inter-op-parallelism", args.tensorflow_inter_op_parallelism, 0),
-                               ("--tensorflow-intra-op-parallelism", args.tensorflow_intra_op_parallelism, 0)):
-        if value < least:
-            raise ConfigError(f"{flag} {value} is below {least}",
-                              f"pass {flag} {least} or more" + (" (0: TensorFlow's choice)" if least == 0 else ""))
-    try:
-        options = options_from_args(args)
-        code = run(options)
-    except ConfigFileError as err:
-        raise ConfigError(str(err), "fix the models.config file (TF Serving's ModelServerConfig text format)") from err
-    except OSError as err:
-        if "Address already in use" in str(err) or getattr(err, "errno", None) == 98:
-            raise ConfigError(f"cannot listen: {err}", "pick free ports with --rest-port/--grpc-port") from err
-        raise
-    # Everything is drained and unloaded. Skip the interpreter's teardown of TensorFlow and gRPC,
-    # which takes seconds (measured: 3.3 s) and would delay the exit a supervisor waits for.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-__all__: List[str] = ["ModelServer", "ServerOptions", "add_arguments", "main", "run"]
+__all__: List[str] = ["ModelServer", "ServerOptions", "run"]

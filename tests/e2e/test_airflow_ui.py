@@ -26,8 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import airflow_env, services, worker
+from pipelines import airflow_env, services
+from pipelines.worker import client as worker
 from serving.retention import wait_until_served
+from serving import home as home_record
+from serving import processes
 from tests.conftest import REPO, make_home, mlops
 from tests.e2e import webdriver
 
@@ -297,7 +300,7 @@ def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow):
     assert (models / str(pushed[0]) / "saved_model.pb").is_file()
     # The model server `make up` started beside Airflow serves what the DAG pushed (it watches the
     # directory), and it is what `mlops rollback` and `mlops models prune` find for this home.
-    server = services.running_model_server(home)
+    server = home_record.running_model_server(home)
     assert server is not None and server.base_path.resolve() == models.resolve(), server
     waited = wait_until_served(server.rest_url, "taxi", pushed[-1], timeout=60)
     assert waited is not None, f"the make-up model server does not serve version {pushed[-1]}"
@@ -314,7 +317,7 @@ def test_make_down_stops_every_service_and_the_warm_worker(airflow):
     for service, pid in pids.items():
         if pid:
             assert f"stopped {service} (pid {pid})" in down.stdout
-            assert not services._pid_alive(pid), f"{service} (pid {pid}) still runs"
+            assert not processes.pid_alive(pid), f"{service} (pid {pid}) still runs"
         assert not services.pid_file(home, service).exists()
     assert services.health(airflow["url"]) is None
     deadline = time.monotonic() + 30

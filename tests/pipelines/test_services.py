@@ -9,6 +9,8 @@ import sys
 import time
 
 from pipelines import airflow_env, services
+from serving import home as home_record
+from serving import processes
 from tests.conftest import REPO, mlops
 
 
@@ -49,7 +51,7 @@ def test_a_service_checked_while_it_is_still_starting_counts_as_running(tmp_path
     for _ in range(10):  # the window is short: several starts
         starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "airflow"])
         try:
-            assert services._is_airflow(starting.pid)  # at once, as `make up` checks the last service it started
+            assert processes.command_line_has(starting.pid, b"airflow")  # at once, as `make up` checks the last service it started
             services.pid_file(tmp_path, "triggerer").write_text(f"{starting.pid}\n")
             assert services.running_pid(tmp_path, "triggerer") == starting.pid
             assert services.pid_file(tmp_path, "triggerer").exists()
@@ -98,9 +100,9 @@ def test_model_server_starts_with_no_model_pushed_shows_in_status_and_stops_with
         assert services.running_pid(tmp_path, services.MODEL_SERVER) == pid
         # What `mlops rollback` waits on by default.
         # It follows the home's models.config (whenever that exists), as `mlops serve` on the defaults does.
-        assert services.running_model_server(tmp_path) == services.RunningModelServer(
+        assert home_record.running_model_server(tmp_path) == home_record.RunningModelServer(
             pid, f"http://127.0.0.1:{rest}", tmp_path / "serving" / "models" / "taxi",
-            tmp_path / "serving" / "models.config", services.STARTED_BY_UP)
+            tmp_path / "serving" / "models.config", home_record.STARTED_BY_UP)
         assert services.log_file(tmp_path, services.MODEL_SERVER) == tmp_path / "var" / "log" / "model-server.log"
         assert any(f"REST http://127.0.0.1:{rest}/v1/models/taxi" in line and "no model yet" in line for line in lines)
         assert services.http(f"http://127.0.0.1:{rest}/v1/models/taxi")[0] == 404
@@ -109,9 +111,9 @@ def test_model_server_starts_with_no_model_pushed_shows_in_status_and_stops_with
                    for line in lines), lines
         manager.down(stop_worker=False)
         assert f"stopped model-server (pid {pid})" in lines
-        assert not services._pid_alive(pid)
+        assert not processes.pid_alive(pid)
         assert not services.pid_file(tmp_path, services.MODEL_SERVER).exists()
-        assert services.running_model_server(tmp_path) is None
+        assert home_record.running_model_server(tmp_path) is None
         assert services.http(f"http://127.0.0.1:{rest}/v1/models/taxi", timeout=2)[0] == 0
     finally:
         manager.down(stop_worker=False, quiet=True)
@@ -160,16 +162,16 @@ def test_make_ups_server_records_what_the_homes_models_config_serves(tmp_path, m
         pid = manager._start_model_server()
         manager._wait_model_server(timeout=90)
         deadline = time.monotonic() + 30
-        while services.running_model_server(tmp_path).base_path != other.resolve() and time.monotonic() < deadline:
+        while home_record.running_model_server(tmp_path).base_path != other.resolve() and time.monotonic() < deadline:
             time.sleep(0.2)
-        found = services.running_model_server(tmp_path)
-        assert (found.pid, found.base_path, found.started_by) == (pid, other.resolve(), services.STARTED_BY_UP)
-        server, why = services.model_server_for(tmp_path, tmp_path / "serving" / "models" / "taxi")
+        found = home_record.running_model_server(tmp_path)
+        assert (found.pid, found.base_path, found.started_by) == (pid, other.resolve(), home_record.STARTED_BY_UP)
+        server, why = home_record.model_server_for(tmp_path, tmp_path / "serving" / "models" / "taxi")
         assert server is None and f"serves {other.resolve()}, not " in why
         assert "is not in" in services.log_file(tmp_path, services.MODEL_SERVER).read_text()
     finally:
         manager.down(stop_worker=False, quiet=True)
-    assert not services._pid_alive(pid)
+    assert not processes.pid_alive(pid)
 
 
 def test_the_model_server_record_is_never_read_half_written(tmp_path):
@@ -181,13 +183,13 @@ def test_the_model_server_record_is_never_read_half_written(tmp_path):
 
     def rewrite():
         while not stop.is_set():
-            services.record_model_server(tmp_path, os.getpid(), 8501, 8500, tmp_path / "serving" / "models" / "taxi")
+            home_record.record_model_server(tmp_path, os.getpid(), 8501, 8500, tmp_path / "serving" / "models" / "taxi")
 
-    services.record_model_server(tmp_path, os.getpid(), 8501, 8500, tmp_path / "serving" / "models" / "taxi")
+    home_record.record_model_server(tmp_path, os.getpid(), 8501, 8500, tmp_path / "serving" / "models" / "taxi")
     writer = threading.Thread(target=rewrite)
     writer.start()
     try:
-        states = [services._read_json(services.serving_state_file(tmp_path)) for _ in range(3000)]
+        states = [home_record.read_json(home_record.state_file(tmp_path)) for _ in range(3000)]
     finally:
         stop.set()
         writer.join()

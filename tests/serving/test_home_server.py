@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import services
+from serving import home as home_record
 from tests.conftest import mlops
 from tests.serving.helpers import Http, Server, publish
 
@@ -35,10 +36,10 @@ def test_a_server_on_the_home_defaults_registers_itself_follows_the_home_config_
     server = Server(home, tmp_path / "server.log")
     try:
         server.wait_serving(2)
-        server.wait_until(lambda: services.running_model_server(home) is not None, 30, "the server registered")
-        assert services.running_model_server(home) == services.RunningModelServer(
+        server.wait_until(lambda: home_record.running_model_server(home) is not None, 30, "the server registered")
+        assert home_record.running_model_server(home) == home_record.RunningModelServer(
             server.proc.pid, f"http://127.0.0.1:{server.rest_port}", base,
-            home.resolve() / "serving" / "models.config", services.STARTED_BY_HAND)
+            home.resolve() / "serving" / "models.config", home_record.STARTED_BY_HAND)
         assert "registered as the model server of" in server.log()
         assert "models.config (absent: the defaults serve; reread when it is written" in server.log()
 
@@ -51,7 +52,7 @@ def test_a_server_on_the_home_defaults_registers_itself_follows_the_home_config_
         manager.down(stop_worker=False)
         assert any(f"left the model server started by `mlops serve` running (pid {server.proc.pid})" in line
                    for line in lines), lines
-        assert server.alive() and services.running_model_server(home).pid == server.proc.pid
+        assert server.alive() and home_record.running_model_server(home).pid == server.proc.pid
 
         # The home's models.config, written after the start: versions 1 and 2 with a label ...
         config = home / "serving" / "models.config"
@@ -70,7 +71,7 @@ def test_a_server_on_the_home_defaults_registers_itself_follows_the_home_config_
                                            {"instances": taxi_model["rows"][:1]})[0] == 404
     finally:
         assert server.stop() == 0
-    assert services.running_model_server(home) is None, "a stopped server stays registered"
+    assert home_record.running_model_server(home) is None, "a stopped server stays registered"
     assert not services.pid_file(home, services.MODEL_SERVER).exists()
 
 
@@ -86,8 +87,8 @@ def test_retention_reads_the_models_config_of_the_registered_server_and_a_second
     second = None
     try:
         server.wait_serving(3)
-        server.wait_until(lambda: services.running_model_server(home) is not None, 30, "the server registered")
-        registered = services.running_model_server(home)
+        server.wait_until(lambda: home_record.running_model_server(home) is not None, 30, "the server registered")
+        registered = home_record.running_model_server(home)
         assert (registered.pid, registered.config_file) == (server.proc.pid, elsewhere.resolve())
 
         # No --model-config-file, no --server: the registered server's config and loaded versions.
@@ -106,12 +107,12 @@ def test_retention_reads_the_models_config_of_the_registered_server_and_a_second
         assert f"pid {server.proc.pid} is" in second.log()
         assert second.stop() == 0
         second = None
-        assert services.running_model_server(home).pid == server.proc.pid
+        assert home_record.running_model_server(home).pid == server.proc.pid
     finally:
         if second is not None:
             second.stop()
         assert server.stop() == 0
-    assert services.running_model_server(home) is None
+    assert home_record.running_model_server(home) is None
     assert project_config_path(home, None) is None  # no server, no <home>/serving/models.config
 
 
@@ -131,7 +132,7 @@ def test_the_home_server_record_follows_models_config_edits_and_a_waiting_server
         config.write_text(f'model_config_list {{ config {{ name: "taxi" base_path: "{directory}" }} }}\n')
 
     def registered_pid():
-        found = services.running_model_server(home)
+        found = home_record.running_model_server(home)
         return found.pid if found else None
 
     serve(base)
@@ -152,7 +153,7 @@ def test_the_home_server_record_follows_models_config_edits_and_a_waiting_server
         first.wait_until(lambda: registered_pid() == second.proc.pid, 30, "the second server took over")
         assert "no longer serves the home's model directory" in first.log()
         assert "registered as the model server of" in second.log()
-        assert services.running_model_server(home).base_path == base
+        assert home_record.running_model_server(home).base_path == base
 
         # The home's directory back in the first server's config: the second stays the home's server ...
         serve(base)

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from pipelines import services
+from serving import home as home_record
 from tests.conftest import DAY1, mlops
 from tests.serving.helpers import Http, Server
 from tests.serving.test_server_e2e import MODEL, Load, _probabilities
@@ -81,7 +81,7 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
                                                                              (3, True, True)]
     finally:
         server.stop()
-    assert services.running_model_server(home) is None, "a stopped server stays registered"
+    assert home_record.running_model_server(home) is None, "a stopped server stays registered"
 
     pushes = json.loads(mlops(home, "models", "list", "--json").stdout)
     assert [(p["version"], p["kind"]) for p in pushes] == [(1, "nightly"), (2, "nightly"), (3, "rollback")]

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import services
+from serving import home as home_record
 from tests.conftest import mlops
 from tests.serving.helpers import Http, Server, example_bytes, publish
 
@@ -452,7 +453,7 @@ def test_prune_keeps_labelled_and_newest_versions_of_a_served_directory(contract
     # labels: stable=3, canary=2 (previous test); --keep 1 keeps 5 (newest), 3 and 2 (labels).
     # No --server: the server recorded as the home's (as `make up` records it) is asked what it has loaded.
     home = contract["home"]
-    services.record_model_server(home, server.proc.pid, server.rest_port, server.grpc_port, base)
+    home_record.record_model_server(home, server.proc.pid, server.rest_port, server.grpc_port, base)
     try:
         result = json.loads(mlops(home, "models", "prune", "--keep", "1", "--model-base-path", str(base),
                                   "--model-config-file", str(contract["config"]), "--json").stdout)

@@ -1,4 +1,4 @@
-"""Small file helpers shared by the project's commands (standard library only)."""
+"""File helpers (standard library only): the model-server record, schema history and the CLI write with them."""
 
 from __future__ import annotations
 

@@ -1,0 +1,71 @@
+"""`mlops`: the command line of the nightly TFX pipeline.
+
+One module per command group, each with `register(commands)` (its parsers) and thin handlers over
+the library: `data`, `run` (run, validate, summary), `node` (node, worker, dags), `airflow`,
+`rollback`, `models`, `serve`, `schema`; `common` holds what they share. Importing the package
+imports neither TensorFlow nor TFX: each command imports what it needs when it runs, so
+`mlops --help` answers at once. `docs/cli.md` is generated from these parsers (`mlops docs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from typing import List, Optional
+
+from pipelines.cli import airflow, data, docs, models, node, rollback, run, schema, serve
+from pipelines.errors import MlopsError
+
+# In the order `mlops --help` lists them.
+GROUPS = (data, run, node, airflow, rollback, models, serve, schema, docs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlops",
+        description="Nightly TFX retraining: seed data, run a span (in-process or through Airflow), serve the "
+        "pushed models and roll them back.",
+    )
+    parser.add_argument("--home", help="project directory holding data/, var/, schemas/ (default: $MLOPS_HOME or .)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show TFX and Beam logs")
+    # `mlops docs` renders the whole tree from the parser it was called through.
+    parser.set_defaults(root_parser=parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.register(commands)
+    return parser
+
+
+def _quiet_library_warnings(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or record.name not in ("absl", "tensorflow")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    # google-cloud packages pulled in by TFX warn about Python 3.10 on every import.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        import os
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        # TFX logs routine notices (ephemeral artifact classes, unsupported predicates) as
+        # warnings, and absl resets its logger's level on import: filter at the handler.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_library_warnings)
+        # TensorFlow's logger has its own handler (deprecation notices); keep its errors only.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        return args.handler(args)
+    except MlopsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

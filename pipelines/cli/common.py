@@ -1,0 +1,178 @@
+"""What the command groups share: argument types, the run options, project paths and configs,
+the warm worker hand-off, exit codes. Imports neither TensorFlow nor TFX."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Optional
+
+from pipelines.errors import ConfigError, MlopsError
+
+# Exit codes of `mlops node run` (the nightly DAG retries only 1 and signals).
+EXIT_FAILED = 1  # the node failed; a retry may succeed
+
+EXIT_CONFIG = 2  # bad configuration or arguments: fix them first
+
+EXIT_BLOCKED = 3  # the data failed validation: the run stops, retrying would block again
+
+COLD_HELP = ("run in this process instead of a fork of the home's warm worker (which has TFX imported; "
+             "same as MLOPS_WARM_WORKER=0)")
+
+
+def date_arg(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-22") from err
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: use 0 to keep every version")
+    return value
+
+
+def yesterday() -> dt.date:
+    return dt.date.today() - dt.timedelta(days=1)
+
+
+def project_paths(args):
+    from pipelines.config import ProjectPaths
+
+    return ProjectPaths.from_env(args.home)
+
+
+def project_config(args):
+    """Config for commands that work on the project's state (or its shape), not on one span."""
+    from pipelines.config import PipelineConfig, ProjectPaths
+
+    return PipelineConfig.for_project(ProjectPaths.from_env(args.home), dt.date(1970, 1, 1))
+
+
+def require_metadata(config):
+    if config.metadata.is_sqlite and not Path(config.metadata.sqlite_path).exists():
+        raise ConfigError(f"no ML Metadata store at {config.metadata.sqlite_path}", "run the pipeline first: `make run`")
+    return config
+
+
+def pipeline_config(args):
+    import dataclasses
+
+    from pipelines.config import (DEFAULT_KEEP_VERSIONS, DataGateConfig, GateConfig, PipelineConfig, ProjectPaths,
+                                  span_fingerprint)
+    from pipelines.data import latest_span
+
+    paths = ProjectPaths.from_env(args.home)
+    span_date = args.date or latest_span(paths.data_root)
+    data_gates = DataGateConfig.load(paths.gates_path)
+    if getattr(args, "warn_drift", None):
+        warn = tuple(dict.fromkeys(data_gates.warn_features + tuple(args.warn_drift)))
+        data_gates = dataclasses.replace(data_gates, warn_features=warn)
+    overrides = dict(
+        train_steps=args.train_steps,
+        eval_steps=args.eval_steps,
+        strategy=args.strategy,
+        gates=GateConfig(
+            auc_floor=args.auc_floor,
+            min_relative_improvement=args.min_improvement,
+            slice_margin=args.slice_margin,
+        ),
+        beam_mode=args.beam_mode,
+        enable_cache=not args.no_cache,
+        keep_versions=getattr(args, "keep_versions", DEFAULT_KEEP_VERSIONS),
+        data_gates=data_gates,
+        span_fingerprint=span_fingerprint(paths.data_root, span_date),
+    )
+    config = PipelineConfig.for_project(paths, span_date, **overrides)
+    if args.schema:
+        config = dataclasses.replace(config, schema_path=args.schema)
+    elif paths.schema_path.is_file():
+        from pipelines.schema_history import snapshot_for_run
+
+        # The run imports a content-addressed copy: the schema it used stays on disk (30 days of
+        # history), and a changed schema is a new path, so ImportSchemaGen's cache cannot serve
+        # yesterday's schema.
+        config = dataclasses.replace(config, schema_path=str(snapshot_for_run(paths)))
+    return config
+
+
+def in_warm_worker(args, what: str) -> Optional[int]:
+    """Runs this very command in the home's warm worker (TFX already imported there, ~0.3 s
+    instead of ~10 s of start-up); its exit code, or None to run it here, cold."""
+    from pipelines.worker import client as worker
+
+    if not worker.enabled() or getattr(args, "cold", False):
+        return None
+    paths = project_paths(args)
+    socket = worker.ensure_worker(paths.home, paths.var / "log")
+    if socket is not None:
+        code = worker.run_remote(socket, args.argv)
+        if code is not None:
+            return code
+    print(f"running this {what} in a cold process instead", file=sys.stderr, flush=True)
+    return None
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if not isinstance(err, MlopsError) else text
+
+
+def print_summary(config, run_id: str, as_json: bool) -> None:
+    from pipelines.summary import read_run_summary
+
+    summary = read_run_summary(config.metadata.to_proto(), run_id)
+    print(summary.to_json() if as_json else "\n".join(summary.lines()))
+
+
+def project_serving(args, config):
+    """How the project's model server serves the Pusher's directory (models.config, if any)."""
+    from serving.config import ConfigFileError, ProjectServing
+
+    try:
+        return ProjectServing.read(project_paths(args).home, Path(config.serving_model_dir),
+                                   getattr(args, "model_config_file", None))
+    except ConfigFileError as err:
+        raise ConfigError(str(err), "fix the models.config file or pass another --model-config-file") from err
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    from serving.retention import DEFAULT_KEEP  # standard library only
+
+    parser.add_argument("--date", type=date_arg, help="span to run, YYYY-MM-DD (default: the latest seeded span)")
+    parser.add_argument("--train-steps", type=int, default=300, help="training steps (default: 300)")
+    parser.add_argument("--eval-steps", type=int, default=50, help="Trainer evaluation steps (default: 50)")
+    parser.add_argument(
+        "--strategy", default="auto",
+        help="tf.distribute strategy: auto (MultiWorkerMirrored when TF_CONFIG names several workers, "
+             "else Mirrored), mirrored, multi_worker, one_device (default: auto)",
+    )
+    parser.add_argument("--auc-floor", type=float, default=0.6, help="bless only if AUC >= this (default: 0.6)")
+    parser.add_argument(
+        "--min-improvement", type=float, default=0.01,
+        help="relative AUC gain needed over the served model (default: 0.01 = 1%%)",
+    )
+    parser.add_argument(
+        "--slice-margin", type=float, default=0.05,
+        help="largest AUC loss allowed on any trip_start_hour/payment_type slice (default: 0.05)",
+    )
+    parser.add_argument(
+        "--beam-mode", default="in_memory",
+        help="Beam DirectRunner mode: in_memory, multi_processing, multi_threading (default: in_memory)",
+    )
+    parser.add_argument("--schema", help="schema.pbtxt to import (default: schemas/taxi/schema.pbtxt)")
+    parser.add_argument("--warn-drift", action="append", metavar="FEATURE",
+                        help="let this feature's drift through with a warning (repeatable; adds to "
+                        "[drift] warn in schemas/taxi/gates.toml)")
+    parser.add_argument("--no-cache", action="store_true", help="rerun every node even if cached")
+    parser.add_argument(
+        "--keep-versions", type=non_negative, default=DEFAULT_KEEP, metavar="N",
+        help="after a push, delete pushed versions older than the newest N, except those the models.config "
+             "labels, pins or keeps loaded (default: 5; 0 keeps every version; `mlops models prune` by hand)")

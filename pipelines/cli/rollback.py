@@ -1,0 +1,105 @@
+"""`mlops rollback`: push an earlier blessed model again, audited in ML Metadata, and wait until the
+home's model server serves it."""
+
+from __future__ import annotations
+
+import sys
+
+from pipelines.cli.common import COLD_HELP, in_warm_worker, project_config, project_paths, project_serving, require_metadata
+from pipelines.errors import ConfigError
+
+def cmd_rollback(args) -> int:
+    import json
+
+    from pipelines.rollback import AlreadyServing, rollback
+
+    if args.no_server and (args.server or args.wait is not None):
+        raise ConfigError("--no-server does not go with --server or --wait", "pick one")
+    args.wait = 30.0 if args.wait is None else args.wait
+    config = require_metadata(project_config(args))
+    serving = project_serving(args, config)  # a broken models.config fails here, before the worker starts
+    code = in_warm_worker(args, "rollback")
+    if code is not None:
+        return code
+    # By default, the model server `make up` started for this home, when it runs and serves this directory.
+    server, found, unchecked = args.server, None, ""
+    if not server and not args.no_server:
+        from serving.home import model_server_for
+
+        found, unchecked = model_server_for(project_paths(args).home, serving.base_path)
+        server = found.rest_url if found else None
+    try:
+        result = rollback(config, None if args.previous else args.to, args.reason, args.by,
+                          progress=(lambda _: None) if args.json else print, force=args.force, serving=serving)
+    except AlreadyServing as done:
+        print(json.dumps({"already_serving": done.served.version}) if args.json else str(done))
+        return 0
+    waited = None
+    if server:
+        from serving.retention import wait_until_served
+
+        if not args.json:
+            whose = f" of this home (pid {found.pid}, started by `{found.started_by}`)" if found else ""
+            print(f"waiting up to {args.wait:g}s for the model server{whose} at {server} to serve version "
+                  f"{result.new_version}", flush=True)
+        waited = wait_until_served(server, serving.model_name, result.new_version, args.wait)
+    if args.json:
+        print(json.dumps({**result.as_dict(), "server": server, "served_after_seconds": waited},
+                         indent=2, sort_keys=True))
+    else:
+        print(f"rolled back: version {result.new_version} now serves model {result.target.model_id} "
+              f"(the model of version {result.target.version}), replacing version {result.replaced_version}; "
+              f"by {result.requested_by}: {result.reason} [run {result.run_id}]")
+        for note in result.notes:
+            print(f"note: {note}")
+        if waited is not None:
+            print(f"the model server at {server} serves version {result.new_version} "
+                  f"({waited:.1f}s after the push)")
+        elif unchecked:
+            print(f"{unchecked}, so no server was checked; a server elsewhere: --server URL")
+    if server and waited is None:
+        print(f"error: the model server at {server} did not serve version {result.new_version} within "
+              f"{args.wait:g}s (the push is done and recorded; fix: read the server's log -- a version that fails "
+              f"to load is skipped -- and `mlops models list --server {server}`)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(commands) -> None:
+    from serving.config import PROJECT_CONFIG_HELP_DEFAULT  # no TensorFlow import
+
+    rollback_parser = commands.add_parser(
+        "rollback",
+        help="push an earlier blessed model again (audited: an execution in ML Metadata)",
+        description="Pick an earlier pushed model and push it again through the Pusher as the newest "
+        "version, recording who, when, why and which version it replaced. Refuses unknown versions and "
+        "models the Evaluator never blessed (unless --force); rolling back to the model already served "
+        "does nothing and exits 0. Refuses, before pushing, when the server's models.config would not serve a "
+        "new version (a `specific` policy pins versions: change the pins there instead). `mlops models list` "
+        "shows the versions.",
+    )
+    target = rollback_parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--previous", action="store_true", help="the model served before the current one")
+    target.add_argument("--to", type=int, metavar="VERSION", help="the model of this pushed version")
+    rollback_parser.add_argument("--reason", required=True, help="why (recorded in ML Metadata)")
+    rollback_parser.add_argument("--by", help="who asked (default: the current user)")
+    rollback_parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    rollback_parser.add_argument(
+        "--force", action="store_true", help="push the model even if the Evaluator never blessed it"
+    )
+    rollback_parser.add_argument(
+        "--model-config-file",
+        help="the models.config the model server runs with: a rollback is refused when its version policy "
+             "would not serve the push (" + PROJECT_CONFIG_HELP_DEFAULT + ")")
+    rollback_parser.add_argument(
+        "--server", help="after the push, wait until the model server at this URL serves the new version "
+                         "(e.g. http://127.0.0.1:8501); exit 1 if it does not within --wait seconds. Default: this "
+                         "home's model server, when it runs (`make up` starts it; a `mlops serve` of the home's "
+                         "model directory registers itself)")
+    rollback_parser.add_argument("--wait", type=float, metavar="SECONDS",
+                                 help="how long to wait for the model server (default: 30)")
+    rollback_parser.add_argument("--no-server", action="store_true",
+                                 help="do not wait for this home's model server "
+                                      "(by default, when it runs, the rollback waits until it serves the new version)")
+    rollback_parser.add_argument("--cold", action="store_true", help=COLD_HELP)
+    rollback_parser.set_defaults(handler=cmd_rollback)
