@@ -3,23 +3,25 @@
 Trigger it from the UI (or `airflow dags trigger model_rollback --conf '{"reason": "..."}'`).
 It runs `mlops rollback` in the TFX environment: the Pusher pushes the chosen earlier model as
 the newest version, and ML Metadata records the execution with who, when, why and what it
-replaced. Imports only Airflow and the standard library. Settings as in nightly_retrain.py.
+replaced. Imports only Airflow and the standard library. Settings: mlops_common.py.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shlex
+import sys
 from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
-REPO = Path(__file__).resolve().parent.parent
-HOME = os.environ.get("MLOPS_HOME") or str(REPO)
-MLOPS = os.environ.get("MLOPS_BIN") or str(REPO / ".venv" / "bin" / "mlops")
-POOL = os.environ.get("MLOPS_MLMD_POOL") or "mlmd_writers"
+# The shared module beside this file: Airflow's DAG bundles put this folder on sys.path, a plain
+# DagBag (tests, `airflow dags test` in some versions) does not.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent))
+
+from mlops_common import HOME, MLOPS, POOL  # noqa: E402
 
 
 def rollback_args(params: dict) -> str:

@@ -6,40 +6,27 @@ compiled pipeline by `mlops dags manifest`. Every task runs one node with
 `.venv/bin/mlops node run`, which forks it from a warm worker that has TFX imported already.
 A node that fails is retried with exponential back-off; a span that fails validation is not.
 
-Settings are read from the environment when the DAG is parsed (all optional):
-
-- MLOPS_HOME                 project home holding data/, var/, schemas/ (default: the repository)
-- MLOPS_BIN                  the `mlops` command of the TFX environment (default: <repo>/.venv/bin/mlops)
-- MLOPS_DAG_TIMEZONE         time zone of the 02:00 schedule (default: UTC)
-- MLOPS_MLMD_POOL            Airflow pool around ML Metadata writers (default: mlmd_writers, 1 slot)
-- MLOPS_TASK_RETRIES         retries per node (default: 2)
-- MLOPS_RETRY_DELAY_SECONDS  first retry delay; doubles each retry (default: 60)
+Settings (MLOPS_HOME, MLOPS_BIN, MLOPS_DAG_TIMEZONE, MLOPS_MLMD_POOL, MLOPS_TASK_RETRIES,
+MLOPS_RETRY_DELAY_SECONDS) are read from the environment at parse time: see mlops_common.py.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import shlex
+import sys
 import zoneinfo
 from pathlib import Path
 
-from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-DAGS_DIR = Path(__file__).resolve().parent
-REPO = DAGS_DIR.parent
-MANIFEST = json.loads((DAGS_DIR / "taxi_manifest.json").read_text())
+# The shared module beside this file: Airflow's DAG bundles put this folder on sys.path, a plain
+# DagBag (tests, `airflow dags test` in some versions) does not.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent))
 
-HOME = os.environ.get("MLOPS_HOME") or str(REPO)
-MLOPS = os.environ.get("MLOPS_BIN") or str(REPO / ".venv" / "bin" / "mlops")
-TIMEZONE = os.environ.get("MLOPS_DAG_TIMEZONE") or "UTC"
-POOL = os.environ.get("MLOPS_MLMD_POOL") or "mlmd_writers"
-RETRIES = int(os.environ.get("MLOPS_TASK_RETRIES") or 2)
-RETRY_DELAY = dt.timedelta(seconds=float(os.environ.get("MLOPS_RETRY_DELAY_SECONDS") or 60))
+from mlops_common import HOME, MANIFEST, MLOPS, POOL, RETRIES, RETRY_DELAY, TIMEZONE, TfxNodeOperator  # noqa: E402
 
 # Wall-clock limit per node; a node that hangs is killed and retried.
 TIMEOUTS = {
@@ -51,27 +38,6 @@ TIMEOUTS = {
 }
 DEFAULT_TIMEOUT = dt.timedelta(minutes=20)
 LAST_NODE = MANIFEST["nodes"][-1]["id"]
-
-
-# `mlops node run` exit codes that retrying cannot fix (pipelines/cli/common.py).
-NO_RETRY_EXIT_CODES = {2: "configuration error", 3: "the span failed data validation"}
-
-
-class TfxNodeOperator(BashOperator):
-    """Runs one TFX node; fails without retries when retrying cannot help (bad data, bad config)."""
-
-    ui_color = "#e8f0fe"
-
-    def execute(self, context):
-        try:
-            return super().execute(context)
-        except AirflowException as err:
-            for code, why in NO_RETRY_EXIT_CODES.items():
-                if str(err).rstrip(".").endswith(f"exit code {code}"):
-                    raise AirflowFailException(
-                        f"{self.task_id}: {why}; not retried (the reason is the last line of the log above)"
-                    ) from err
-            raise
 
 
 def span_date(params: dict, dag_run, timezone: str) -> str:

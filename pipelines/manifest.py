@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from pipelines.errors import NO_RETRY_EXIT_CODES
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PATH = REPO / "dags" / "taxi_manifest.json"
 FORMAT_VERSION = 1
@@ -24,6 +26,8 @@ def build(config) -> dict:
         "format": FORMAT_VERSION,
         "pipeline": ir.pipeline_info.id,
         "generated_by": "mlops dags manifest",
+        # `mlops node run` exit codes the DAG must not retry (pipelines/errors.py is the source).
+        "no_retry_exit_codes": {str(code): why for code, why in NO_RETRY_EXIT_CODES.items()},
         "nodes": [
             {
                 "id": node.pipeline_node.node_info.id,
@@ -78,6 +82,9 @@ def compare(manifest: dict, path: Path = DEFAULT_PATH) -> Optional[str]:
         parts.append(f"nodes no longer in the pipeline {extra}")
     if rewired:
         parts.append(f"different upstream for {rewired}")
+    if current.get("no_retry_exit_codes") != manifest.get("no_retry_exit_codes"):
+        parts.append(f"exit codes not to retry are {current.get('no_retry_exit_codes')}, the CLI's are "
+                     f"{manifest.get('no_retry_exit_codes')}")
     if not parts:
         parts.append("order or metadata differ")
     return f"{path} disagrees with the pipeline: " + "; ".join(parts)

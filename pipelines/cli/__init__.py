@@ -16,7 +16,7 @@ import warnings
 from typing import List, Optional
 
 from pipelines.cli import airflow, data, docs, models, node, rollback, run, schema, serve
-from pipelines.errors import MlopsError
+from pipelines.errors import EXIT_CONFIG, MlopsError
 
 # In the order `mlops --help` lists them.
 GROUPS = (data, run, node, airflow, rollback, models, serve, schema, docs)
@@ -63,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.handler(args)
     except MlopsError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
 
 
 

@@ -11,13 +11,6 @@ from typing import Optional
 
 from pipelines.errors import ConfigError, MlopsError
 
-# Exit codes of `mlops node run` (the nightly DAG retries only 1 and signals).
-EXIT_FAILED = 1  # the node failed; a retry may succeed
-
-EXIT_CONFIG = 2  # bad configuration or arguments: fix them first
-
-EXIT_BLOCKED = 3  # the data failed validation: the run stops, retrying would block again
-
 COLD_HELP = ("run in this process instead of a fork of the home's warm worker (which has TFX imported; "
              "same as MLOPS_WARM_WORKER=0)")
 

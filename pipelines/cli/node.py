@@ -7,9 +7,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from pipelines.cli.common import (COLD_HELP, EXIT_BLOCKED, add_run_options, in_warm_worker, one_line, pipeline_config,
+from pipelines.cli.common import (COLD_HELP, add_run_options, in_warm_worker, one_line, pipeline_config,
                                   print_summary, project_config, project_paths)
-from pipelines.errors import ConfigError, DataError
+from pipelines.errors import EXIT_BLOCKED, EXIT_FAILED, ConfigError, DataError
 
 def cmd_node_run(args) -> int:
     code = in_warm_worker(args, "node")
@@ -29,7 +29,7 @@ def cmd_node_run(args) -> int:
         blocked = isinstance(err, DataError)
         verb = "blocked the run" if blocked else "failed"
         print(f"node {args.node} {verb} for span {config.span_date} (run {args.run_id}): {one_line(err)}", file=sys.stderr)
-        return EXIT_BLOCKED if blocked else 1
+        return EXIT_BLOCKED if blocked else EXIT_FAILED
     print(f"node {args.node}: {result.status} in {result.seconds:.1f}s"
           + (f" (execution {result.execution_id})" if result.execution_id else ""))
     if args.summary:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 
-from pipelines.cli.common import (COLD_HELP, EXIT_BLOCKED, add_run_options, date_arg, in_warm_worker, pipeline_config,
+from pipelines.cli.common import (COLD_HELP, add_run_options, date_arg, in_warm_worker, pipeline_config,
                                   project_config, require_metadata)
-from pipelines.errors import ConfigError, DataError
+from pipelines.errors import EXIT_BLOCKED, EXIT_FAILED, ConfigError, DataError
 
 def cmd_run(args) -> int:
     config = pipeline_config(args).check()  # configuration errors answer at once, cold
@@ -21,7 +21,7 @@ def cmd_run(args) -> int:
     except RunFailed as failed:
         print("\n".join(failed.summary.lines()))
         print(f"run stopped at {failed.node_id}: {failed.cause}", file=sys.stderr)
-        return EXIT_BLOCKED if isinstance(failed.cause, DataError) else 1
+        return EXIT_BLOCKED if isinstance(failed.cause, DataError) else EXIT_FAILED
     print(summary.to_json() if args.json else "\n".join(summary.lines()))
     return 0
 

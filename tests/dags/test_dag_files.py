@@ -183,3 +183,29 @@ def test_manifest_check_names_what_differs(tmp_path):
     assert "wrote" in mlops(tmp_path, "dags", "manifest", "--output", str(path)).stdout
     assert "unchanged" in mlops(tmp_path, "dags", "manifest", "--output", str(path)).stdout
     assert manifest.compare(json.loads(path.read_text()), path) is None
+
+
+def test_the_dags_take_the_exit_codes_not_to_retry_from_the_cli_through_the_manifest(tmp_path):
+    from pipelines.errors import NO_RETRY_EXIT_CODES
+
+    assert {int(code): why for code, why in MANIFEST["no_retry_exit_codes"].items()} == NO_RETRY_EXIT_CODES
+    stale = json.loads(json.dumps(MANIFEST))
+    stale["no_retry_exit_codes"] = {"3": "the span failed data validation"}
+    path = tmp_path / "manifest.json"
+    path.write_text(manifest.render(stale))
+    assert "exit codes not to retry" in manifest.compare(MANIFEST, path)
+    seen = airflow_python(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(REPO / 'dags')!r})
+        import mlops_common
+        from airflow.dag_processing.dagbag import DagBag
+        bag = DagBag(dag_folder={str(REPO / 'dags')!r})
+        print(json.dumps({{"codes": mlops_common.NO_RETRY_EXIT_CODES,
+                          "parsed": sorted(s.file.rsplit("/", 1)[-1] for s in bag.dagbag_stats)}}))
+        """,
+        tmp_path,
+    )
+    assert seen["codes"] == {str(code): why for code, why in NO_RETRY_EXIT_CODES.items()}
+    # .airflowignore keeps the parser away from the shared module: it is not a DAG file.
+    assert seen["parsed"] == ["model_rollback.py", "nightly_retrain.py"]
