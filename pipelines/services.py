@@ -28,10 +28,7 @@ Settings, and why:
   the scheduler's and triggerer's log servers get free ports when 8793/8794 are taken, so two
   project homes can run side by side.
 
-The model server (`mlops serve`, issue 6) starts with them: REST on 127.0.0.1:8501, gRPC on
-127.0.0.1:8500 ($MLOPS_SERVING_REST_PORT / $MLOPS_SERVING_GRPC_PORT override), base path
-<home>/serving/models/taxi. With no model pushed yet it serves nothing (status 404) and picks up
-the first version the Pusher writes.
+The model server (`mlops serve`) starts with them and stops with them: pipelines/model_server.py.
 
 Everything here is the standard library: this module runs in `.venv` (TFX) and drives Airflow's
 Python 3.11 environment only through subprocesses and HTTP.
@@ -48,10 +45,11 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from pipelines import airflow_env
+from pipelines import airflow_env, model_server
 from pipelines.errors import ConfigError
 from pipelines.http import free_port, http, port_free
 from serving import home as home_record
+from serving.files import tail
 from serving.home import HOST, MODEL_SERVER, STARTED_BY_UP, read_json
 from serving.processes import live_pid, pid_alive
 
@@ -65,9 +63,6 @@ TRIGGER_LOG_PORT = 8794
 START_TIMEOUT = 240.0
 STOP_TIMEOUT = 30.0
 PROJECT_DAGS = (airflow_env.NIGHTLY_DAG, airflow_env.ROLLBACK_DAG)
-MODEL_NAME = home_record.DEFAULT_MODEL
-SERVING_REST_PORT = 8501
-SERVING_GRPC_PORT = 8500
 
 
 # ----------------------------------------------------------------------------------- paths
@@ -86,14 +81,9 @@ def state_file(home: Path) -> Path:
 
 
 def log_file(home: Path, service: str) -> Path:
-    prefix = "" if service == MODEL_SERVER else "airflow-"
-    return Path(home) / "var" / "log" / f"{prefix}{service}.log"
-
-
-def serving_ports() -> tuple:
-    """(REST, gRPC) ports for the model server `up` starts."""
-    return (int(os.environ.get("MLOPS_SERVING_REST_PORT") or SERVING_REST_PORT),
-            int(os.environ.get("MLOPS_SERVING_GRPC_PORT") or SERVING_GRPC_PORT))
+    if service == MODEL_SERVER:
+        return model_server.log_file(home)
+    return Path(home) / "var" / "log" / f"airflow-{service}.log"
 
 
 def password_file(home: Path) -> Path:
@@ -157,14 +147,6 @@ def _read_state(home: Path) -> dict:
     return read_json(state_file(home))
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(text[-lines:])
-
-
 def health(url: str) -> Optional[dict]:
     status, answer = http(f"{url}/api/v2/monitor/health", timeout=5.0)
     return answer if status == 200 and isinstance(answer, dict) else None
@@ -212,7 +194,7 @@ class Services:
             if answer and key in answer:
                 state += f", {answer[key].get('status')}"
             self.emit(f"{service:14} {state:28} log: {log_file(self.home, service)}")
-        self._model_server_status()
+        model_server.status(self.home, self.emit)
         if all(pids.values()) and answer:
             self.emit(f"Airflow UI: {url}/  user: {ADMIN}  password: in {password_file(self.home)}")
             return 0
@@ -232,8 +214,8 @@ class Services:
                                   "`make down` first to move it to another port")
             self.emit(f"Airflow is already running for {self.home}: {url}/ (user {ADMIN}, password in "
                       f"{password_file(self.home)})")
-            self._start_model_server()
-            self._wait_model_server(timeout)
+            model_server.start(self.home, self.emit)
+            model_server.wait_ready(self.home, self.emit, timeout)
             if unpause:
                 self.set_paused(airflow_env.NIGHTLY_DAG, False)
             return 0
@@ -253,7 +235,7 @@ class Services:
             trigger_log_port=trigger_log_port, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         ), indent=2) + "\n")
         env = service_environment(self.home, port, worker_log_port, trigger_log_port)
-        self._start_model_server()
+        model_server.start(self.home, self.emit)
         started = []
         for service in SERVICES:
             if pids[service]:
@@ -263,7 +245,7 @@ class Services:
         self.emit(f"started {', '.join(started)} for {self.home}; waiting for {url} ...")
         try:
             self._wait_ready(url, timeout)
-            self._wait_model_server(timeout)
+            model_server.wait_ready(self.home, self.emit, timeout)
         except ConfigError:
             self.down(stop_worker=False, quiet=True)
             raise
@@ -320,7 +302,7 @@ class Services:
                 if not running_pid(self.home, service):
                     raise ConfigError(
                         f"airflow {service} exited while starting; last lines of {log_file(self.home, service)}:\n"
-                        f"{_tail(log_file(self.home, service))}",
+                        f"{tail(log_file(self.home, service))}",
                         "fix the cause above, then `make up` again",
                     )
             last = health(url)
@@ -404,84 +386,6 @@ class Services:
         if stop_worker:
             self._stop_worker(emit)
         return 0
-
-    # -- the model server (issue 6)
-
-    def _start_model_server(self) -> Optional[int]:
-        """`mlops serve` for this home in the background, unless it already runs; its pid."""
-        found = home_record.running_model_server(self.home)
-        if found is not None:
-            if found.started_by != STARTED_BY_UP:
-                self.emit(f"model server: already running for {self.home} (pid {found.pid}, started by "
-                          f"`{found.started_by}`): using it; `make down` leaves it running")
-            return found.pid
-        pid = running_pid(self.home, MODEL_SERVER)
-        if pid:
-            return pid
-        rest_port, grpc_port = serving_ports()
-        for port in (rest_port, grpc_port):
-            if not port_free(port):
-                raise ConfigError(f"model server port {port} on {HOST} is already in use",
-                                  "stop what uses it, or pick others: MLOPS_SERVING_REST_PORT=8511 "
-                                  "MLOPS_SERVING_GRPC_PORT=8510 make up")
-        import sys
-
-        from serving.config import default_config_path
-
-        # On the home's defaults: <home>/serving/models/taxi, and <home>/serving/models.config
-        # (labels, pinned versions) whenever it exists, also when it is written later.
-        base = self.home / "serving" / "models" / MODEL_NAME
-        cmd = [str(Path(sys.executable).parent / "mlops"), "--home", str(self.home), "serve",
-               "--model-name", MODEL_NAME, "--host", HOST, "--rest-port", str(rest_port), "--grpc-port", str(grpc_port)]
-        log_path = log_file(self.home, MODEL_SERVER)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        run_dir(self.home).mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-        with open(log_path, "ab") as log:
-            log.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} mlops airflow up: {MODEL_SERVER} =====\n".encode())
-            log.flush()
-            process = subprocess.Popen(cmd, env=env, cwd=str(self.home), stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-        home_record.record_model_server(self.home, process.pid, rest_port, grpc_port, base, default_config_path(self.home))
-        return process.pid
-
-    def _wait_model_server(self, timeout: float) -> None:
-        """Until the REST port answers (any HTTP status: 404 while no model is pushed)."""
-        state = read_json(home_record.state_file(self.home))
-        url = f"http://{HOST}:{state.get('rest_port', serving_ports()[0])}/v1/models/{MODEL_NAME}"
-        deadline = time.monotonic() + timeout
-        while True:
-            if not running_pid(self.home, MODEL_SERVER):
-                raise ConfigError(f"the model server exited while starting; last lines of "
-                                  f"{log_file(self.home, MODEL_SERVER)}:\n{_tail(log_file(self.home, MODEL_SERVER))}",
-                                  "fix the cause above, then `make up` again")
-            status, _ = http(url, timeout=2.0)
-            if status:
-                break
-            if time.monotonic() > deadline:
-                raise ConfigError(f"the model server did not answer on {url} within {timeout:.0f}s",
-                                  f"read {log_file(self.home, MODEL_SERVER)}")
-            time.sleep(0.5)
-        self.emit(f"model server: REST http://{HOST}:{state.get('rest_port')}/v1/models/{MODEL_NAME}, "
-                  f"gRPC {HOST}:{state.get('grpc_port')} (serving {state.get('base_path')}; "
-                  f"{'no model yet' if status == 404 else f'HTTP {status}'}); log {log_file(self.home, MODEL_SERVER)}")
-
-    def _model_server_status(self) -> None:
-        pid = running_pid(self.home, MODEL_SERVER)
-        state = read_json(home_record.state_file(self.home)) if pid else {}
-        where = ""
-        if pid:
-            status, body = http(f"http://{HOST}:{state.get('rest_port')}/v1/models/{MODEL_NAME}", timeout=2.0)
-            served = [s.get("version") for s in (body or {}).get("model_version_status", [])
-                      if s.get("state") == "AVAILABLE"] if status == 200 and isinstance(body, dict) else []
-            where = (f", REST :{state.get('rest_port')} gRPC :{state.get('grpc_port')}, "
-                     + (f"serving version {', '.join(map(str, served))}" if served else f"no model (HTTP {status})"))
-        logs = log_file(self.home, MODEL_SERVER)
-        if pid and state.get("started_by") not in (None, STARTED_BY_UP):
-            where += f", started by `{state['started_by']}`"
-            logs = "the stderr of the terminal or supervisor that started it"
-        state_text = f"running (pid {pid}){where}" if pid else "stopped"
-        self.emit(f"{MODEL_SERVER:14} {state_text}  log: {logs}")
 
     def _stop_worker(self, emit: Callable[[str], None]) -> None:
         from pipelines.worker import client as worker  # standard library only

@@ -20,3 +20,12 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last `lines` lines of a log file, for an error message; "(no log)" when it cannot be read."""
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])

@@ -30,9 +30,12 @@ from tfx import types
 from tfx.components.statistics_gen import stats_artifact_utils
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
+from tfx.types.standard_component_specs import ANOMALIES_KEY, SCHEMA_KEY, STATISTICS_KEY
 from tfx.utils import io_utils
 
 from components import verdict
+from components.drift_validator.spec import (PREVIOUS_STATISTICS_KEY, SCHEMA_ANOMALIES_KEY, SERVED_STATISTICS_KEY,
+                                             SPAN_LABEL_KEY, WARN_ONLY_FEATURES_KEY)
 from components.util.schemas import load_schema
 from components.util.spans import span_date_of
 from components.verdict import fix_or_accept
@@ -47,8 +50,9 @@ GATE = "drift_validator"
 JS_BINS = 10
 QUANTILE_BUCKETS = 100
 DRIFT_DISTANCES = "drift_distances"
-BASELINES = (("served_model_training", "served_statistics", "the served model's training data"),
-             ("previous_span", "previous_statistics", "the previous good span"))
+# (name in the distances, input key, label in findings), in the order reports list them.
+BASELINES = (("served_model_training", SERVED_STATISTICS_KEY, "the served model's training data"),
+             ("previous_span", PREVIOUS_STATISTICS_KEY, "the previous good span"))
 COMPARATORS = {"JENSEN_SHANNON_DIVERGENCE": ("jensen_shannon_divergence", "Jensen-Shannon divergence"),
                "L_INFTY": ("l_infinity", "L-infinity distance")}
 
@@ -249,57 +253,80 @@ padding:4px 8px;text-align:left}}tr.bad{{background:#fdd}}tr.warn{{background:#f
 """
 
 
+def _load_baselines(input_dict: Dict[str, List[types.Artifact]]) -> tuple:
+    """({name: statistics}, {name: label}, notes) of the BASELINES that resolved to an artifact."""
+    baselines, labels, notes = {}, {}, []
+    for name, key, label in BASELINES:
+        artifacts = input_dict.get(key) or []
+        if artifacts:
+            baselines[name] = stats_artifact_utils.load_statistics(artifacts[0], SPLIT).proto()
+            labels[name] = f"{label} (span {span_date_of(artifacts[0])})"
+            notes.append(f"drift checked against {labels[name]}")
+        else:
+            labels[name] = label
+            notes.append(f"{label}: none in ML Metadata yet, so that drift check is skipped"
+                         + (" (first run)" if name == "previous_span" else ""))
+    return baselines, labels, notes
+
+
+def _record_drift(output: types.Artifact, table: Dict[str, dict], findings: List[dict], warn_only: set) -> None:
+    """Writes the drift anomalies (`train/SchemaDiff.pb`) and the distances and counts properties."""
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    output.split_names = artifact_utils.encode_split_names([SPLIT])
+    drift = anomalies_pb2.Anomalies()
+    for finding in findings:
+        if finding["kind"] == "drift":
+            info = drift.anomaly_info[finding["feature"]]
+            info.short_description = "drift over threshold"
+            info.description = finding["message"]
+    io_utils.write_bytes_file(os.path.join(artifact_utils.get_split_uri([output], SPLIT), "SchemaDiff.pb"),
+                              drift.SerializeToString())
+    distances = {feature: dict(distance=row["distance"], threshold=row["threshold"], comparator=row["comparator"],
+                               baseline=row["baseline"], per_baseline=row["per_baseline"],
+                               blocked=row["blocks"] and feature not in warn_only, warn=feature in warn_only,
+                               bucket_mismatch=row.get("bucket_mismatch") or None)
+                 for feature, row in table.items()}
+    output.set_string_custom_property(DRIFT_DISTANCES, json.dumps(distances, sort_keys=True))
+    for feature, row in table.items():
+        output.set_float_custom_property(f"drift:{feature}", row["distance"])
+    output.set_int_custom_property("schema_anomaly_count", sum(f["kind"] == "schema" for f in findings))
+    output.set_int_custom_property("drift_anomaly_count", sum(f["kind"] == "drift" and f["blocking"] for f in findings))
+    output.set_int_custom_property("drift_warning_count", sum(f["kind"] == "drift" and not f["blocking"] for f in findings))
+
+
 class Executor(base_executor.BaseExecutor):
+    """Measures schema anomalies and drift and records the verdict (the DriftValidator's executor).
+
+    Do() reads the `statistics`, `schema` and `schema_anomalies` inputs (one artifact each; the
+    `train` split of the statistics and anomalies), the optional `served_statistics` and
+    `previous_statistics` baselines, and the `span_label` and `warn_only_features` execution
+    properties. It writes the `anomalies` output (one ExampleAnomalies artifact): the drift
+    anomalies in `train/SchemaDiff.pb`, `report.txt` and `report.html` in its folder, and as
+    custom properties the verdict (`components.verdict`), `drift_distances` (JSON),
+    `drift:<feature>` and the schema-anomaly, drift-anomaly and drift-warning counts. It never
+    raises for bad data: the node runner stops the run on the recorded verdict.
+    """
+
     def Do(
         self,
         input_dict: Dict[str, List[types.Artifact]],
         output_dict: Dict[str, List[types.Artifact]],
         exec_properties: Dict[str, Any],
     ) -> None:
-        from tensorflow_metadata.proto.v0 import anomalies_pb2
-
-        statistics_artifact = artifact_utils.get_single_instance(input_dict["statistics"])
+        statistics_artifact = artifact_utils.get_single_instance(input_dict[STATISTICS_KEY])
         statistics = stats_artifact_utils.load_statistics(statistics_artifact, SPLIT).proto()
-        schema = load_schema(artifact_utils.get_single_instance(input_dict["schema"]))
-        schema_anomalies = _load_schema_anomalies(artifact_utils.get_single_instance(input_dict["schema_anomalies"]))
-        span_date = exec_properties.get("span_label") or span_date_of(statistics_artifact)
-        warn_only = set(filter(None, (exec_properties.get("warn_only_features") or "").split(",")))
+        schema = load_schema(artifact_utils.get_single_instance(input_dict[SCHEMA_KEY]))
+        schema_anomalies = _load_schema_anomalies(artifact_utils.get_single_instance(input_dict[SCHEMA_ANOMALIES_KEY]))
+        span_date = exec_properties.get(SPAN_LABEL_KEY) or span_date_of(statistics_artifact)
+        warn_only = set(filter(None, (exec_properties.get(WARN_ONLY_FEATURES_KEY) or "").split(",")))
 
-        baselines, labels, notes = {}, {}, []
-        for name, key, label in BASELINES:
-            artifacts = input_dict.get(key) or []
-            if artifacts:
-                baselines[name] = stats_artifact_utils.load_statistics(artifacts[0], SPLIT).proto()
-                labels[name] = f"{label} (span {span_date_of(artifacts[0])})"
-                notes.append(f"drift checked against {labels[name]}")
-            else:
-                labels[name] = label
-                notes.append(f"{label}: none in ML Metadata yet, so that drift check is skipped"
-                             + (" (first run)" if name == "previous_span" else ""))
+        baselines, labels, notes = _load_baselines(input_dict)
         table = drift_table(statistics, schema, baselines)
         findings = schema_findings(schema_anomalies, span_date) + drift_findings(table, warn_only, labels, span_date)
 
-        output = artifact_utils.get_single_instance(output_dict["anomalies"])
-        output.split_names = artifact_utils.encode_split_names([SPLIT])
-        drift = anomalies_pb2.Anomalies()
-        for finding in findings:
-            if finding["kind"] == "drift":
-                info = drift.anomaly_info[finding["feature"]]
-                info.short_description = "drift over threshold"
-                info.description = finding["message"]
-        io_utils.write_bytes_file(os.path.join(artifact_utils.get_split_uri([output], SPLIT), "SchemaDiff.pb"),
-                                  drift.SerializeToString())
-        distances = {feature: dict(distance=row["distance"], threshold=row["threshold"], comparator=row["comparator"],
-                                   baseline=row["baseline"], per_baseline=row["per_baseline"],
-                                   blocked=row["blocks"] and feature not in warn_only, warn=feature in warn_only,
-                                   bucket_mismatch=row.get("bucket_mismatch") or None)
-                     for feature, row in table.items()}
-        output.set_string_custom_property(DRIFT_DISTANCES, json.dumps(distances, sort_keys=True))
-        for feature, row in table.items():
-            output.set_float_custom_property(f"drift:{feature}", row["distance"])
-        output.set_int_custom_property("schema_anomaly_count", sum(f["kind"] == "schema" for f in findings))
-        output.set_int_custom_property("drift_anomaly_count", sum(f["kind"] == "drift" and f["blocking"] for f in findings))
-        output.set_int_custom_property("drift_warning_count", sum(f["kind"] == "drift" and not f["blocking"] for f in findings))
+        output = artifact_utils.get_single_instance(output_dict[ANOMALIES_KEY])
+        _record_drift(output, table, findings, warn_only)
         fixes = sorted({f["fix"] for f in findings if f["blocking"]})
         verdict.record(output, GATE, span_date, findings,
                        problem=verdict.blocking_message(span_date, findings, "before training"), fix="; or ".join(fixes))

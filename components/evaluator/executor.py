@@ -21,6 +21,8 @@ from tfx.components.evaluator import executor as tfx_evaluator_executor
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils
 
+from components.evaluator.spec import MIN_SLICE_EXAMPLES_KEY, SLICE_GUARD_KEYS, SLICE_MARGIN_KEY
+
 log = logging.getLogger(__name__)
 
 REASON = "reason"
@@ -91,6 +93,17 @@ def _threshold(failure) -> str:
 
 
 class Executor(tfx_evaluator_executor.Executor):
+    """TFX's Evaluator executor plus the slice guard (the GatedEvaluator's executor).
+
+    Do() reads the `model` input, the optional `baseline_model` and, unless the baseline is the
+    candidate itself, everything stock TFX's Evaluator reads (`examples`, `eval_config`, ...),
+    plus the `slice_margin` and `min_slice_examples` execution properties (which TFX's executor
+    does not get). It writes, as TFX's Evaluator does, the `evaluation` output (TFMA's results)
+    and the `blessing` output (BLESSED or NOT_BLESSED file and custom properties), then adds a
+    `reason` custom property to the blessing. When the baseline is the candidate it skips TFMA,
+    writes a NOT_BLESSED blessing with `evaluation_skipped` = 1, and leaves `evaluation` empty.
+    """
+
     def Do(
         self,
         input_dict: Dict[str, List[types.Artifact]],
@@ -116,7 +129,7 @@ class Executor(tfx_evaluator_executor.Executor):
         from components.util.keras import skip_autograph_of_tf_keras
 
         skip_autograph_of_tf_keras()
-        tfma_properties = {k: v for k, v in exec_properties.items() if k not in ("slice_margin", "min_slice_examples")}
+        tfma_properties = {k: v for k, v in exec_properties.items() if k not in SLICE_GUARD_KEYS}
         super().Do(input_dict, output_dict, tfma_properties)
 
         import tensorflow_model_analysis as tfma
@@ -129,7 +142,7 @@ class Executor(tfx_evaluator_executor.Executor):
         regressions = []
         if baselines:
             regressions = slice_regressions(
-                evaluation_uri, float(exec_properties["slice_margin"]), int(exec_properties["min_slice_examples"])
+                evaluation_uri, float(exec_properties[SLICE_MARGIN_KEY]), int(exec_properties[MIN_SLICE_EXAMPLES_KEY])
             )
         if regressions:
             os.remove(os.path.join(blessing.uri, constants.BLESSED_FILE_NAME))

@@ -25,16 +25,15 @@ from tfx import types
 from tfx.components.util import model_utils
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
+from tfx.types.standard_component_specs import MODEL_BLESSING_KEY, MODEL_KEY, PUSHED_MODEL_KEY
 from tfx.utils import path_utils
 
+from components.pusher.spec import (ALLOW_REPUSH_KEY, DEFAULT_PUSH_KIND, KEEP_VERSIONS_KEY, PROJECT_HOME_KEY,
+                                    PUSH_BASE_DIRECTORY_KEY, PUSH_KIND_KEY, REASON_KEY, REQUESTED_BY_KEY)
 from serving import versions
 from serving.retention import DEFAULT_KEEP as DEFAULT_KEEP_VERSIONS
 
 log = logging.getLogger(__name__)
-
-MODEL_KEY = "model"
-BLESSING_KEY = "model_blessing"
-PUSHED_MODEL_KEY = "pushed_model"
 
 # Custom properties on the PushedModel artifact. `pushed`, `pushed_destination` and
 # `pushed_version` match stock TFX's names so that existing tooling reads them.
@@ -52,6 +51,16 @@ PRUNE_ERROR = "prune_error"
 
 
 class Executor(base_executor.BaseExecutor):
+    """Pushes the model atomically, once, then applies retention (the AtomicPusher's executor).
+
+    Do() reads the `model` input and the optional `model_blessing`, the `push_base_directory`,
+    `allow_repush`, `push_kind`, `reason`, `requested_by`, `keep_versions` and `project_home`
+    execution properties, and the versions already under `push_base_directory`. It writes a new
+    version directory there (unless not blessed or already pushed), deletes the versions
+    retention lets go, and writes the `pushed_model` output (one PushedModel artifact): the
+    custom properties named below and a PUSHED or NOT_PUSHED file in its folder.
+    """
+
     def Do(
         self,
         input_dict: Dict[str, List[types.Artifact]],
@@ -60,17 +69,18 @@ class Executor(base_executor.BaseExecutor):
     ) -> None:
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
         pushed_model = artifact_utils.get_single_instance(output_dict[PUSHED_MODEL_KEY])
-        base = Path(exec_properties["push_base_directory"])
-        allow_repush = bool(exec_properties.get("allow_repush", 0))
+        base = Path(exec_properties[PUSH_BASE_DIRECTORY_KEY])
+        allow_repush = bool(exec_properties.get(ALLOW_REPUSH_KEY, 0))
         served_before = versions.latest_version(base)
 
         pushed_model.set_int_custom_property(SOURCE_MODEL_ID, model.id)
-        pushed_model.set_string_custom_property(KIND, exec_properties.get("push_kind") or "nightly")
-        pushed_model.set_string_custom_property(REQUESTED_BY, exec_properties.get("requested_by") or getpass.getuser())
+        pushed_model.set_string_custom_property(KIND, exec_properties.get(PUSH_KIND_KEY) or DEFAULT_PUSH_KIND)
+        pushed_model.set_string_custom_property(REQUESTED_BY,
+                                                exec_properties.get(REQUESTED_BY_KEY) or getpass.getuser())
         pushed_model.set_int_custom_property(REPLACED_VERSION, served_before or 0)
         pushed_model.set_string_custom_property(PUSHED_DESTINATION, str(base))
 
-        blessings = input_dict.get(BLESSING_KEY) or []
+        blessings = input_dict.get(MODEL_BLESSING_KEY) or []
         if blessings and not model_utils.is_model_blessed(blessings[0]):
             why = blessings[0].get_string_custom_property("reason") or "the Evaluator did not bless it"
             return self._not_pushed(pushed_model, f"model {model.id} is not blessed: {why}")
@@ -86,7 +96,7 @@ class Executor(base_executor.BaseExecutor):
             )
 
         version = versions.publish_version(model_dir, base)
-        reason = exec_properties.get("reason") or "blessed by the Evaluator"
+        reason = exec_properties.get(REASON_KEY) or "blessed by the Evaluator"
         pushed_model.set_int_custom_property(PUSHED, 1)
         pushed_model.set_int_custom_property(PUSHED_VERSION, version)
         pushed_model.set_string_custom_property(REASON, reason)
@@ -94,10 +104,10 @@ class Executor(base_executor.BaseExecutor):
         Path(pushed_model.uri).mkdir(parents=True, exist_ok=True)
         (Path(pushed_model.uri) / "PUSHED").write_text(f"{base / str(version)}\n")
         log.info("pushed model %s as version %d to %s (%s)", model.id, version, base, reason)
-        keep = exec_properties.get("keep_versions")
+        keep = exec_properties.get(KEEP_VERSIONS_KEY)
         keep = DEFAULT_KEEP_VERSIONS if keep is None else int(keep)
         if keep > 0:
-            self._retain(pushed_model, base, keep, served_before, exec_properties.get("project_home") or "")
+            self._retain(pushed_model, base, keep, served_before, exec_properties.get(PROJECT_HOME_KEY) or "")
 
     @staticmethod
     def _retain(pushed_model: types.Artifact, base: Path, keep: int, served_before, home: str) -> None:

@@ -4,8 +4,10 @@ import subprocess
 from pathlib import Path
 
 from tfx.types import standard_artifacts
+from tfx.types.standard_component_specs import MODEL_KEY, PUSHED_MODEL_KEY
 
 from components.pusher import executor
+from components.pusher.spec import PUSH_BASE_DIRECTORY_KEY
 from serving import versions
 
 
@@ -24,9 +26,9 @@ def _model(root: Path, payload: bytes):
 def _push(tmp: Path, base: Path, n: int, **properties):
     pushed = standard_artifacts.PushedModel()
     pushed.uri = str(tmp / f"pushed-{n}")
-    executor.Executor().Do({executor.MODEL_KEY: [_model(tmp / f"model-{n}", f"graph {n}".encode())]},
-                           {executor.PUSHED_MODEL_KEY: [pushed]},
-                           {"push_base_directory": str(base), **properties})
+    executor.Executor().Do({MODEL_KEY: [_model(tmp / f"model-{n}", f"graph {n}".encode())]},
+                           {PUSHED_MODEL_KEY: [pushed]},
+                           {PUSH_BASE_DIRECTORY_KEY: str(base), **properties})
     return pushed
 
 

@@ -30,9 +30,12 @@ from typing import Any, Dict, List, Optional, Sequence
 from tfx import types
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
+from tfx.types.standard_component_specs import INPUT_BASE_KEY, SCHEMA_KEY
 from tfx.utils import io_utils
 
 from components import verdict
+from components.span_check.spec import (DEFAULT_MAX_DUPLICATE_FRACTION, MAX_DUPLICATE_FRACTION_KEY, REPORT_KEY,
+                                        SPAN_DATE_KEY)
 from components.util.schemas import load_schema
 from components.verdict import fix_or_accept
 
@@ -94,6 +97,12 @@ def _first_bad_line(data: bytes, fields: int) -> int:
         if len(row) != fields and row:
             return reader.line_num
     return -1
+
+
+def duplicate_limit(exec_properties: Dict[str, Any]) -> float:
+    """The configured duplicate-row limit; 0.0 means no duplicates at all, not "the default"."""
+    value = exec_properties.get(MAX_DUPLICATE_FRACTION_KEY)
+    return DEFAULT_MAX_DUPLICATE_FRACTION if value is None else float(value)
 
 
 def check_files(files: Sequence[Path], schema_cols: Dict[str, dict], span_date: str,
@@ -206,25 +215,34 @@ def span_files(input_base: str, span_date: str) -> List[Path]:
 
 
 class Executor(base_executor.BaseExecutor):
+    """Checks the span's CSV files and records the verdict (the SpanCheck component's executor).
+
+    Do() reads the `schema` input (one Schema artifact), the `input_base`, `span_date` and
+    `max_duplicate_fraction` execution properties, and the files of `<input_base>/<span_date>/`.
+    It writes the `report` output (one ExampleAnomalies artifact): the verdict custom properties
+    (`components.verdict`), `rows`, `files` and `duplicate_rows`, and `report.txt` plus
+    `findings.json` in the artifact's folder. It never raises for bad data: the node runner
+    stops the run on the recorded verdict.
+    """
+
     def Do(
         self,
         input_dict: Dict[str, List[types.Artifact]],
         output_dict: Dict[str, List[types.Artifact]],
         exec_properties: Dict[str, Any],
     ) -> None:
-        span_date = exec_properties["span_date"]
-        schema = load_schema(artifact_utils.get_single_instance(input_dict["schema"]))
-        folder = Path(exec_properties["input_base"], span_date)
-        files = span_files(exec_properties["input_base"], span_date)
+        span_date = exec_properties[SPAN_DATE_KEY]
+        schema = load_schema(artifact_utils.get_single_instance(input_dict[SCHEMA_KEY]))
+        folder = Path(exec_properties[INPUT_BASE_KEY], span_date)
+        files = span_files(exec_properties[INPUT_BASE_KEY], span_date)
         if not folder.is_dir() or not files:
             what = f"no span folder {folder}" if not folder.is_dir() else f"no CSV file in the span folder {folder}"
             findings = [_finding("(span)", "no_files", what,
                                  "deliver the day's *.csv files there and rerun the span, or run another --date")]
             facts = SpanFacts()
         else:
-            findings, facts = check_files(files, schema_columns(schema), span_date,
-                                          float(exec_properties.get("max_duplicate_fraction") or 0.05))
-        report = artifact_utils.get_single_instance(output_dict["report"])
+            findings, facts = check_files(files, schema_columns(schema), span_date, duplicate_limit(exec_properties))
+        report = artifact_utils.get_single_instance(output_dict[REPORT_KEY])
         report.set_int_custom_property("rows", facts.rows)
         report.set_int_custom_property("files", facts.files)
         report.set_int_custom_property("duplicate_rows", facts.duplicate_rows)

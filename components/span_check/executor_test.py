@@ -2,7 +2,8 @@
 
 import pytest
 
-from components.span_check.executor import check_files
+from components.span_check.executor import check_files, duplicate_limit
+from components.span_check.spec import MAX_DUPLICATE_FRACTION_KEY
 
 SCHEMA = {
     "fare": {"type": "FLOAT", "required": True},
@@ -69,3 +70,9 @@ def test_duplicate_rows_block_above_the_limit(tmp_path, limit, blocked):
 def test_header_only_and_empty_files_block(tmp_path):
     assert _kinds(_check(tmp_path, "fare,tips,company\n")[0]) == [("empty_file", "(span)")]
     assert _kinds(_check(tmp_path, "")[0]) == [("empty_file", "(span)")]
+
+
+def test_a_duplicate_limit_of_zero_is_kept_not_replaced_by_the_default():
+    assert duplicate_limit({MAX_DUPLICATE_FRACTION_KEY: 0.0}) == 0.0
+    assert duplicate_limit({MAX_DUPLICATE_FRACTION_KEY: 0.2}) == 0.2
+    assert duplicate_limit({}) == 0.05

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from pipelines import airflow_env, services
+from pipelines import airflow_env, model_server, services
 from serving import home as home_record
 from serving import processes
 from tests.conftest import REPO, mlops
@@ -94,9 +94,9 @@ def test_model_server_starts_with_no_model_pushed_shows_in_status_and_stops_with
     lines = []
     manager = services.Services(tmp_path, emit=lines.append)
     try:
-        pid = manager._start_model_server()
-        manager._wait_model_server(timeout=90)
-        assert manager._start_model_server() == pid  # idempotent
+        pid = model_server.start(tmp_path, lines.append)
+        model_server.wait_ready(tmp_path, lines.append, timeout=90)
+        assert model_server.start(tmp_path, lines.append) == pid  # idempotent
         assert services.running_pid(tmp_path, services.MODEL_SERVER) == pid
         # What `mlops rollback` waits on by default.
         # It follows the home's models.config (whenever that exists), as `mlops serve` on the defaults does.
@@ -159,8 +159,8 @@ def test_make_ups_server_records_what_the_homes_models_config_serves(tmp_path, m
         'model_config_list { config { name: "taxi" base_path: "serving/models/other" } }\n')
     manager = services.Services(tmp_path, emit=lambda _: None)
     try:
-        pid = manager._start_model_server()
-        manager._wait_model_server(timeout=90)
+        pid = model_server.start(tmp_path, lambda _: None)
+        model_server.wait_ready(tmp_path, lambda _: None, timeout=90)
         deadline = time.monotonic() + 30
         while home_record.running_model_server(tmp_path).base_path != other.resolve() and time.monotonic() < deadline:
             time.sleep(0.2)
