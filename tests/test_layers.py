@@ -4,13 +4,15 @@ circle.
 
     serving, monitoring  <-  components  <-  pipelines  <-  pipelines.cli
 
-`dags/` is checked apart (tests/dags/test_dag_files.py): it imports only Airflow and the standard
-library. Tests (`tests/`, `components/**/*_test.py`) may import anything.
+`dags/` imports only Airflow, the standard library and its own shared module (checked here from the
+source, and in Airflow's own Python by tests/dags/test_dag_files.py). Tests (`tests/`,
+`components/**/*_test.py`) may import anything.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
@@ -184,6 +186,29 @@ def test_the_checker_catches_a_cycle_within_one_layer(tmp_path):
     })
     assert cycles(root) == [["pipelines.node_runner", "pipelines.runner"]]
     assert upward_edges(root) == []
+
+
+def foreign_dag_imports(dags: Path) -> List[str]:
+    """Imports of the DAG folder's files that are not Airflow, the standard library or a module
+    of the DAG folder itself."""
+    own = {path.stem for path in dags.glob("*.py")}
+    found = []
+    for path in sorted(dags.glob("*.py")):
+        for line, name in imported_names(path.stem, path):
+            top = name.split(".")[0]
+            if top and top not in ("airflow", "__future__") and top not in sys.stdlib_module_names and top not in own:
+                found.append(f"{path.name}:{line}: {name}")
+    return sorted(set(found))
+
+
+def test_dag_files_import_only_airflow_and_the_standard_library():
+    assert foreign_dag_imports(REPO / "dags") == []
+
+
+def test_the_dag_check_catches_a_project_import(tmp_path):
+    (tmp_path / "shared.py").write_text("import os\nfrom airflow.sdk import DAG\n")
+    (tmp_path / "my_dag.py").write_text("import shared\n\ndef f():\n    from pipelines.config import X\n")
+    assert foreign_dag_imports(tmp_path) == ["my_dag.py:4: pipelines.config", "my_dag.py:4: pipelines.config.X"]
 
 
 @pytest.mark.parametrize("module, expected", [("pipelines.cli", 3), ("pipelines.cli.serve", 3),
