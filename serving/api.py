@@ -11,7 +11,7 @@ import numpy as np
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
-from serving import batching, codec
+from serving import batching, codec, responses
 from serving.errors import BadRequest, Unavailable
 from serving.store import Registry, VersionStatus
 
@@ -118,7 +118,7 @@ class Api:
         sig = servable.signature(body.get("signature_name", "") if isinstance(body, dict) else "")
         feeds, row_format = codec.predict_feeds(body, sig)
         outputs = self.infer(sig, feeds)
-        return codec.predict_body(outputs, row_format)
+        return responses.predict_body(outputs, row_format)
 
     def classify_regress_json(self, servable, body, verb: str) -> dict:
         if not isinstance(body, dict):
@@ -127,10 +127,10 @@ class Api:
         if not isinstance(signame, str):
             raise BadRequest("'signature_name' key must be a string value.")
         sig = servable.signature(signame)
-        codec.example_input_of(sig, verb)
+        responses.example_input_of(sig, verb)
         serialized = codec.examples_from_classify_request(body, sig.feature_spec, verb, sig.encoder)
         outputs = self.run_examples(sig, serialized)
         if verb == "classify":
-            results = codec.classify_results(sig, outputs, len(serialized))
+            results = responses.classify_results(sig, outputs, len(serialized))
             return {"results": [[[label, score] for label, score in row] for row in results]}
-        return {"results": codec.regress_results(sig, outputs, len(serialized))}
+        return {"results": responses.regress_results(sig, outputs, len(serialized))}

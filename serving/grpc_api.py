@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving import codec
+from serving import responses
 from serving.api import Api, signature_def_map, status_proto
 from serving.errors import BadRequest, ServingError
 
@@ -158,7 +158,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         """Servable, signature and serialized tf.Examples of a Classify/Regress request."""
         servable = self._servable(request.model_spec)
         sig = servable.signature(request.model_spec.signature_name)
-        codec.example_input_of(sig, method)
+        responses.example_input_of(sig, method)
         serialized = _serialized_examples(request.input)
         if not serialized:
             raise BadRequest("Input is empty")
@@ -167,7 +167,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Classify(self, request, context):
         def call():
             servable, sig, serialized = self._example_request(request, "classify")
-            results = codec.classify_results(sig, self.api.run_examples(sig, serialized), len(serialized))
+            results = responses.classify_results(sig, self.api.run_examples(sig, serialized), len(serialized))
             response = classification_pb2.ClassificationResponse()
             for row in results:
                 classifications = response.result.classifications.add()
@@ -182,7 +182,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Regress(self, request, context):
         def call():
             servable, sig, serialized = self._example_request(request, "regress")
-            values = codec.regress_results(sig, self.api.run_examples(sig, serialized), len(serialized))
+            values = responses.regress_results(sig, self.api.run_examples(sig, serialized), len(serialized))
             response = regression_pb2.RegressionResponse()
             for value in values:
                 response.result.regressions.add().value = value

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from serving import codec
+from serving import responses
 from serving.api import Api, metadata_json, proto_json, status_proto
 from serving.errors import BadRequest, MethodNotAllowed, NotFound, ServingError, TooLarge
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -52,7 +52,7 @@ _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
 _LONG_DIGIT_RUN = b"0" * 19  # 2**63 has 19 digits
 
 
-_json_bytes = codec.json_bytes
+_json_bytes = responses.json_bytes
 
 
 class _HeaderError(Exception):

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from serving.codec import array_to_json, predict_response
+from serving.responses import array_to_json, predict_response
 
 
 def _flat(value):
@@ -93,7 +93,7 @@ def _random_outputs(rng, batch):
 
 
 def test_predict_body_gives_the_json_values_of_predict_response():
-    from serving.codec import json_bytes, predict_body
+    from serving.responses import json_bytes, predict_body
 
     rng = np.random.default_rng(11)
     fast = 0
@@ -108,7 +108,7 @@ def test_predict_body_gives_the_json_values_of_predict_response():
 
 
 def test_predict_body_keeps_nan_and_infinity_and_odd_arrays_on_the_json_path():
-    from serving.codec import json_bytes, predict_body
+    from serving.responses import json_bytes, predict_body
 
     nan = {"p": np.array([[0.5], [np.nan], [np.inf]], dtype=np.float32)}
     assert predict_body(nan, True) == json_bytes(predict_response(nan, True)) == b'{"predictions":[[0.5],[NaN],[Infinity]]}'
