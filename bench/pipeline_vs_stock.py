@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psutil
 from common import MLOPS, REPO, log, measure, publish, seed_home
-from serving.versions import list_versions
 from pipelines.data import bundled_csv_path
+from serving.versions import list_versions
 
 # The example inside the installed wheel, found without importing tfx (TensorFlow costs seconds).
 TAXI = bundled_csv_path().parents[2]  # .../examples/chicago_taxi_pipeline
