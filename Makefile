@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: help venvs run test bench clean up down status browser
+.PHONY: help venvs run test test-fast bench clean up down status browser
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,8 +49,15 @@ run: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## one nightly cycle through Airflow on the 
 	@test -n "$$(ls -d data/incoming/*/ 2>/dev/null)" || $(VENV)/bin/mlops data seed
 	$(VENV)/bin/mlops airflow run
 
-test: $(TFX_STAMP) $(AIRFLOW_STAMP) browser  ## the whole test suite (fails when no test ran)
+test: $(TFX_STAMP) $(AIRFLOW_STAMP) browser  ## the whole test suite, what CI runs (fails when no test ran)
 	status=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
+
+# The markers come from the fixtures a test uses (tests/conftest.py, FIXTURE_MARKERS; pytest.ini).
+FAST_MARKERS := not pipeline and not airflow and not browser
+
+test-fast: $(TFX_STAMP)  ## the tests that run no pipeline, no Airflow and no browser (needs only .venv; a few minutes)
+	status=0; $(VENV)/bin/python -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
 BENCHES ?= pipeline_vs_stock airflow_overhead serving_latency validation_throughput

@@ -1,37 +1,23 @@
 """The DAG files: they load in real Airflow, match the pipeline, and never import TFX.
 
-These run the DAG files with the Airflow environment's Python (3.11), as Airflow's parser does.
+These run the DAG files with the Airflow environment's Python (3.11), as Airflow's parser does
+(the airflow_python fixture); the manifest checks need only .venv.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import textwrap
 
 import pytest
 
 from pipelines import manifest
 from tests.conftest import REPO, mlops
 
-AIRFLOW_PYTHON = REPO / ".venv-airflow" / "bin" / "python"
 MANIFEST = json.loads((REPO / "dags" / "taxi_manifest.json").read_text())
 
 
-def airflow_python(code: str, tmp_path, **env) -> dict:
-    """Runs `code` in the Airflow environment; the code prints one JSON document last."""
-    result = subprocess.run(
-        [str(AIRFLOW_PYTHON), "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        env={"AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "PATH": "/usr/bin:/bin", **env},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
-def dagbag(tmp_path_factory):
+def dagbag(airflow_python, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dagbag")
     return airflow_python(
         f"""
@@ -100,7 +86,7 @@ def test_nightly_dag_schedule_and_safety_settings(dagbag):
     assert "--summary" in dag["tasks"][MANIFEST["nodes"][-1]["id"]]["command"]
 
 
-def test_timezone_is_configurable(tmp_path):
+def test_timezone_is_configurable(airflow_python, tmp_path):
     out = airflow_python(
         f"""
         import json
@@ -123,7 +109,7 @@ def test_rollback_dag_is_manual_with_reason_and_target_params(dagbag):
 
 
 @pytest.mark.parametrize("module", ["nightly_retrain", "model_rollback"])
-def test_importing_a_dag_module_leaves_tensorflow_and_tfx_out(tmp_path, module):
+def test_importing_a_dag_module_leaves_tensorflow_and_tfx_out(airflow_python, tmp_path, module):
     out = airflow_python(
         f"""
         import json, sys, importlib.util
@@ -138,7 +124,7 @@ def test_importing_a_dag_module_leaves_tensorflow_and_tfx_out(tmp_path, module):
     assert out["heavy"] == []
 
 
-def test_span_date_and_run_id_macros(tmp_path):
+def test_span_date_and_run_id_macros(airflow_python, tmp_path):
     out = airflow_python(
         f"""
         import json, importlib.util, datetime as dt, types
@@ -185,7 +171,7 @@ def test_manifest_check_names_what_differs(tmp_path):
     assert manifest.compare(json.loads(path.read_text()), path) is None
 
 
-def test_the_dags_take_the_exit_codes_not_to_retry_from_the_cli_through_the_manifest(tmp_path):
+def test_the_dags_take_the_exit_codes_not_to_retry_from_the_cli_through_the_manifest(airflow_python, tmp_path):
     from pipelines.errors import NO_RETRY_EXIT_CODES
 
     assert {int(code): why for code, why in MANIFEST["no_retry_exit_codes"].items()} == NO_RETRY_EXIT_CODES

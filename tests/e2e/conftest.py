@@ -9,6 +9,7 @@ import pytest
 
 from serving import versions
 from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops
+from tests.e2e import webdriver
 
 
 def _run(home: Path, day, *extra: str, env=None) -> dict:
@@ -49,3 +50,9 @@ def runs(tmp_path_factory):
     )
 
 
+@pytest.fixture
+def chromium():
+    """Headless Chromium through chromedriver: `with chromium(log_path=...) as browser:`."""
+    if not webdriver.available():
+        pytest.fail("headless Chromium is not installed: run `make browser` (Debian chromium + chromium-driver)")
+    return webdriver.Browser

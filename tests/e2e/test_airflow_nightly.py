@@ -30,18 +30,14 @@ from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops
 DAY3 = DAY2 + dt.timedelta(days=1)
 DAY4 = DAY3 + dt.timedelta(days=1)
 LENIENT = ("--auc-floor", "0.0", "--min-improvement", "-1.0", "--slice-margin", "1.0")
-pytestmark = pytest.mark.e2e
 
 
 def airflow_run(home: Path, day, *extra: str, env=None) -> subprocess.CompletedProcess:
     """`mlops airflow run`: `airflow dags test nightly_retrain <day>` plus the run summary.
 
     Task states are read at once: `airflow dags test` replaces a logical date's earlier run."""
-    result = subprocess.run(
-        [str(Path(os.sys.executable).parent / "mlops"), "--home", str(home), "airflow", "run",
-         "--date", day.isoformat(), *FAST_RUN_ARGS, *extra],
-        capture_output=True, text=True, timeout=1100, env={**os.environ, **(env or {})},
-    )
+    result = mlops(home, "airflow", "run", "--date", day.isoformat(), *FAST_RUN_ARGS, *extra,
+                   check=False, timeout=1100, env=env)
     result.states = task_states(home, airflow_run_id(result)) if "DAG run " in result.stdout else {}
     return result
 

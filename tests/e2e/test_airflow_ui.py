@@ -31,10 +31,8 @@ from pipelines.worker import client as worker
 from serving.retention import wait_until_served
 from serving import home as home_record
 from serving import processes
-from tests.conftest import REPO, make_home, mlops
+from tests.conftest import REPO, make_home, mlops, require
 from tests.e2e import webdriver
-
-pytestmark = pytest.mark.e2e
 
 ROWS = 1500
 DAG = airflow_env.NIGHTLY_DAG
@@ -62,14 +60,14 @@ SERVING_PORTS = {"MLOPS_SERVING_REST_PORT": str(services.free_port()), "MLOPS_SE
 
 
 def make(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    if args[0] == "up":
+        require({"airflow"}, "`make up`")
     return subprocess.run([*MAKE, *args], capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, **SERVING_PORTS))
 
 
 @pytest.fixture(scope="module")
-def airflow(tmp_path_factory):
-    if not webdriver.available():
-        pytest.fail("headless Chromium is not installed: run `make browser` (Debian chromium + chromium-driver)")
+def airflow_services(tmp_path_factory):
     last = last_complete_day(dt.datetime.now(dt.timezone.utc))
     days = [last - dt.timedelta(days=n) for n in (2, 1, 0)]
     home = make_home(tmp_path_factory.mktemp("airflow-services"), days=3, rows=ROWS, end=last)
@@ -87,20 +85,20 @@ def airflow(tmp_path_factory):
         assert down.returncode == 0, f"make down failed\n{down.stdout}\n{down.stderr}"
 
 
-def api(airflow, path: str, method: str = "GET", body=None, auth: bool = True):
-    token = services.token(airflow["url"], airflow["password"]) if auth else None
-    return services.http(airflow["url"] + path, method, body, token=token)
+def api(airflow_services, path: str, method: str = "GET", body=None, auth: bool = True):
+    token = services.token(airflow_services["url"], airflow_services["password"]) if auth else None
+    return services.http(airflow_services["url"] + path, method, body, token=token)
 
 
 # ----------------------------------------------------------------------------------- 1. make up
 
 
-def test_make_up_prints_the_login_once_is_idempotent_and_keeps_the_api_closed(airflow):
-    home, up = airflow["home"], airflow["up"]
-    print(f"make up took {airflow['up_seconds']:.1f}s")
-    assert f"Airflow UI and API: {airflow['url']}/" in up.stdout
+def test_make_up_prints_the_login_once_is_idempotent_and_keeps_the_api_closed(airflow_services):
+    home, up = airflow_services["home"], airflow_services["up"]
+    print(f"make up took {airflow_services['up_seconds']:.1f}s")
+    assert f"Airflow UI and API: {airflow_services['url']}/" in up.stdout
     assert "user: admin" in up.stdout
-    password = airflow["password"]
+    password = airflow_services["password"]
     assert password and f"password: {password}" in up.stdout  # generated now, so shown once
     assert (services.password_file(home).stat().st_mode & 0o777) == 0o600
     for service in (*services.SERVICES, services.MODEL_SERVER):
@@ -108,16 +106,17 @@ def test_make_up_prints_the_login_once_is_idempotent_and_keeps_the_api_closed(ai
         assert services.log_file(home, service).is_file()
     assert f"model server: REST http://127.0.0.1:{SERVING_PORTS['MLOPS_SERVING_REST_PORT']}/" in up.stdout
 
-    again = make("up", f"MLOPS_HOME={home}", f"AIRFLOW_PORT={airflow['port']}")
+    again = make("up", f"MLOPS_HOME={home}", f"AIRFLOW_PORT={airflow_services['port']}")
     assert again.returncode == 0, again.stderr
     assert "already running" in again.stdout
     assert password not in again.stdout
 
-    status, _ = api(airflow, "/api/v2/dags", auth=False)
+    status, _ = api(airflow_services, "/api/v2/dags", auth=False)
     assert status in (401, 403), status
-    status, _ = services.http(airflow["url"] + "/auth/token", "POST", {"username": "admin", "password": "wrong"})
+    status, _ = services.http(airflow_services["url"] + "/auth/token", "POST",
+                              {"username": "admin", "password": "wrong"})
     assert status in (401, 403), status
-    status, answer = api(airflow, "/api/v2/dags")
+    status, answer = api(airflow_services, "/api/v2/dags")
     assert status == 200, answer
     dags = {dag["dag_id"]: dag for dag in answer["dags"]}
     assert {DAG, airflow_env.ROLLBACK_DAG} <= set(dags)
@@ -176,14 +175,14 @@ def layout_settled(browser: webdriver.Browser):
     return check
 
 
-def test_ui_login_shows_every_tfx_node_of_nightly_retrain(airflow, tmp_path):
+def test_ui_login_shows_every_tfx_node_of_nightly_retrain(airflow_services, chromium, tmp_path):
     started = time.monotonic()
-    with webdriver.Browser(log_path=tmp_path / "chromedriver.log") as browser:
-        browser.get(f"{airflow['url']}/dags/{DAG}")
+    with chromium(log_path=tmp_path / "chromedriver.log") as browser:
+        browser.get(f"{airflow_services['url']}/dags/{DAG}")
         username = browser.wait_element("input[name=username]", timeout=60)
         assert "/auth/login" in browser.url  # not logged in: the UI sends us to the login page
         username.send_keys("admin")
-        browser.find("input[name=password]").send_keys(airflow["password"])
+        browser.find("input[name=password]").send_keys(airflow_services["password"])
         submit = browser.find("button[type=submit]")
         browser.wait_for(submit.enabled, what="the Sign in button to be enabled")
         submit.click()
@@ -218,8 +217,8 @@ def test_ui_login_shows_every_tfx_node_of_nightly_retrain(airflow, tmp_path):
 # ----------------------------------------------------------------------------------- 3. backfill
 
 
-def dag_runs(airflow) -> list:
-    status, answer = api(airflow, f"/api/v2/dags/{DAG}/dagRuns?limit=100")
+def dag_runs(airflow_services) -> list:
+    status, answer = api(airflow_services, f"/api/v2/dags/{DAG}/dagRuns?limit=100")
     assert status == 200, answer
     return answer["dag_runs"]
 
@@ -248,8 +247,8 @@ def _time(text: str) -> dt.datetime:
 
 
 @pytest.mark.timeout(BACKFILL_TIMEOUT + 600)
-def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow):
-    home, days = airflow["home"], airflow["days"]
+def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow_services):
+    home, days = airflow_services["home"], airflow_services["days"]
     started = time.monotonic()
     span_range = ("--from-date", days[0].isoformat(), "--to-date", days[-1].isoformat())
     steps = ("--train-steps", str(BACKFILL_CONF["train_steps"]), "--eval-steps", str(BACKFILL_CONF["eval_steps"]))
@@ -262,7 +261,7 @@ def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow):
 
     deadline = time.monotonic() + BACKFILL_TIMEOUT
     while True:
-        runs = dag_runs(airflow)
+        runs = dag_runs(airflow_services)
         backfill = [run for run in runs if run["run_type"] == "backfill"]
         if len(backfill) == 3 and all(run["state"] in ("success", "failed") for run in backfill):
             break
@@ -277,7 +276,7 @@ def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow):
         assert {k: run["conf"][k] for k in BACKFILL_CONF} == BACKFILL_CONF, run["conf"]
     again = mlops(home, "airflow", "backfill", *span_range, *steps, timeout=600)  # idempotent: nothing new
     assert "nothing to backfill" in again.stdout, again.stdout
-    assert len(dag_runs(airflow)) == 3
+    assert len(dag_runs(airflow_services)) == 3
     assert len(runs) == 3, f"a run beside the backfill: {[(r['run_id'], r['run_type']) for r in runs]}"
     backfill.sort(key=lambda run: run["start_date"])
     assert [_time(run["logical_date"]).date() for run in backfill] == days  # executed in date order
@@ -309,8 +308,8 @@ def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow):
 # ----------------------------------------------------------------------------------- 4. make down
 
 
-def test_make_down_stops_every_service_and_the_warm_worker(airflow):
-    home = airflow["home"]
+def test_make_down_stops_every_service_and_the_warm_worker(airflow_services):
+    home = airflow_services["home"]
     pids = {service: services.running_pid(home, service) for service in (*services.SERVICES, services.MODEL_SERVER)}
     down = make("down", f"MLOPS_HOME={home}", timeout=300)
     assert down.returncode == 0, down.stderr
@@ -319,7 +318,7 @@ def test_make_down_stops_every_service_and_the_warm_worker(airflow):
             assert f"stopped {service} (pid {pid})" in down.stdout
             assert not processes.pid_alive(pid), f"{service} (pid {pid}) still runs"
         assert not services.pid_file(home, service).exists()
-    assert services.health(airflow["url"]) is None
+    assert services.health(airflow_services["url"]) is None
     deadline = time.monotonic() + 30
     while worker.request(worker.socket_path(home), "ping") is not None:  # it finishes running nodes first
         assert time.monotonic() < deadline, "the warm worker still answers after `make down`"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from serving import versions
-from tests.conftest import DAY1, FAST_RUN_ARGS, REPO, make_home, mlops
+from tests.conftest import DAY1, FAST_RUN_ARGS, REPO, make_home, mlops, require
 
 # kind -> (the gate that blocks it, the feature the error must name, words naming the fault)
 FAULTS = {
@@ -75,6 +75,7 @@ def _run_in_process(home: Path, day: dt.date, *extra: str):
     """`mlops run` through the CLI's own main(), in this process."""
     from pipelines import cli
 
+    require({"pipeline"}, "`mlops run` in this process")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(["--home", str(home), "run", "--cold", "--date", day.isoformat(), *FAST_RUN_ARGS, "--json", *extra])

@@ -13,10 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.e2e
-
 
 def _free_ports(count: int):
     sockets = [socket.socket() for _ in range(count)]

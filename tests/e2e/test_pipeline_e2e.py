@@ -16,12 +16,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from serving import versions
 from tests.conftest import DAY1, DAY2, mlops
-
-pytestmark = pytest.mark.e2e
 
 
 def test_first_run_pushes_version_1_and_reports_the_run(runs):

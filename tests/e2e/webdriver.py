@@ -82,6 +82,9 @@ class Browser:
     """One chromedriver process and one browser session; use as a context manager."""
 
     def __init__(self, width: int = 1600, height: int = 1000, log_path: Optional[Path] = None):
+        from tests.conftest import require
+
+        require({"browser"}, "headless Chromium")  # a test gets the marker from the chromium fixture
         self.port = _free_port()
         self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
         self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL

@@ -9,11 +9,11 @@ from pipelines import airflow_env
 from tests.conftest import make_home, mlops
 
 
-def test_a_call_that_hit_database_is_locked_is_tried_again(tmp_path, monkeypatch):
-    db = airflow_env.airflow_home(tmp_path) / "airflow.db"
+def test_a_call_that_hit_database_is_locked_is_tried_again(airflow_project, monkeypatch):
+    db = airflow_env.airflow_home(airflow_project) / "airflow.db"
     # A 1 s busy timeout instead of the project's 60 s, so the held lock fails the first call soon.
     monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{db}?timeout=1")
-    airflow_env.init(tmp_path, progress=lambda line: None)
+    airflow_env.init(airflow_project, progress=lambda line: None)
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # what a scheduler mid-write looks like to everyone else
     retries = []
@@ -24,11 +24,12 @@ def test_a_call_that_hit_database_is_locked_is_tried_again(tmp_path, monkeypatch
             holder.execute("ROLLBACK")  # the writer finishes while we wait
 
     try:
-        airflow_env.run_airflow(tmp_path, ["pools", "set", "lock_test", "3", "set while locked"], progress=progress)
+        airflow_env.run_airflow(airflow_project, ["pools", "set", "lock_test", "3", "set while locked"],
+                                progress=progress)
     finally:
         holder.close()
     assert len(retries) == 1 and airflow_env.LOCKED in retries[0] and "trying again" in retries[0], retries
-    pools = airflow_env.run_airflow(tmp_path, ["pools", "list", "--output", "json"]).stdout
+    pools = airflow_env.run_airflow(airflow_project, ["pools", "list", "--output", "json"]).stdout
     assert {"pool": "lock_test", "slots": 3} in [
         {"pool": p["pool"], "slots": int(p["slots"])} for p in json.loads(pools[pools.index("["):])
     ]

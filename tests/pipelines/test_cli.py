@@ -61,8 +61,8 @@ def test_empty_data_dir_is_a_one_line_error_naming_the_fix(tmp_path):
     assert "no spans under" in line and "mlops data seed" in line
 
 
-def test_span_folder_without_csv_blocks_the_run_at_the_span_check_naming_the_folder(tmp_path):
-    home = make_home(tmp_path, days=0)
+def test_span_folder_without_csv_blocks_the_run_at_the_span_check_naming_the_folder(pipeline_home):
+    home = pipeline_home(days=0)
     folder = home / "data" / "incoming" / DAY1.isoformat()
     folder.mkdir(parents=True)
     result = mlops(home, "run", "--date", DAY1.isoformat(), *FAST_RUN_ARGS, check=False)

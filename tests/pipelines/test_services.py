@@ -119,7 +119,7 @@ def test_model_server_starts_with_no_model_pushed_shows_in_status_and_stops_with
         manager.down(stop_worker=False, quiet=True)
 
 
-def test_an_airflow_cli_write_waits_out_a_busy_sqlite_store_instead_of_failing(tmp_path):
+def test_an_airflow_cli_write_waits_out_a_busy_sqlite_store_instead_of_failing(airflow_project):
     """CI saw `airflow backfill create` die with "database is locked" while the scheduler wrote.
 
     Another connection holds the write lock for 25 s (the CLI needs ~5-10 s to start, so it meets
@@ -128,22 +128,22 @@ def test_an_airflow_cli_write_waits_out_a_busy_sqlite_store_instead_of_failing(t
     import threading
     import time
 
-    airflow_env.init(tmp_path, progress=lambda _: None)
-    holder = sqlite3.connect(airflow_env.airflow_home(tmp_path) / "airflow.db", isolation_level=None,
+    airflow_env.init(airflow_project, progress=lambda _: None)
+    holder = sqlite3.connect(airflow_env.airflow_home(airflow_project) / "airflow.db", isolation_level=None,
                              check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")  # takes the write lock now
     released = threading.Timer(25.0, lambda: holder.execute("COMMIT"))
     started = time.monotonic()
     released.start()
     try:
-        result = airflow_env.run_airflow(tmp_path, ["pools", "set", "busy_probe", "2", "lock test"], check=False)
+        result = airflow_env.run_airflow(airflow_project, ["pools", "set", "busy_probe", "2", "lock test"], check=False)
     finally:
         released.join()
         holder.close()
     waited = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert waited >= 24.5, f"the CLI call finished in {waited:.1f}s, before the lock was released"
-    pools = airflow_env.run_airflow(tmp_path, ["pools", "get", "busy_probe", "--output", "json"]).stdout
+    pools = airflow_env.run_airflow(airflow_project, ["pools", "get", "busy_probe", "--output", "json"]).stdout
     assert '"busy_probe"' in pools
 
 

@@ -1,20 +1,14 @@
 """The warm worker: nodes run in forks of it, with their output and exit codes relayed."""
 
-import os
-import subprocess
-
-from tests.conftest import DAY1, REPO, make_home, mlops
+from tests.conftest import DAY1, mlops
 
 
 def node(home, *args, env=None):
-    return subprocess.run(
-        [str(REPO / ".venv" / "bin" / "mlops"), "--home", str(home), "node", "run", *args],
-        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})},
-    )
+    return mlops(home, "node", "run", *args, check=False, timeout=600, env=env)
 
 
-def test_nodes_run_in_the_warm_worker_with_output_and_exit_codes_relayed(tmp_path):
-    home = make_home(tmp_path, days=1, rows=200, end=DAY1)
+def test_nodes_run_in_the_warm_worker_with_output_and_exit_codes_relayed(pipeline_home):
+    home = pipeline_home(days=1, rows=200, end=DAY1)
     try:
         first = node(home, "--node", "served_model", "--run-id", "w1", "--date", DAY1.isoformat())
         assert first.returncode == 0, first.stderr

@@ -12,14 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from pipelines import services
 from serving import home as home_record
 from tests.conftest import mlops
 from tests.serving.helpers import Http, Server, publish
-
-pytestmark = pytest.mark.e2e
 
 
 def _home_with_versions(taxi_model, root: Path, versions) -> Path:

@@ -23,8 +23,6 @@ from tests.conftest import DAY1, mlops
 from tests.serving.helpers import Http, Server
 from tests.serving.test_server_e2e import MODEL, Load, _probabilities
 
-pytestmark = pytest.mark.e2e
-
 
 def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_model, tmp_path):
     if os.environ.get("MLOPS_SERVING_TEST_MODEL"):

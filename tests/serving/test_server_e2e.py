@@ -27,7 +27,6 @@ from serving import home as home_record
 from tests.conftest import mlops
 from tests.serving.helpers import Http, Server, example_bytes, publish
 
-pytestmark = pytest.mark.e2e
 
 MODEL = "/v1/models/taxi"
 
