@@ -167,6 +167,22 @@ def pytest_configure(config):
         config.pluginmanager.register(_AirflowOnlyWithTheMarker(), "mlops-airflow-guard")
 
 
+def pytest_collection_finish(session):
+    from tests import prepared
+
+    prepared.mark_first_users(session.items)
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests import prepared
+
+    lines = prepared.report()
+    if lines:
+        terminalreporter.section("shared setups (tests/prepared.py)")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 # ---------------------------------------------------------------------------------------- helpers
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from serving import versions
+from tests import prepared
 from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops
 from tests.e2e import webdriver
 
@@ -20,8 +21,8 @@ def _run(home: Path, day, *extra: str, env=None) -> dict:
     return summary
 
 
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory):
+@prepared.setup("runs", lane="pipelines")
+def _runs(tmp_path_factory) -> dict:
     home = make_home(tmp_path_factory.mktemp("e2e"))
     models = home / "serving" / "models" / "taxi"
     # The warm worker the first run starts, and every node it forks, get this as their TMPDIR.
@@ -48,6 +49,12 @@ def runs(tmp_path_factory):
         retained=retained, after_retained=versions.list_versions(models),
         listed=json.loads(mlops(home, "models", "list", "--json").stdout),
     )
+
+
+@pytest.fixture(scope="session")
+def runs(request) -> dict:
+    """The 5 runs below, in one home (tests/prepared.py runs them beside the other shared setups)."""
+    return prepared.result(request, "runs")
 
 
 @pytest.fixture

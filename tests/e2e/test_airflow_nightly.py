@@ -25,6 +25,7 @@ import pytest
 
 from serving import versions
 from pipelines import airflow_env
+from tests import prepared
 from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops
 
 DAY3 = DAY2 + dt.timedelta(days=1)
@@ -82,8 +83,8 @@ class Killer(threading.Thread):
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def nightly(tmp_path_factory):
+@prepared.setup("nightly", lane="airflow")
+def _nightly(tmp_path_factory) -> dict:
     home = make_home(tmp_path_factory.mktemp("airflow"))
     mlops(home, "data", "make-span", "--date", DAY3.isoformat(), "--fault", "missing_column", "--column", "tips")
     bad_span = home / "data" / "incoming" / DAY3.isoformat() / "data.csv"
@@ -115,9 +116,14 @@ def nightly(tmp_path_factory):
         out["bad_span_unchanged"] = bad_span.read_bytes() == bad_bytes
         out["drifted"] = airflow_run(home, DAY4, *LENIENT, env=fast_retry)
         out["after_drifted"] = versions.list_versions(models)
-        yield out
+        return out
     finally:
         mlops(home, "worker", "stop", check=False)
+
+
+@pytest.fixture(scope="module")
+def nightly(request) -> dict:
+    return prepared.result(request, "nightly")
 
 
 def test_first_span_every_task_succeeds_and_version_1_is_pushed(nightly):

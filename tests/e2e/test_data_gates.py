@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from serving import versions
+from tests import prepared
 from tests.conftest import DAY1, FAST_RUN_ARGS, REPO, make_home, mlops, require
 
 # kind -> (the gate that blocks it, the feature the error must name, words naming the fault)
@@ -106,8 +107,8 @@ def _run_id(text: str) -> str:
     return match[1]
 
 
-@pytest.fixture(scope="module")
-def gated(tmp_path_factory):
+@prepared.setup("gated", lane=prepared.MAIN)  # in-process runs: on pytest's thread
+def _gated(tmp_path_factory) -> dict:
     home = make_home(tmp_path_factory.mktemp("gates"))
     models = home / "serving" / "models" / "taxi"
     mlops(home, "run", "--date", DAY1.isoformat(), *FAST_RUN_ARGS, "--auc-floor", "0.5", timeout=1200)
@@ -124,6 +125,11 @@ def gated(tmp_path_factory):
                                  _run_context_verdicts(home, _run_id(out + err)), files_before, _files(folder),
                                  served_before, _served(models))
     return dict(home=home, models=models, outcomes=outcomes)
+
+
+@pytest.fixture(scope="module")
+def gated(request) -> dict:
+    return prepared.result(request, "gated")
 
 
 @pytest.mark.parametrize("kind", list(FAULTS))

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests import prepared
 from tests.conftest import DAY1, FAST_RUN_ARGS, make_home, mlops
 from tests.serving.helpers import feature_rows
 
 
-@pytest.fixture(scope="session")
-def taxi_model(tmp_path_factory) -> dict:
-    """{"home", "model" (a pushed SavedModel version dir), "rows" (typed feature dicts)}."""
+@prepared.setup("taxi_model", lane="pipelines")
+def _taxi_model(tmp_path_factory) -> dict:
     home = make_home(tmp_path_factory.mktemp("serving"), days=1, end=DAY1)
     reuse = os.environ.get("MLOPS_SERVING_TEST_MODEL")
     if reuse:
@@ -31,6 +31,12 @@ def taxi_model(tmp_path_factory) -> dict:
     rows = feature_rows(home / "data" / "incoming" / DAY1.isoformat() / "data.csv")
     assert len(rows) >= 20
     return {"home": home, "model": model, "rows": rows}
+
+
+@pytest.fixture(scope="session")
+def taxi_model(request) -> dict:
+    """{"home", "model" (a pushed SavedModel version dir), "rows" (typed feature dicts)}."""
+    return prepared.result(request, "taxi_model")
 
 
 @pytest.fixture(scope="session")
