@@ -1,12 +1,14 @@
 """`make up` / `make down` with real Airflow 3 services, driven through the UI, the REST API and a backfill.
 
 One project home (3 small spans) and one set of services, started by `make up` on a free port and
-shared by the tests below, in this order:
+shared by the tests below. The setup (`make up`, the API's list of DAGs right after it, then the
+backfill of the 3 days until its runs are done) runs beside the other shared setups
+(tests/prepared.py); the tests then check, in this order:
   1. `make up` printed the login once, a second `make up` says it is already running, the API
-     refuses requests without a login, both DAGs are paused;
+     refuses requests without a login, both DAGs were paused after `make up`;
   2. headless Chromium logs in as admin and finds every TFX node of the manifest as a task of
      nightly_retrain (screenshot: test-artifacts/airflow-ui-nightly_retrain.png);
-  3. `airflow backfill create` over the 3 days runs them as 3 DAG runs, one after the other, in
+  3. `airflow backfill create` over the 3 days ran them as 3 DAG runs, one after the other, in
      date order, each TFX run ingesting its own day's span; a model is pushed;
   4. `make down` stops every service and the warm worker, and says so again when nothing runs.
 The services are stopped in teardown whatever happens.
@@ -31,6 +33,7 @@ from pipelines.worker import client as worker
 from serving.retention import wait_until_served
 from serving import home as home_record
 from serving import processes
+from tests import prepared
 from tests.conftest import REPO, make_home, mlops, require
 from tests.e2e import webdriver
 
@@ -66,8 +69,19 @@ def make(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           env=dict(os.environ, **SERVING_PORTS))
 
 
-@pytest.fixture(scope="module")
-def airflow_services(tmp_path_factory):
+def _stop(home: Path) -> subprocess.CompletedProcess:
+    down = make("down", f"MLOPS_HOME={home}", timeout=300)
+    if down.returncode != 0:  # still stop what runs, then report
+        services.Services(home).down()
+    return down
+
+
+@prepared.setup("airflow_services", lane="services")
+def _airflow_services(tmp_path_factory) -> dict:
+    """`make up`, what the API says right after it, then the backfill of 3 days until it is done.
+
+    Computed with the other shared setups (tests/prepared.py); the tests below assert on what it
+    recorded and on the services, which run until the module ends."""
     last = last_complete_day(dt.datetime.now(dt.timezone.utc))
     days = [last - dt.timedelta(days=n) for n in (2, 1, 0)]
     home = make_home(tmp_path_factory.mktemp("airflow-services"), days=3, rows=ROWS, end=last)
@@ -76,12 +90,24 @@ def airflow_services(tmp_path_factory):
     try:
         up = make("up", f"MLOPS_HOME={home}", f"AIRFLOW_PORT={port}")
         assert up.returncode == 0, f"make up failed\n{up.stdout}\n{up.stderr}"
-        yield dict(home=home, port=port, url=f"http://127.0.0.1:{port}", days=days, up=up,
+        out = dict(home=home, port=port, url=f"http://127.0.0.1:{port}", days=days, up=up,
                    up_seconds=time.monotonic() - started, password=services.admin_password(home))
+        # Test 1 reads the DAGs as `make up` left them: the backfill below unpauses nightly_retrain.
+        out["dags_after_up"] = api(out, "/api/v2/dags")
+        out["backfill"] = _backfill(out)
+        return out
+    except BaseException:
+        _stop(home)
+        raise
+
+
+@pytest.fixture(scope="module")
+def airflow_services(request):
+    out = prepared.result(request, "airflow_services")
+    try:
+        yield out
     finally:
-        down = make("down", f"MLOPS_HOME={home}", timeout=300)
-        if down.returncode != 0:  # still stop what runs, then report
-            services.Services(home).down()
+        down = _stop(out["home"])
         assert down.returncode == 0, f"make down failed\n{down.stdout}\n{down.stderr}"
 
 
@@ -116,7 +142,7 @@ def test_make_up_prints_the_login_once_is_idempotent_and_keeps_the_api_closed(ai
     status, _ = services.http(airflow_services["url"] + "/auth/token", "POST",
                               {"username": "admin", "password": "wrong"})
     assert status in (401, 403), status
-    status, answer = api(airflow_services, "/api/v2/dags")
+    status, answer = airflow_services["dags_after_up"]
     assert status == 200, answer
     dags = {dag["dag_id"]: dag for dag in answer["dags"]}
     assert {DAG, airflow_env.ROLLBACK_DAG} <= set(dags)
@@ -246,35 +272,51 @@ def _time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-@pytest.mark.timeout(BACKFILL_TIMEOUT + 600)
-def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow_services):
-    home, days = airflow_services["home"], airflow_services["days"]
+def _span_args(days) -> tuple:
+    return ("--from-date", days[0].isoformat(), "--to-date", days[-1].isoformat(),
+            "--train-steps", str(BACKFILL_CONF["train_steps"]), "--eval-steps", str(BACKFILL_CONF["eval_steps"]))
+
+
+def _backfill(airflow_services) -> dict:
+    """Creates the backfill of the 3 days and waits until its runs are done (what the test asserts on)."""
     started = time.monotonic()
-    span_range = ("--from-date", days[0].isoformat(), "--to-date", days[-1].isoformat())
-    steps = ("--train-steps", str(BACKFILL_CONF["train_steps"]), "--eval-steps", str(BACKFILL_CONF["eval_steps"]))
     # `mlops airflow backfill` wraps `airflow backfill create` (retrying SQLite's "database is
     # locked", which the scheduler's writes caused here on CI) and unpauses the DAG: Airflow 3.3
     # does not schedule a paused DAG's runs, backfill runs included.
-    created = mlops(home, "airflow", "backfill", *span_range, *steps, timeout=600)
-    assert f"backfill of {DAG} created: 3 run(s), {days[0]}" in created.stdout, created.stdout
-    assert f"DAG {DAG}: unpaused" in created.stdout, created.stdout
-
+    created = mlops(airflow_services["home"], "airflow", "backfill", *_span_args(airflow_services["days"]),
+                    check=False, timeout=600)
+    out = dict(created=created, runs=[], not_done=None)
+    if created.returncode != 0:
+        return out
     deadline = time.monotonic() + BACKFILL_TIMEOUT
     while True:
-        runs = dag_runs(airflow_services)
+        out["runs"] = runs = dag_runs(airflow_services)
         backfill = [run for run in runs if run["run_type"] == "backfill"]
         if len(backfill) == 3 and all(run["state"] in ("success", "failed") for run in backfill):
             break
-        assert time.monotonic() < deadline, f"backfill not done after {BACKFILL_TIMEOUT}s: " + ", ".join(
-            f"{run['run_id']}={run['state']}" for run in runs)
-        time.sleep(10)
-    elapsed = time.monotonic() - started
-    print(f"backfill of 3 spans took {elapsed:.0f}s")
+        if time.monotonic() >= deadline:
+            out["not_done"] = f"backfill not done after {BACKFILL_TIMEOUT}s: " + ", ".join(
+                f"{run['run_id']}={run['state']}" for run in runs)
+            break
+        time.sleep(2)
+    out["seconds"] = time.monotonic() - started
+    return out
+
+
+def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow_services):
+    home, days = airflow_services["home"], airflow_services["days"]
+    created, runs = airflow_services["backfill"]["created"], airflow_services["backfill"]["runs"]
+    assert created.returncode == 0, created.stdout + created.stderr
+    assert f"backfill of {DAG} created: 3 run(s), {days[0]}" in created.stdout, created.stdout
+    assert f"DAG {DAG}: unpaused" in created.stdout, created.stdout
+    assert airflow_services["backfill"]["not_done"] is None, airflow_services["backfill"]["not_done"]
+    backfill = [run for run in runs if run["run_type"] == "backfill"]
+    print(f"backfill of 3 spans took {airflow_services['backfill']['seconds']:.0f}s")
 
     assert [run["state"] for run in backfill] == ["success"] * 3, [(r["run_id"], r["state"]) for r in backfill]
     for run in backfill:
         assert {k: run["conf"][k] for k in BACKFILL_CONF} == BACKFILL_CONF, run["conf"]
-    again = mlops(home, "airflow", "backfill", *span_range, *steps, timeout=600)  # idempotent: nothing new
+    again = mlops(home, "airflow", "backfill", *_span_args(days), timeout=600)  # idempotent: nothing new
     assert "nothing to backfill" in again.stdout, again.stdout
     assert len(dag_runs(airflow_services)) == 3
     assert len(runs) == 3, f"a run beside the backfill: {[(r['run_id'], r['run_type']) for r in runs]}"
