@@ -222,6 +222,25 @@ def mlops(home: Path, *args: str, check: bool = True, timeout: int = 900,
     return result
 
 
+def mlops_here(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`mlops` through the CLI's own main() in this process (TFX is imported once, not per call),
+    with mlops()'s guard and result; for commands that run no pipeline (e.g. `dags manifest`)."""
+    import contextlib
+    import io
+
+    from pipelines import cli
+
+    what, needed = command_markers(args)
+    require(needed, what)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["--home", str(home), *args])
+    result = subprocess.CompletedProcess(["mlops", "--home", str(home), *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"mlops {' '.join(args)} exited {code}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
 # --------------------------------------------------------------------------------------- fixtures
 
 

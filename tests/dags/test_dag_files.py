@@ -11,7 +11,7 @@ import json
 import pytest
 
 from pipelines import manifest
-from tests.conftest import REPO, mlops
+from tests.conftest import REPO, mlops_here
 
 MANIFEST = json.loads((REPO / "dags" / "taxi_manifest.json").read_text())
 
@@ -153,7 +153,7 @@ def test_span_date_and_run_id_macros(airflow_python, tmp_path):
 
 
 def test_committed_manifest_matches_the_pipeline(tmp_path):
-    result = mlops(tmp_path, "dags", "manifest", "--check")
+    result = mlops_here(tmp_path, "dags", "manifest", "--check")
     assert "matches the pipeline (13 nodes)" in result.stdout
 
 
@@ -161,13 +161,13 @@ def test_manifest_check_names_what_differs(tmp_path):
     stale = dict(MANIFEST, nodes=[n for n in MANIFEST["nodes"] if n["id"] != "DriftValidator"])
     path = tmp_path / "manifest.json"
     path.write_text(manifest.render(stale))
-    result = mlops(tmp_path, "dags", "manifest", "--check", "--output", str(path), check=False)
+    result = mlops_here(tmp_path, "dags", "manifest", "--check", "--output", str(path), check=False)
     assert result.returncode == 2
     assert "missing nodes ['DriftValidator']" in result.stderr
     assert "mlops dags manifest" in result.stderr
     # Writing fixes it, and writing again is a no-op.
-    assert "wrote" in mlops(tmp_path, "dags", "manifest", "--output", str(path)).stdout
-    assert "unchanged" in mlops(tmp_path, "dags", "manifest", "--output", str(path)).stdout
+    assert "wrote" in mlops_here(tmp_path, "dags", "manifest", "--output", str(path)).stdout
+    assert "unchanged" in mlops_here(tmp_path, "dags", "manifest", "--output", str(path)).stdout
     assert manifest.compare(json.loads(path.read_text()), path) is None
 
 
