@@ -35,6 +35,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Every test home gets its own warm worker; let idle ones go after 2 min, not 15, so a 25-minute
 # suite does not keep a dozen TFX processes (~0.5 GB each) alive.
 os.environ.setdefault("MLOPS_WORKER_IDLE_SECONDS", "120")
+# For a shared setup's home whose tests run more commands there long after the setup (the shared
+# setups run first, tests/prepared.py): its worker stays, and the fixture stops it when they are done.
+KEEP_WORKER = {"MLOPS_WORKER_IDLE_SECONDS": "1800"}
 
 # ---------------------------------------------------------------------------------------- markers
 

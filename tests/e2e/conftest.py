@@ -42,13 +42,15 @@ def _runs(tmp_path_factory) -> dict:
     # (3) plus the one served until 3 loads (2).
     retained = _run(home, DAY2, "--auc-floor", "0.0", "--min-improvement", "-1.0", "--slice-margin", "1.0",
                     "--train-steps", "40", "--keep-versions", "1", env=env)
-    return dict(
+    out = dict(
         home=home, models=models, tmp=tmp, first=first, rerun=rerun, strict=strict, lenient=lenient,
         after_first=after_first, first_saved_model=first_saved_model, after_rerun=after_rerun,
         after_strict=after_strict, after_lenient=after_lenient, lenient_fingerprints=lenient_fingerprints,
         retained=retained, after_retained=versions.list_versions(models),
         listed=json.loads(mlops(home, "models", "list", "--json").stdout),
     )
+    mlops(home, "worker", "stop", check=False)  # no more runs in this home: free its memory now
+    return out
 
 
 @pytest.fixture(scope="session")

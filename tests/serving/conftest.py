@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests import prepared
-from tests.conftest import DAY1, FAST_RUN_ARGS, make_home, mlops
+from tests.conftest import DAY1, FAST_RUN_ARGS, KEEP_WORKER, make_home, mlops
 from tests.serving.helpers import feature_rows
 
 
@@ -25,7 +25,9 @@ def _taxi_model(tmp_path_factory) -> dict:
         model = home / "serving" / "models" / "taxi" / "1"
         shutil.copytree(reuse, model)
     else:
-        mlops(home, "run", "--date", DAY1.isoformat(), *FAST_RUN_ARGS, "--auc-floor", "0.0", timeout=1200)
+        # test_rollback_serving runs and rolls back in this home later: its warm worker stays until then.
+        mlops(home, "run", "--date", DAY1.isoformat(), *FAST_RUN_ARGS, "--auc-floor", "0.0", timeout=1200,
+              env=KEEP_WORKER)
         model = home / "serving" / "models" / "taxi" / "1"
     assert (model / "saved_model.pb").is_file(), f"the pipeline pushed no model to {model.parent}"
     rows = feature_rows(home / "data" / "incoming" / DAY1.isoformat() / "data.csv")
@@ -36,7 +38,9 @@ def _taxi_model(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def taxi_model(request) -> dict:
     """{"home", "model" (a pushed SavedModel version dir), "rows" (typed feature dicts)}."""
-    return prepared.result(request, "taxi_model")
+    model = prepared.result(request, "taxi_model")
+    yield model
+    mlops(model["home"], "worker", "stop", check=False)
 
 
 @pytest.fixture(scope="session")
