@@ -21,6 +21,8 @@ from typing import Dict, FrozenSet, Iterable, Optional, Tuple
 
 import pytest
 
+from pipelines.errors import EXIT_CONFIG
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_PYTHON = Path(sys.executable)
 
@@ -205,7 +207,7 @@ def mlops(home: Path, *args: str, check: bool = True, timeout: int = 900,
 
     A subcommand that runs a pipeline or Airflow (COMMAND_MARKERS) needs the test's marker: without
     it the call is refused, unless the test expects the command to refuse (check=False), in which
-    case it must exit 2 (a usage or configuration error: nothing ran)."""
+    case it must exit EXIT_CONFIG (2: a usage or configuration error, nothing ran)."""
     what, needed = command_markers(args)
     missing = missing_markers(needed) if needed else frozenset()
     if missing and check:
@@ -217,8 +219,9 @@ def mlops(home: Path, *args: str, check: bool = True, timeout: int = 900,
         timeout=timeout,
         env={**os.environ, **env} if env else None,
     )
-    if missing and result.returncode != 2:
-        raise AssertionError(f"{refusal(what, missing)} (it ran: exit {result.returncode}, not the 2 of a refusal)"
+    if missing and result.returncode != EXIT_CONFIG:
+        raise AssertionError(f"{refusal(what, missing)} (it ran: exit {result.returncode}, not the "
+                             f"{EXIT_CONFIG} of a refusal)"
                              f"\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     if check and result.returncode != 0:
         raise AssertionError(f"mlops {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
