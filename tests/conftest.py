@@ -89,9 +89,15 @@ def markers_for(fixturenames: Iterable[str]) -> FrozenSet[str]:
 def pytest_collection_modifyitems(config, items):
     # Called for every collected item, components/*/*_test.py included (this hook is not per directory).
     for item in items:
-        for marker in sorted(markers_for(getattr(item, "fixturenames", ()))):
+        implied = markers_for(getattr(item, "fixturenames", ()))
+        by_hand = {m.name for m in item.iter_markers() if m.name in MARKERS} - implied
+        if by_hand:  # the table stays the single source: a fixture says what a test needs
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked {', '.join(sorted(by_hand))} by hand: use a fixture instead "
+                f"({'; '.join(f'{m}: {FIXTURE_FOR[m]}' for m in sorted(by_hand))}; FIXTURE_MARKERS in tests/conftest.py)")
+        for marker in sorted(implied):
             item.add_marker(marker)
-        _MARKS[item.nodeid] = frozenset(m.name for m in item.iter_markers() if m.name in MARKERS)
+        _MARKS[item.nodeid] = implied
 
 
 def _current_test() -> Optional[Tuple[str, str]]:
