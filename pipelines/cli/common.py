@@ -44,9 +44,9 @@ def project_paths(args):
 
 def project_config(args):
     """Config for commands that work on the project's state (or its shape), not on one span."""
-    from pipelines.config import PipelineConfig, ProjectPaths
+    from pipelines.config import PipelineConfig
 
-    return PipelineConfig.for_project(ProjectPaths.from_env(args.home), dt.date(1970, 1, 1))
+    return PipelineConfig.for_project(project_paths(args), dt.date(1970, 1, 1))
 
 
 def require_metadata(config):
@@ -58,11 +58,11 @@ def require_metadata(config):
 def pipeline_config(args):
     import dataclasses
 
-    from pipelines.config import (DEFAULT_KEEP_VERSIONS, DataGateConfig, GateConfig, PipelineConfig, ProjectPaths,
+    from pipelines.config import (DEFAULT_KEEP_VERSIONS, DataGateConfig, GateConfig, PipelineConfig,
                                   span_fingerprint)
     from pipelines.data import latest_span
 
-    paths = ProjectPaths.from_env(args.home)
+    paths = project_paths(args)
     span_date = args.date or latest_span(paths.data_root)
     data_gates = DataGateConfig.load(paths.gates_path)
     if getattr(args, "warn_drift", None):

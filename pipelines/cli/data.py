@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from pipelines.cli.common import date_arg, yesterday
+from pipelines.cli.common import date_arg, project_paths, yesterday
 
 def cmd_data_seed(args) -> int:
-    from pipelines.config import ProjectPaths
     from pipelines.data import SeedPlan, seed
 
-    paths = ProjectPaths.from_env(args.home)
+    paths = project_paths(args)
     plan = SeedPlan(end=args.end or yesterday(), days=args.days, rows_per_day=args.rows_per_day, seed=args.seed)
     seed(paths.data_root, plan, overwrite=args.overwrite)
     return 0
 
 
 def cmd_data_make_span(args) -> int:
-    from pipelines.config import ProjectPaths
     from pipelines.data import DEFAULT_SEVERITY, FaultSpec, make_span
 
-    paths = ProjectPaths.from_env(args.home)
+    paths = project_paths(args)
     fault = FaultSpec(args.fault, args.column, args.severity)
     path = make_span(paths.data_root, args.date, fault, rows=args.rows, seed_value=args.seed, overwrite=args.overwrite)
     target = f" on {fault.target}" if fault.target and fault.kind != "none" else ""
