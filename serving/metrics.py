@@ -3,7 +3,7 @@
 | metric | type | labels |
 |---|---|---|
 | mlops_serving_requests_total | counter | model, version, method (predict/classify/regress/metadata/status), code (HTTP status; gRPC mapped to it), api (rest/grpc) |
-| mlops_serving_request_latency_seconds | histogram | model, method, api |
+| mlops_serving_request_latency_seconds | histogram | model, version, method, api |
 | mlops_serving_loaded_version | gauge | model: newest loaded version (0: none) |
 | mlops_serving_loaded_versions | gauge | model: how many versions are loaded |
 | mlops_serving_model_load_failures_total | counter | model |
@@ -34,7 +34,7 @@ class ServingMetrics:
         )
         self.latency = Histogram(
             "mlops_serving_request_latency_seconds", "Model server request latency (body read to response)",
-            ("model", "method", "api"), buckets=LATENCY_BUCKETS, registry=self.registry,
+            ("model", "version", "method", "api"), buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.loaded_version = Gauge(
             "mlops_serving_loaded_version", "Newest loaded version of the model (0: none)", ("model",),
@@ -83,7 +83,7 @@ class ServingMetrics:
             with self._lock:
                 children = (
                     self.requests.labels(model, "" if version is None else str(version), method, str(code), api),
-                    self.latency.labels(model, method, api),
+                    self.latency.labels(model, "" if version is None else str(version), method, api),
                 )
                 if len(self._children) < 10000:
                     self._children[key] = children

@@ -348,7 +348,7 @@ def test_prometheus_metrics(contract):
     text = raw.decode()
     assert 'mlops_serving_requests_total{api="rest",code="200",method="predict",model="taxi",version="2"}' in text
     assert 'mlops_serving_requests_total{api="rest",code="404",method="predict",model="unknown",version=""}' in text
-    assert 'mlops_serving_request_latency_seconds_bucket{api="rest",le="0.005",method="predict",model="taxi"}' in text
+    assert 'mlops_serving_request_latency_seconds_bucket{api="rest",le="0.005",method="predict",model="taxi",version="2"}' in text
     assert 'mlops_serving_loaded_version{model="taxi"} 2.0' in text
     assert 'mlops_serving_model_load_failures_total{model="taxi"} 0.0' in text
     assert 'mlops_serving_requests_total{api="grpc",code="200",method="predict",model="taxi",version="1"}' in text
