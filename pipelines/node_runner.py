@@ -2,7 +2,8 @@
 
 This is the loop body of TFX's LocalDagRunner.run_with_ir for a single node id, so caching,
 drivers, resolvers and ML Metadata publishing behave exactly as in stock TFX. The in-process
-runner (`mlops run`) calls it for every node in order; the Airflow tasks call it for one.
+runner (`mlops run`) calls it for every node in order; the Airflow tasks call it for one. Each
+node's duration and outcome then go to the Pushgateway when one is configured (pipelines/monitor.py).
 """
 
 from __future__ import annotations
@@ -74,14 +75,23 @@ def run_node(ir, node_id: str) -> NodeResult:
         executor_spec=runner_utils.extract_executor_spec(deployment_config, node_id),
         custom_driver_spec=runner_utils.extract_custom_driver_spec(deployment_config, node_id),
     )
-    info = node_launcher.launch()
+    from pipelines.monitor import report_node
+
+    try:
+        info = node_launcher.launch()
+    except Exception:
+        report_node(ir, node_id, "failed", time.monotonic() - started)
+        raise
     seconds = time.monotonic() - started
     if info is None:
+        report_node(ir, node_id, "skipped", seconds)
         return NodeResult(node_id, "skipped", seconds)
     execution_id = getattr(info, "execution_id", None)
     if execution_id is None:
+        report_node(ir, node_id, "complete", seconds)
         return NodeResult(node_id, "complete", seconds)
     status, blocked = _outcome(connection_config, execution_id)
+    report_node(ir, node_id, "blocked" if blocked else status, seconds, connection_config, execution_id)
     if blocked:
         from pipelines.errors import DataError
 

@@ -53,6 +53,9 @@ def _eval_config(config: PipelineConfig):
                     tfma.MetricConfig(class_name="BinaryAccuracy"),
                     tfma.MetricConfig(class_name="BinaryCrossentropy", config='{"name": "loss"}'),
                     tfma.MetricConfig(class_name="ExampleCount"),
+                    # The share of positive labels: 0 or 1 on a slice means AUC is undefined there
+                    # (TFMA reports 0), which the summary and the metrics then say.
+                    tfma.MetricConfig(class_name="MeanLabel", config='{"name": "mean_label"}'),
                 ]
             ),
         ],

@@ -21,9 +21,16 @@ class RunSummary:
     rows: Dict[str, int] = dataclasses.field(default_factory=dict)
     node_states: Dict[str, str] = dataclasses.field(default_factory=dict)
     anomalies: List[str] = dataclasses.field(default_factory=list)
+    # The data gates' findings as recorded: {"kind", "feature", "blocking", "message", ...}.
+    findings: List[dict] = dataclasses.field(default_factory=list)
+    blocked: bool = False  # a data gate blocked the span
     # {feature: {"distance", "threshold", "comparator", "baseline", ...}} from the DriftValidator.
     drift: Dict[str, dict] = dataclasses.field(default_factory=dict)
-    metrics: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    # {slice: {metric: value}} of the candidate; a metric that is undefined on a slice (AUC where every
+    # label is the same class) is None, never 0.
+    metrics: Dict[str, Dict[str, Optional[float]]] = dataclasses.field(default_factory=dict)
+    # The same for the baseline (the served model the candidate was compared with), when there was one.
+    baseline_metrics: Dict[str, Dict[str, Optional[float]]] = dataclasses.field(default_factory=dict)
     blessed: Optional[bool] = None
     blessing_reason: str = ""
     pushed_version: Optional[int] = None
@@ -45,7 +52,7 @@ class RunSummary:
             if slice_name != "overall" and values.get("example_count", 0) < MIN_SHOWN_SLICE_EXAMPLES:
                 small += 1
                 continue
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()) if k != "example_count")
+            shown = ", ".join(f"{k}={_shown(v)}" for k, v in sorted(values.items()) if k not in HIDDEN_METRICS)
             out.append(f"  metrics[{slice_name}] ({values.get('example_count', 0):.0f} examples): {shown}")
         if small:
             out.append(f"  ({small} slices with fewer than {MIN_SHOWN_SLICE_EXAMPLES} examples not shown; --json has them)")
@@ -66,29 +73,51 @@ class RunSummary:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
+# Shown elsewhere (the count) or only used to tell an undefined AUC (the share of positive labels).
+HIDDEN_METRICS = ("example_count", "mean_label")
+# Metrics that need both classes among the labels of a slice.
+NEEDS_BOTH_CLASSES = ("auc",)
+
+
+def _shown(value: Optional[float]) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
+def _with_undefined(values: Dict[str, float]) -> Dict[str, Optional[float]]:
+    """AUC of a slice whose labels are all one class is undefined (TFMA reports 0): None."""
+    mean_label = values.get("mean_label")
+    if mean_label is not None and (mean_label <= 0.0 or mean_label >= 1.0):
+        return {k: (None if k in NEEDS_BOTH_CLASSES else v) for k, v in values.items()}
+    return dict(values)
+
+
 def _slice_name(slice_key) -> str:
     if not slice_key:
         return "overall"
     return ",".join(f"{k}={v}" for k, v in slice_key)
 
 
-def _read_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+def _read_metrics(evaluation_uri: str):
+    """({slice: {metric: value}} of the candidate, the same of the baseline); undefined values are None."""
     import logging
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # TFMA's reader logs a deprecation notice
     import tensorflow_model_analysis as tfma
 
-    out = {}
+    candidate, baseline = {}, {}
     for record in tfma.load_metrics(evaluation_uri):
-        key = tfma.slicer.deserialize_slice_key(record.slice_key)
-        values = {}
+        name = _slice_name(tfma.slicer.deserialize_slice_key(record.slice_key))
+        ours, theirs = {}, {}
         for kv in record.metric_keys_and_values:
-            if kv.key.model_name == "baseline" or kv.key.is_diff:
+            if kv.key.is_diff or not kv.value.HasField("double_value"):
                 continue
-            if kv.value.HasField("double_value"):
-                values[kv.key.name] = kv.value.double_value.value
-        out[_slice_name(key)] = values
-    return out
+            (theirs if kv.key.model_name == "baseline" else ours)[kv.key.name] = kv.value.double_value.value
+        candidate[name] = _with_undefined(ours)
+        if theirs:
+            # TFMA counts examples once per slice, not per model.
+            theirs.setdefault("example_count", ours.get("example_count", 0))
+            baseline[name] = _with_undefined(theirs)
+    return candidate, baseline
 
 
 def read_run_summary(connection_config, run_id: str, pipeline_name: str = "taxi", with_metrics: bool = True) -> RunSummary:
@@ -138,6 +167,9 @@ def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool)
 
         for finding in json.loads(props["findings"].string_value or "[]"):
             summary.anomalies.append(("" if finding.get("blocking") else "(warn) ") + finding["message"])
+            summary.findings.append(finding)
+        if "blocked" in props and props["blocked"].int_value == 1:
+            summary.blocked = True
         if "drift_distances" in props:
             summary.drift = json.loads(props["drift_distances"].string_value or "{}")
     elif type_name == "ModelBlessing":
@@ -145,9 +177,9 @@ def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool)
         summary.blessing_reason = props["reason"].string_value if "reason" in props else ""
     elif type_name == "ModelEvaluation" and with_metrics:
         try:
-            summary.metrics = _read_metrics(artifact.uri)
+            summary.metrics, summary.baseline_metrics = _read_metrics(artifact.uri)
         except Exception:  # noqa: BLE001 -- a skipped evaluation has no metrics file
-            summary.metrics = {}
+            summary.metrics, summary.baseline_metrics = {}, {}
     elif type_name == "PushedModel":
         if "pushed" in props and props["pushed"].int_value == 1:
             summary.pushed_version = props["pushed_version"].int_value
