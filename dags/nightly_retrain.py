@@ -18,6 +18,7 @@ import sys
 import zoneinfo
 from pathlib import Path
 
+from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 from airflow.timetables.interval import CronDataIntervalTimetable
 
@@ -38,6 +39,7 @@ TIMEOUTS = {
 }
 DEFAULT_TIMEOUT = dt.timedelta(minutes=20)
 LAST_NODE = MANIFEST["nodes"][-1]["id"]
+REPORT_TASK = "report_metrics"
 
 
 def span_date(params: dict, dag_run, timezone: str) -> str:
@@ -123,7 +125,10 @@ ML Metadata behave exactly as in TFX.
   1% relative gain, no monitored slice worse by more than the margin); `AtomicPusher` never
   pushes the same model twice, and after a push keeps the newest `keep_versions` (5) version
   directories plus any the server's models.config labels, pins or keeps loaded.
-* The last task's log ends with the run summary (span, rows, metrics, blessing, push).
+* The last node's log ends with the run summary (span, rows, metrics, blessing, push).
+* `report_metrics` (a teardown: it runs whatever the nodes did and never changes the run's state)
+  pushes the run's outcome and metrics to the Pushgateway, which the alert rules read
+  (monitoring/rules/); without a monitoring stack it says so and does nothing.
 
 Trigger with a `date` param to run a given span. Settings: home `{HOME}`, pool `{POOL}`
 (1 slot while ML Metadata is SQLite), {RETRIES} retries with exponential back-off.
@@ -141,3 +146,17 @@ Roll a bad model back with the `model_rollback` DAG or `mlops rollback`.
     for node in MANIFEST["nodes"]:
         for upstream in node["upstream"]:
             tasks[upstream] >> tasks[node["id"]]
+    # A teardown runs whatever the nodes did and does not decide the DAG run's state (a failed
+    # node still fails the run): it pushes the run's outcome to the Pushgateway for the alerts.
+    report = BashOperator(
+        task_id=REPORT_TASK,
+        bash_command=" ".join(shlex.quote(part) for part in [MLOPS, "--home", HOME, "summary", "--push-metrics"])
+        + ' --run-id "{{ tfx_run_id(dag.dag_id, run_id) }}"',
+        pool="default_pool",  # reads ML Metadata only
+        retries=0,
+        execution_timeout=dt.timedelta(minutes=10),
+        doc_md="Pushes the run's outcome (success, failed, blocked, not blessed), its data-gate and evaluation "
+        "metrics to the Pushgateway, read from ML Metadata; prints the run summary.",
+    )
+    list(tasks.values()) >> report
+    report.as_teardown()

@@ -45,6 +45,8 @@ def dagbag(airflow_python, tmp_path_factory):
                         "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
                         "owner": t.owner,
                         "command": t.bash_command,
+                        "is_teardown": t.is_teardown,
+                        "trigger_rule": str(t.trigger_rule.value if hasattr(t.trigger_rule, "value") else t.trigger_rule),
                     }}
                     for t in dag.tasks
                 }},
@@ -61,10 +63,15 @@ def test_both_dags_load_without_import_errors(dagbag):
 
 
 def test_nightly_dag_has_one_task_per_tfx_node_wired_like_the_pipeline(dagbag):
-    tasks = dagbag["dags"]["nightly_retrain"]["tasks"]
-    assert list(tasks) == [n["id"] for n in MANIFEST["nodes"]] or set(tasks) == {n["id"] for n in MANIFEST["nodes"]}
+    tasks = dict(dagbag["dags"]["nightly_retrain"]["tasks"])
+    report = tasks.pop("report_metrics")  # the teardown after every node (below)
+    assert set(tasks) == {n["id"] for n in MANIFEST["nodes"]}
     for node in MANIFEST["nodes"]:
         assert tasks[node["id"]]["upstream"] == sorted(node["upstream"]), node["id"]
+    # The metrics report waits for every node, runs whatever they did, and never fails the run.
+    assert report["upstream"] == sorted(tasks)
+    assert report["is_teardown"] and report["trigger_rule"] == "all_done_setup_success"
+    assert "summary --push-metrics" in report["command"] and "{{ tfx_run_id(dag.dag_id, run_id) }}" in report["command"]
     # The validation gate sits between the data and training: Trainer depends on it transitively.
     assert "DriftValidator" in tasks["Transform"]["upstream"]
 
@@ -77,6 +84,9 @@ def test_nightly_dag_schedule_and_safety_settings(dagbag):
     assert dag["doc_md"] and "mlops" in dag["tags"]
     assert {"date", "train_steps", "auc_floor", "min_improvement", "slice_margin"} <= set(dag["params"])
     for task_id, task in dag["tasks"].items():
+        if task_id == "report_metrics":  # reads ML Metadata only; a teardown without retries
+            assert task["pool"] == "default_pool" and task["retries"] == 0 and task["timeout"]
+            continue
         assert task["pool"] == "mlmd_writers", task_id
         assert task["retries"] >= 1 and task["backoff"], task_id
         assert task["timeout"] and task["timeout"] <= 2 * 3600, task_id

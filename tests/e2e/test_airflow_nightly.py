@@ -131,7 +131,8 @@ def test_first_span_every_task_succeeds_and_version_1_is_pushed(nightly):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     states = result.states
     manifest = json.loads((airflow_env.DAGS_FOLDER / "taxi_manifest.json").read_text())
-    assert set(states) == {n["id"] for n in manifest["nodes"]}
+    # One task per node, and the teardown that pushes the run's metrics.
+    assert set(states) == {n["id"] for n in manifest["nodes"]} | {"report_metrics"}
     assert {row["state"] for row in states.values()} == {"success"}
     assert nightly["after_first"] == [1]
     # The same end-of-run summary as `mlops run`, for the TFX run id derived from the Airflow run.
@@ -206,3 +207,6 @@ def test_a_drifted_span_stops_at_the_drift_gate_after_statistics(nightly):
         assert states[node]["state"] in ("upstream_failed", None, "None", ""), (node, states[node])
     assert "trip_miles: Jensen-Shannon divergence" in result.stdout
     assert nightly["after_drifted"] == [1, 2, 3]
+    # The metrics teardown ran after the gate stopped the run, and the run still failed.
+    assert states["report_metrics"]["state"] == "success"
+    assert "no Pushgateway configured" in result.stdout + result.stderr
