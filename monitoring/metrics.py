@@ -3,12 +3,16 @@
 Pipeline tasks live for seconds to minutes, so Prometheus cannot scrape them: each pushes its
 metrics to the Pushgateway (when one is configured, `pushgateway_url`), and Prometheus scrapes the
 Pushgateway with `honor_labels: true`. A push replaces its group (job + grouping key), so each
-group holds the latest value of everything in it:
+group holds the latest value of everything in it. The data gates' and the evaluation's results
+have groups of their own, so a night that never got that far leaves the last ones in place (and a
+DataGateBlocked alert resolves only when a later span passes the gates):
 
 | job (group)        | grouping key    | pushed by                                  | metrics |
 |--------------------|-----------------|--------------------------------------------|---------|
 | mlops_node         | pipeline, node  | the node runner, after every node          | mlops_node_* |
-| mlops_run          | pipeline        | the end of every run (the DAG's teardown)  | mlops_run_*, mlops_data_*, mlops_model_eval_*, mlops_model_blessed |
+| mlops_run          | pipeline        | the end of every run (the DAG's teardown)  | mlops_run_* |
+| mlops_data         | pipeline        | the end of a run whose data gates ran      | mlops_data_* |
+| mlops_eval         | pipeline        | the end of a run that evaluated a model    | mlops_model_eval_*, mlops_model_blessed |
 | mlops_run_success  | pipeline        | the end of a successful run only           | mlops_run_last_success_timestamp_seconds |
 | mlops_push         | pipeline        | every push and rollback                    | mlops_model_pushed_version, mlops_model_push_timestamp_seconds, mlops_model_rollbacks_total |
 
@@ -60,6 +64,8 @@ PUSH_TIMEOUT = 2.0
 
 JOB_NODE = "mlops_node"
 JOB_RUN = "mlops_run"
+JOB_DATA = "mlops_data"
+JOB_EVAL = "mlops_eval"
 JOB_RUN_SUCCESS = "mlops_run_success"
 JOB_PUSH = "mlops_push"
 
@@ -113,6 +119,8 @@ class RunFacts:
     blessed: Optional[bool] = None
     not_blessed_streak: int = 0
     finished_at: Optional[float] = None
+    gates_ran: bool = True  # the data gates measured the span (else the data group is left as it is)
+    evaluated: bool = True  # the Evaluator ran (else the eval group is left as it is)
 
 
 def span_timestamp(span: str) -> float:
@@ -141,6 +149,12 @@ def run_registry(pipeline: str, facts: RunFacts) -> CollectorRegistry:
     _gauge(registry, "mlops_run_not_blessed_streak", "Consecutive evaluated runs whose model was not blessed",
            ("pipeline",)).labels(pipeline).set(facts.not_blessed_streak)
 
+    return registry
+
+
+def data_registry(pipeline: str, facts: RunFacts) -> CollectorRegistry:
+    """The data gates' findings and drift distances of the run (push it only when the gates ran)."""
+    registry = CollectorRegistry()
     anomalies = _gauge(registry, "mlops_data_anomalies", "Data-gate findings of the last run",
                        ("pipeline", "kind", "feature", "severity"))
     counts: Dict[Tuple[str, str, str], int] = {}
@@ -165,6 +179,12 @@ def run_registry(pipeline: str, facts: RunFacts) -> CollectorRegistry:
         if blocking and kind != "drift":
             blocked.labels(pipeline, kind, feature, "schema").set(1)
 
+    return registry
+
+
+def eval_registry(pipeline: str, facts: RunFacts) -> CollectorRegistry:
+    """The evaluation of the run's candidate against the baseline (push it only when one ran)."""
+    registry = CollectorRegistry()
     auc = _gauge(registry, "mlops_model_eval_auc", "AUC of the candidate and the baseline per slice "
                  "(NaN: undefined, e.g. one class)", ("pipeline", "model", "slice"))
     examples = _gauge(registry, "mlops_model_eval_examples", "Evaluation examples per slice", ("pipeline", "slice"))
@@ -178,6 +198,18 @@ def run_registry(pipeline: str, facts: RunFacts) -> CollectorRegistry:
         _gauge(registry, "mlops_model_blessed", "1 when the last evaluated candidate was blessed",
                ("pipeline",)).labels(pipeline).set(1 if facts.blessed else 0)
     return registry
+
+
+def run_groups(pipeline: str, facts: RunFacts) -> List[Tuple[str, CollectorRegistry]]:
+    """(job, registry) of every group the end of this run replaces, in push order."""
+    groups = [(JOB_RUN, run_registry(pipeline, facts))]
+    if facts.gates_ran:
+        groups.append((JOB_DATA, data_registry(pipeline, facts)))
+    if facts.evaluated:
+        groups.append((JOB_EVAL, eval_registry(pipeline, facts)))
+    if facts.outcome == "success":
+        groups.append((JOB_RUN_SUCCESS, success_registry(pipeline, facts.finished_at)))
+    return groups
 
 
 def success_registry(pipeline: str, finished_at: Optional[float] = None) -> CollectorRegistry:

@@ -25,7 +25,9 @@ from typing import Callable, Dict, Optional
 from monitoring import metrics
 
 ROLLBACK_KIND = "rollback"
-TRIGGER_PROPERTY = "rollback_trigger"  # set by the Pusher on rollbacks (manual unless an alert asked)
+TRIGGER_PROPERTY = "rollback_trigger"
+# The nodes whose verdict the data group reports: one of them ran, so the span was judged.
+GATE_NODES = ("SpanCheck", "DriftValidator")  # set by the Pusher on rollbacks (manual unless an alert asked)
 
 
 def _warn(line: str) -> None:
@@ -163,6 +165,8 @@ def run_facts(summary, store, now: Optional[float] = None) -> metrics.RunFacts:
         blessed=summary.blessed,
         not_blessed_streak=not_blessed_streak(store),
         finished_at=now,
+        gates_ran=any(node in GATE_NODES for node in summary.node_states),
+        evaluated=bool(summary.metrics) or summary.blessed is not None,
     )
 
 
@@ -181,13 +185,11 @@ def report_run(connection_config, pipeline_root: str, run_id: str, pipeline: str
         store = metadata_store.MetadataStore(connection_config)
         summary = read_run_summary(connection_config, run_id, pipeline)
         facts = run_facts(summary, store)
-        problem = metrics.push(url, metrics.JOB_RUN, {"pipeline": pipeline}, metrics.run_registry(pipeline, facts))
-        if problem is None and facts.outcome == "success":
-            problem = metrics.push(url, metrics.JOB_RUN_SUCCESS, {"pipeline": pipeline},
-                                   metrics.success_registry(pipeline, facts.finished_at))
-        if problem:
-            warn(problem)
-            return None
+        for job, registry in metrics.run_groups(pipeline, facts):
+            problem = metrics.push(url, job, {"pipeline": pipeline}, registry)
+            if problem:
+                warn(problem)
+                return None
         return facts.outcome
     except Exception as err:  # noqa: BLE001 -- metrics never fail a run
         warn(f"warning: metrics of run {run_id} not pushed ({metrics.one_line(err)}); the run goes on")

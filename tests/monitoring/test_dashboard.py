@@ -37,7 +37,7 @@ def _registries():
     server.observe("taxi", 1, "predict", 200, 0.004, "rest")
     return [
         metrics.node_registry("taxi", "Trainer", "complete", 3.0, finished_at=1.7e9),
-        metrics.run_registry("taxi", facts),
+        *[registry for _, registry in metrics.run_groups("taxi", facts)],
         metrics.success_registry("taxi", finished_at=1.7e9),
         metrics.push_registry("taxi", "taxi", 3, 1.7e9, {"manual": 1, "alert": 1}),
         server.registry,

@@ -30,12 +30,17 @@ def _facts(**overrides) -> metrics.RunFacts:
     return metrics.RunFacts(**values)
 
 
-def _samples(registry) -> dict:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in registry.collect() for s in f.samples}
+def _samples(*registries) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for registry in registries for f in registry.collect() for s in f.samples}
+
+
+def _all(facts) -> list:
+    return [registry for _, registry in metrics.run_groups("taxi", facts)]
 
 
 def test_run_metrics_carry_outcome_drift_per_baseline_and_the_blocking_feature():
-    samples = _samples(metrics.run_registry("taxi", _facts()))
+    samples = _samples(*_all(_facts()))
     outcome = {dict(k[1])["outcome"]: v for k, v in samples.items() if k[0] == "mlops_run_outcome"}
     assert outcome == {"success": 0, "failed": 0, "blocked": 1, "not_blessed": 0}
     key = ("mlops_data_drift_distance", (("baseline", "previous_span"), ("feature", "trip_miles"), ("pipeline", "taxi")))
@@ -51,7 +56,7 @@ def test_run_metrics_carry_outcome_drift_per_baseline_and_the_blocking_feature()
 
 
 def test_an_undefined_slice_metric_is_nan_never_zero():
-    samples = _samples(metrics.run_registry("taxi", _facts()))
+    samples = _samples(*_all(_facts()))
     cash = samples[("mlops_model_eval_auc", (("model", "candidate"), ("pipeline", "taxi"), ("slice", "payment_type=Cash")))]
     assert math.isnan(cash)
     assert samples[("mlops_model_eval_auc", (("model", "baseline"), ("pipeline", "taxi"), ("slice", "overall")))] == 0.75
@@ -65,8 +70,7 @@ def test_an_undefined_slice_metric_is_nan_never_zero():
 
 
 def test_labels_never_take_a_run_id_or_a_date():
-    registries = [metrics.node_registry("taxi", "Trainer", "complete", 3.0), metrics.run_registry("taxi", _facts()),
-                  metrics.success_registry("taxi"), metrics.push_registry("taxi", "taxi", 3, 1.7e9, {"alert": 1})]
+    registries = [metrics.node_registry("taxi", "Trainer", "complete", 3.0), *_all(_facts(outcome="success")), metrics.push_registry("taxi", "taxi", 3, 1.7e9, {"alert": 1})]
     allowed = {"pipeline", "node", "outcome", "split", "kind", "feature", "severity", "baseline", "model", "slice", "trigger"}
     for registry in registries:
         for family in registry.collect():
@@ -85,10 +89,18 @@ def test_every_rollback_trigger_is_written_so_the_counter_exists_before_it_moves
 
 def test_the_exposition_passes_promtool_check_metrics():
     text = b"".join(generate_latest(r) for r in (
-        metrics.node_registry("taxi", "Trainer", "failed", 3.0), metrics.run_registry("taxi", _facts()),
-        metrics.success_registry("taxi"), metrics.push_registry("taxi", "taxi", 3, 1.7e9, {})))
+        metrics.node_registry("taxi", "Trainer", "failed", 3.0), *_all(_facts(outcome="success")), metrics.push_registry("taxi", "taxi", 3, 1.7e9, {})))
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_a_run_stopped_early_leaves_the_last_gate_and_evaluation_results_in_place():
+    jobs = [job for job, _ in metrics.run_groups("taxi", _facts(outcome="failed", gates_ran=False, evaluated=False))]
+    assert jobs == [metrics.JOB_RUN]
+    jobs = [job for job, _ in metrics.run_groups("taxi", _facts(outcome="blocked", evaluated=False))]
+    assert jobs == [metrics.JOB_RUN, metrics.JOB_DATA]
+    jobs = [job for job, _ in metrics.run_groups("taxi", _facts(outcome="success"))]
+    assert jobs == [metrics.JOB_RUN, metrics.JOB_DATA, metrics.JOB_EVAL, metrics.JOB_RUN_SUCCESS]
 
 
 def test_bad_outcomes_are_refused():
