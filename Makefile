@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: help venvs run test test-fast bench clean up down status browser
+.PHONY: help venvs run test test-fast bench clean up down status browser monitoring
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,14 +49,14 @@ run: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## one nightly cycle through Airflow on the 
 	@test -n "$$(ls -d data/incoming/*/ 2>/dev/null)" || $(VENV)/bin/mlops data seed
 	$(VENV)/bin/mlops airflow run
 
-test: $(TFX_STAMP) $(AIRFLOW_STAMP) browser  ## the whole test suite, what CI runs (fails when no test ran)
+test: $(TFX_STAMP) $(AIRFLOW_STAMP) browser monitoring  ## the whole test suite, what CI runs (fails when no test ran)
 	status=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
 # The markers come from the fixtures a test uses (tests/conftest.py, FIXTURE_MARKERS; pytest.ini).
 FAST_MARKERS := not pipeline and not airflow and not browser
 
-test-fast: $(TFX_STAMP)  ## the tests that run no pipeline, no Airflow and no browser (needs only .venv; a few minutes)
+test-fast: $(TFX_STAMP) monitoring  ## the tests that run no pipeline, no Airflow and no browser (needs only .venv; a few minutes)
 	status=0; $(VENV)/bin/python -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
@@ -68,18 +68,23 @@ bench: $(TFX_STAMP) $(AIRFLOW_STAMP) /usr/bin/h2load  ## benchmarks side by side
 # Airflow's services for a project home (default: this repository): api-server on
 # 127.0.0.1:$(AIRFLOW_PORT) (default 8080), scheduler, dag-processor, triggerer, plus the model server
 # (`mlops serve`, REST 127.0.0.1:8501, gRPC 8500); pid files in var/airflow/run/, logs in var/log/. UNPAUSE=1 also unpauses nightly_retrain.
+# Then the monitoring stack (monitoring/stack.py): Prometheus, Alertmanager, Pushgateway and the alert
+# webhook on 127.0.0.1 (9090, 9093, 9091, 9095 when free), state in var/monitoring/. AUTO_ROLLBACK=1 lets
+# a firing rollback alert trigger the model_rollback DAG, AUTO_ROLLBACK=0 stops that (unset: as the running
+# webhook does; off when it starts).
 MLOPS_HOME ?=
 AIRFLOW_PORT ?=
 UNPAUSE ?=
+AUTO_ROLLBACK ?=
 MLOPS_AT := $(VENV)/bin/mlops $(if $(MLOPS_HOME),--home $(MLOPS_HOME))
 
-up: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## start Airflow (UI on 127.0.0.1:8080, login admin) and the model server (REST 8501, gRPC 8500) in the background; AIRFLOW_PORT=, MLOPS_HOME=, UNPAUSE=1
-	$(MLOPS_AT) airflow up $(if $(AIRFLOW_PORT),--port $(AIRFLOW_PORT)) $(if $(filter 1 yes true,$(UNPAUSE)),--unpause)
+up: $(TFX_STAMP) $(AIRFLOW_STAMP) monitoring  ## start Airflow (UI on 127.0.0.1:8080, login admin), the model server (REST 8501, gRPC 8500) and Prometheus/Alertmanager/Pushgateway/webhook in the background; AIRFLOW_PORT=, MLOPS_HOME=, UNPAUSE=1, AUTO_ROLLBACK=1
+	$(MLOPS_AT) airflow up $(if $(AIRFLOW_PORT),--port $(AIRFLOW_PORT)) $(if $(filter 1 yes true,$(UNPAUSE)),--unpause) $(if $(filter 1 yes true,$(AUTO_ROLLBACK)),--auto-rollback)$(if $(filter 0 no false,$(AUTO_ROLLBACK)),--no-auto-rollback)
 
 down:  ## stop what `make up` started (and the warm worker); MLOPS_HOME=
 	@if [ -x $(VENV)/bin/mlops ]; then $(MLOPS_AT) airflow down; else echo "no $(VENV): nothing can be running"; fi
 
-status:  ## which Airflow services and the model server run, and where
+status:  ## which Airflow services, the model server and the monitoring stack run, and where
 	@$(MLOPS_AT) airflow status || true
 
 # Headless Chromium and its WebDriver for the Airflow UI test (Debian packages); nothing to do
@@ -99,6 +104,17 @@ $(CHROMIUM_BINS) &:
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends nghttp2-client
 
 browser: $(CHROMIUM_BINS)  ## headless Chromium + chromedriver for the UI test (apt-get, once)
+
+# Prometheus (with promtool), Alertmanager (with amtool) and the Pushgateway (Debian packages) for the
+# monitoring stack of `make up` and its tests; nothing to do when all five binaries are installed.
+MONITORING_BINS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool /usr/bin/prometheus-pushgateway
+
+$(MONITORING_BINS) &:
+	@echo "installing Debian's prometheus, prometheus-alertmanager and prometheus-pushgateway (for the monitoring stack)"
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus prometheus-alertmanager prometheus-pushgateway
+
+monitoring: $(MONITORING_BINS)  ## Prometheus, Alertmanager, Pushgateway and their checkers (apt-get, once)
 
 clean:  ## remove environments and all runtime state (var/, pushed models); keeps data/
 	rm -rf $(VENV) $(AIRFLOW_VENV) var serving/models .pytest_cache

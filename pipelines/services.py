@@ -12,6 +12,7 @@ lives under the project home:
     var/airflow/run/model-server.json    its ports
     var/log/model-server.log             its stdout and stderr
     var/airflow/simple_auth_manager_passwords.json.generated   the admin password (mode 600)
+    var/monitoring/                      the monitoring stack started after them (monitoring/stack.py)
 
 Settings, and why:
 
@@ -29,6 +30,10 @@ Settings, and why:
   project homes can run side by side.
 
 The model server (`mlops serve`) starts with them and stops with them: pipelines/model_server.py.
+The monitoring stack (Prometheus, Alertmanager, Pushgateway, the alert webhook: monitoring/stack.py)
+starts after the model server, so that Prometheus's first scrape finds it, and stops first, the
+webhook before anything else, so that alerts about the services `make down` stops trigger no
+rollback. Automatic rollback is off unless `up --auto-rollback` (`make up AUTO_ROLLBACK=1`).
 
 Everything here is the standard library: this module runs in `.venv` (TFX) and drives Airflow's
 Python 3.11 environment only through subprocesses and HTTP.
@@ -45,6 +50,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from monitoring import stack as monitoring_stack
 from pipelines import airflow_env, model_server
 from pipelines.errors import ConfigError
 from pipelines.http import free_port, http, port_free
@@ -184,7 +190,8 @@ class Services:
         return _read_state(self.home).get("url")
 
     def status(self) -> int:
-        """Prints each service; returns 0 when all run and the api-server answers, else 3."""
+        """Prints each service and each part of the monitoring stack; returns 0 when all run and the
+        api-server and the monitoring parts answer, else 3."""
         pids = self.pids()
         url = self.url()
         answer = health(url) if url and pids["api-server"] else None
@@ -195,16 +202,21 @@ class Services:
                 state += f", {answer[key].get('status')}"
             self.emit(f"{service:14} {state:28} log: {log_file(self.home, service)}")
         model_server.status(self.home, self.emit)
-        if all(pids.values()) and answer:
+        parts = monitoring_stack.status(self.home)
+        for line in monitoring_stack.status_lines(parts):
+            self.emit(line)
+        monitoring_ok = all(part.pid and part.ready for part in parts)
+        if all(pids.values()) and answer and monitoring_ok:
             self.emit(f"Airflow UI: {url}/  user: {ADMIN}  password: in {password_file(self.home)}")
             return 0
-        if any(pids.values()):
+        if any(pids.values()) or any(part.pid for part in parts):
             self.emit("some services are not running: `make up` starts the missing ones, `make down` stops all")
         return 3
 
     # -- up
 
-    def up(self, port: Optional[int] = None, unpause: bool = False, timeout: float = START_TIMEOUT) -> int:
+    def up(self, port: Optional[int] = None, unpause: bool = False, auto_rollback: Optional[bool] = None,
+           timeout: float = START_TIMEOUT) -> int:
         pids = self.pids()
         state = _read_state(self.home)
         if all(pids.values()):
@@ -216,6 +228,7 @@ class Services:
                       f"{password_file(self.home)})")
             model_server.start(self.home, self.emit)
             model_server.wait_ready(self.home, self.emit, timeout)
+            self._announce_monitoring(self._start_monitoring(auto_rollback))
             if unpause:
                 self.set_paused(airflow_env.NIGHTLY_DAG, False)
             return 0
@@ -246,13 +259,25 @@ class Services:
         try:
             self._wait_ready(url, timeout)
             model_server.wait_ready(self.home, self.emit, timeout)
+            monitoring = self._start_monitoring(auto_rollback)
         except ConfigError:
             self.down(stop_worker=False, quiet=True)
             raise
         if unpause:
             self.set_paused(airflow_env.NIGHTLY_DAG, False)
         self._announce(url, new_password, unpause)
+        self._announce_monitoring(monitoring)
         return 0
+
+    def _start_monitoring(self, auto_rollback: Optional[bool]) -> dict:
+        """The monitoring stack, after the model server (Prometheus scrapes it); its stack.json record.
+        `auto_rollback` None: as the running webhook does (off when it starts now)."""
+        settings = monitoring_stack.StackSettings.from_env(self.home, auto_rollback=auto_rollback)
+        return monitoring_stack.start(settings, self.emit)
+
+    def _announce_monitoring(self, record: dict) -> None:
+        for line in monitoring_stack.describe(record):
+            self.emit(line)
 
     def _prepare_password_file(self) -> bool:
         """Creates the password file empty, mode 600, if there is none; True when it was created.
@@ -353,6 +378,8 @@ class Services:
 
     def down(self, stop_worker: bool = True, timeout: float = STOP_TIMEOUT, quiet: bool = False) -> int:
         emit = (lambda _: None) if quiet else self.emit
+        # First, the webhook first of all: stopping the model server must not trigger a rollback.
+        monitoring_stack.stop(self.home, emit)
         pids = {service: pid for service, pid in self.pids().items() if pid}
         server = home_record.running_model_server(self.home)
         if server is not None and server.started_by != STARTED_BY_UP:

@@ -15,11 +15,11 @@ import sys
 import warnings
 from typing import List, Optional
 
-from pipelines.cli import airflow, data, docs, models, node, rollback, run, schema, serve
+from pipelines.cli import airflow, data, docs, models, monitoring, node, rollback, run, schema, serve
 from pipelines.errors import EXIT_CONFIG, MlopsError
 
 # In the order `mlops --help` lists them.
-GROUPS = (data, run, node, airflow, rollback, models, serve, schema, docs)
+GROUPS = (data, run, node, airflow, monitoring, rollback, models, serve, schema, docs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,7 +69,7 @@ _DAG_PARAMS = ("train_steps", "eval_steps", "auc_floor", "min_improvement", "sli
 
 _AIRFLOW_OPTION_USERS = {
     "from_date": ("backfill",), "to_date": ("backfill",), "dry_run": ("backfill",), "keep_paused": ("backfill",),
-    "port": ("up",), "unpause": ("up",), "dag": ("pause", "unpause"), "date": ("run",),
+    "port": ("up",), "unpause": ("up",), "auto_rollback": ("up",), "dag": ("pause", "unpause"), "date": ("run",),
     **{name: ("run", "backfill") for name in _DAG_PARAMS},
 }
 
@@ -137,7 +137,7 @@ def _services(home, args) -> int:
     services = Services(home, emit=lambda line: print(line, flush=True))
     command = args.airflow_command
     if command == "up":
-        return services.up(port=args.port, unpause=args.unpause)
+        return services.up(port=args.port, unpause=args.unpause, auto_rollback=args.auto_rollback)
     if command == "down":
         return services.down()
     if command == "status":
@@ -157,8 +157,10 @@ def register(commands) -> None:
         description="`init` prepares AIRFLOW_HOME=var/airflow (database, ML Metadata pool), idempotently. "
         "`run` is one nightly cycle through Airflow: `airflow dags test nightly_retrain <span>`, one task "
         "per TFX node, then the same summary as `mlops run`. `up` starts the api-server (UI), scheduler, "
-        "dag-processor and triggerer in the background (`make up`; pid files and logs under var/), "
-        "`down` stops them and the warm worker, `status` shows them; `pause`/`unpause` a DAG. "
+        "dag-processor and triggerer in the background (`make up`; pid files and logs under var/), then the "
+        "model server and the monitoring stack (Prometheus, Alertmanager, Pushgateway, the alert webhook; "
+        "`mlops monitoring --help`), `down` stops them all and the warm worker, `status` shows each with its "
+        "pid, URL and log; `pause`/`unpause` a DAG. "
         "`backfill --from-date D --to-date D` creates one nightly_retrain run per day (each ingests its "
         "own day's span), oldest first, one at a time, then unpauses the DAG so the scheduler runs them; "
         "days that already have a run are skipped.",
@@ -174,6 +176,10 @@ def register(commands) -> None:
                          help="`backfill`: do not unpause nightly_retrain (the runs wait until it is unpaused)")
     airflow.add_argument("--port", type=int, help="api-server port on 127.0.0.1 for `up` (default: $AIRFLOW_PORT or 8080)")
     airflow.add_argument("--unpause", action="store_true", help="`up`: also unpause nightly_retrain (runs at 02:00)")
+    airflow.add_argument("--auto-rollback", action=argparse.BooleanOptionalAction,
+                         help="`up`: let a firing rollback alert trigger the model_rollback DAG through the alert "
+                              "webhook, or not (default: as the running webhook does; off when it starts now; "
+                              "`make up AUTO_ROLLBACK=1` / `AUTO_ROLLBACK=0`)")
     airflow.add_argument("--dag", action="append", help="`pause`/`unpause`: DAG id, repeatable (default: nightly_retrain)")
     add_run_options(airflow)
     airflow.set_defaults(handler=cmd_airflow)

@@ -9,7 +9,7 @@ from pipelines import cli
 from pipelines.cli import docs
 from pipelines.worker.server import load_entry
 
-GROUPS = ("data", "validate", "run", "summary", "node", "worker", "dags", "airflow", "rollback", "models", "serve",
+GROUPS = ("data", "validate", "run", "summary", "node", "worker", "dags", "airflow", "monitoring", "rollback", "models", "serve",
           "schema", "docs")
 
 

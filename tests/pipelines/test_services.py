@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from monitoring import stack as monitoring_stack
 from pipelines import airflow_env, model_server, services
 from serving import home as home_record
 from serving import processes
@@ -81,7 +82,7 @@ def test_down_and_status_when_nothing_runs(tmp_path):
 
 def test_make_help_lists_up_down_status():
     out = subprocess.run(["make", "-s", "-C", str(REPO), "help"], capture_output=True, text=True, check=True).stdout
-    for target in ("up", "down", "status", "browser"):
+    for target in ("up", "down", "status", "browser", "monitoring"):
         assert any(line.startswith(f"{target}\t") for line in out.splitlines()), target
     assert airflow_env.NIGHTLY_DAG in services.PROJECT_DAGS
 
@@ -117,6 +118,39 @@ def test_model_server_starts_with_no_model_pushed_shows_in_status_and_stops_with
         assert services.http(f"http://127.0.0.1:{rest}/v1/models/taxi", timeout=2)[0] == 0
     finally:
         manager.down(stop_worker=False, quiet=True)
+
+
+def test_up_starts_the_monitoring_stack_status_lists_it_and_down_stops_it_webhook_first(tmp_path, monkeypatch):
+    """What `make up` adds after the model server (issue 21), without starting Airflow itself."""
+    monkeypatch.setenv(monitoring_stack.INTERVAL_ENV, "1")
+    lines = []
+    manager = services.Services(tmp_path, emit=lines.append)
+    try:
+        record = manager._start_monitoring(auto_rollback=True)
+        manager._announce_monitoring(record)
+        assert (record["interval_seconds"], record["auto_rollback"]) == (1, True)
+        for title, part in (("Prometheus:", "prometheus"), ("Alertmanager:", "alertmanager"),
+                            ("Pushgateway:", "pushgateway"), ("alert webhook:", "webhook")):
+            assert any(line.startswith(title) and record[part]["url"] in line for line in lines), (title, lines)
+        assert any("automatic rollback on" in line for line in lines)
+        lines.clear()
+        assert manager.status() == 3  # Airflow is not running
+        for part in monitoring_stack.SHOWN:
+            assert any(line.startswith(part) and f"running (pid {record[part]['pid']})" in line
+                       and f"{record[part]['url']}/, ready" in line and f"log: {record[part]['log']}" in line
+                       for line in lines), (part, lines)
+        lines.clear()
+        manager.down(stop_worker=False)
+        assert lines[0].startswith("stopped webhook"), lines  # before anything an alert could be about
+        assert not any(processes.pid_alive(record[part]["pid"]) for part in monitoring_stack.PARTS)
+        assert not (tmp_path / "var" / "monitoring" / "stack.json").exists()
+    finally:
+        monitoring_stack.stop(tmp_path, lambda _: None)
+
+
+def test_auto_rollback_is_an_option_of_up_only(tmp_path):
+    refused = mlops(tmp_path, "airflow", "status", "--auto-rollback", check=False)
+    assert refused.returncode == 2 and "--auto-rollback is for up" in refused.stderr
 
 
 def test_an_airflow_cli_write_waits_out_a_busy_sqlite_store_instead_of_failing(airflow_project):
