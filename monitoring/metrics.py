@@ -28,6 +28,7 @@ DataGateBlocked alert resolves only when a later span passes the gates):
 | mlops_run_rows | gauge | pipeline, split | rows of the last run's span per split |
 | mlops_run_not_blessed_streak | gauge | pipeline | consecutive evaluated runs, newest first, whose model was not blessed |
 | mlops_run_last_success_timestamp_seconds | gauge | pipeline | when a run last ended in success |
+| mlops_data_span_timestamp_seconds | gauge | pipeline | the span the data gates last judged |
 | mlops_data_anomalies | gauge | pipeline, kind, feature, severity | findings of the data gates (kind schema/drift; severity block/warn) |
 | mlops_data_gate_blocked | gauge | pipeline, kind, feature, baseline | 1 per finding that blocked the span |
 | mlops_data_drift_distance | gauge | pipeline, feature, baseline | drift distance against a baseline (previous_span, served_model_training) |
@@ -155,6 +156,9 @@ def run_registry(pipeline: str, facts: RunFacts) -> CollectorRegistry:
 def data_registry(pipeline: str, facts: RunFacts) -> CollectorRegistry:
     """The data gates' findings and drift distances of the run (push it only when the gates ran)."""
     registry = CollectorRegistry()
+    if facts.span:
+        _gauge(registry, "mlops_data_span_timestamp_seconds", "The span the data gates last judged (its day at "
+               "00:00 UTC)", ("pipeline",)).labels(pipeline).set(span_timestamp(facts.span))
     anomalies = _gauge(registry, "mlops_data_anomalies", "Data-gate findings of the last run",
                        ("pipeline", "kind", "feature", "severity"))
     counts: Dict[Tuple[str, str, str], int] = {}
