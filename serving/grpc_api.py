@@ -4,6 +4,7 @@ ModelService.GetModelStatus, on the protos and stubs of the `tensorflow-serving-
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent import futures
 from typing import Optional, Tuple
@@ -48,10 +49,14 @@ class _Calls:
 
     def __init__(self, api: Api, metrics):
         self.api, self.metrics = api, metrics
+        # The version a call resolved, so an error answered after resolving is counted against it
+        # (the serving alerts roll back by version). One call runs on one thread.
+        self.resolved = threading.local()
 
     def run(self, context, method: str, model: str, fn):
         started = time.perf_counter()
         version = None
+        self.resolved.version = None
         code = "INTERNAL"
         try:
             if method in ("predict", "classify", "regress"):
@@ -70,6 +75,7 @@ class _Calls:
             log.exception("internal error in gRPC %s", method)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}")
         finally:
+            version = version if version is not None else self.resolved.version
             self.metrics.observe(model, version, method, _GRPC_TO_HTTP.get(code, 500),
                                  time.perf_counter() - started, "grpc")
 
@@ -124,7 +130,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def _servable(self, spec):
         version, label = _version_of(spec)
-        return self.api.resolve(spec.name, version, label)
+        servable = self.api.resolve(spec.name, version, label)
+        self.calls.resolved.version = servable.version
+        return servable
 
     def Predict(self, request, context):
         def call():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import signal
 import socket
 import string
@@ -352,6 +353,10 @@ def test_prometheus_metrics(contract):
     assert 'mlops_serving_loaded_version{model="taxi"} 2.0' in text
     assert 'mlops_serving_model_load_failures_total{model="taxi"} 0.0' in text
     assert 'mlops_serving_requests_total{api="grpc",code="200",method="predict",model="taxi",version="1"}' in text
+    # A refused request is counted against the version it reached (the serving alerts roll back by
+    # version), over gRPC as over REST (the garbage request of the gRPC test above).
+    assert re.search(r'mlops_serving_requests_total\{api="grpc",code="400",method="predict",model="taxi",version="\d+"\}',
+                     text), text
 
 
 def _random_json(rng: random.Random, depth: int = 0):
