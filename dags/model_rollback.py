@@ -1,6 +1,8 @@
 """Airflow 3 DAG `model_rollback`: push an earlier blessed model again, on demand, audited.
 
-Trigger it from the UI (or `airflow dags trigger model_rollback --conf '{"reason": "..."}'`).
+Trigger it from the UI (or `airflow dags trigger model_rollback --conf '{"reason": "..."}'`); the alert
+webhook (monitoring/webhook.py) triggers it through the REST API with `trigger: alert` and
+`only_if_serving: <the alerting version>`.
 It runs `mlops rollback` in the TFX environment: the Pusher pushes the chosen earlier model as
 the newest version, and ML Metadata records the execution with who, when, why and what it
 replaced. Imports only Airflow and the standard library. Settings: mlops_common.py.
@@ -25,9 +27,14 @@ from mlops_common import HOME, MLOPS, POOL  # noqa: E402
 
 
 def rollback_args(params: dict) -> str:
-    """`--to N` or `--previous`, then the reason and who asked, shell-quoted."""
+    """`--to N` or `--previous`, the reason, who asked, the trigger and `--only-if-serving V` when
+    given, shell-quoted."""
     target = ["--to", str(int(params["to_version"]))] if params.get("to_version") else ["--previous"]
-    return " ".join(shlex.quote(a) for a in [*target, "--reason", params["reason"], "--by", params["requested_by"]])
+    args = [*target, "--reason", params["reason"], "--by", params["requested_by"],
+            "--trigger", params.get("trigger") or "manual"]
+    if params.get("only_if_serving"):
+        args += ["--only-if-serving", str(int(params["only_if_serving"]))]
+    return " ".join(shlex.quote(a) for a in args)
 
 
 with DAG(
@@ -44,6 +51,12 @@ with DAG(
                             description="pushed version to go back to (empty: the model served before the current one)"),
         "reason": Param("", type="string", minLength=3, description="why the served model is being rolled back"),
         "requested_by": Param("airflow", type="string", minLength=1, description="who asked for it"),
+        "trigger": Param("manual", type="string", enum=["manual", "alert"],
+                         description="what started it, recorded in ML Metadata: manual (a person) or alert "
+                                     "(the alert webhook)"),
+        "only_if_serving": Param(None, type=["null", "integer"], minimum=1,
+                                 description="roll back only if this version is still the one served (empty: "
+                                             "always); a late or repeated alert then does nothing"),
     },
     user_defined_macros={"rollback_args": rollback_args},
     doc_md="""
@@ -57,6 +70,10 @@ model server that `make up` started runs, the task waits until it serves the new
 fails if it does not within 30 s (the push stays recorded; the server's log says why). The
 Pusher's retention applies as after any push (the newest 5 versions and every labelled, pinned or
 served one stay); `mlops models list` shows every push.
+
+`trigger` (manual or alert) is recorded with the push. With `only_if_serving` set, the run rolls
+back only while that version is still the one served, and otherwise succeeds doing nothing: the
+alert webhook sets it to the alerting version, so a late or repeated alert never rolls back further.
 """,
 ) as dag:
     BashOperator(

@@ -6,6 +6,11 @@ the reason and who asked. The old bytes become the newest version directory, so 
 serves the latest version switches to them; the nightly `served_model` resolver follows too,
 because it reads the newest push. Rolling forward again is another push. The Pusher's retention
 (newest 5 versions, plus labelled, pinned and served ones) applies as after any push.
+
+Every rollback records its trigger (`rollback_trigger` on the PushedModel): `manual` (a person, the
+default) or `alert` (the alert webhook, monitoring/webhook.py, through the `model_rollback` DAG).
+`only_if_serving` makes a rollback conditional: it rolls back only while that version is still the
+one served, so a late or repeated alert for a version already replaced never rolls back further.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from pipelines.errors import ConfigError
 
 ROLLBACK_RESOLVER = "rollback_target"
+TRIGGERS = ("manual", "alert")  # what started a rollback (components/pusher/spec.py ROLLBACK_TRIGGERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +41,12 @@ class PushRecord:
     replaced_version: int
     fingerprint: str
     pruned_versions: Tuple[int, ...] = ()  # deleted by the Pusher's retention right after this push
+    trigger: str = ""  # rollbacks: "manual" or "alert"; "" for nightly pushes
+
+    @property
+    def kind_label(self) -> str:
+        """The kind as `mlops models list` shows it: an alert-triggered rollback is "rollback (alert)"."""
+        return f"{self.kind} (alert)" if self.kind == "rollback" and self.trigger == "alert" else self.kind
 
     @classmethod
     def unrecorded(cls, version: int, fingerprint: str = "") -> "PushRecord":
@@ -73,6 +85,8 @@ def list_pushes(connection_config) -> List[PushRecord]:
                 replaced_version=number("replaced_version"),
                 fingerprint=text("model_fingerprint"),
                 pruned_versions=tuple(int(v) for v in text("pruned_versions").split(",") if v),
+                # A rollback recorded before triggers existed was started by hand.
+                trigger=(text("rollback_trigger") or "manual") if text("push_kind") == "rollback" else "",
             )
         )
     return sorted(out, key=lambda p: p.artifact_id)
@@ -114,6 +128,29 @@ def choose_target(pushes: List[PushRecord], to_version: Optional[int],
     return target
 
 
+class NoLongerServed(Exception):
+    """`only_if_serving` names a version that is not the one served any more: nothing to roll back."""
+
+    def __init__(self, version: int, served: Optional[int]):
+        now = f"now {served}" if served is not None else "nothing is pushed"
+        super().__init__(f"version {version} is no longer served ({now}): nothing to roll back")
+        self.version = version
+        self.served = served
+
+
+def check_still_served(pushes: List[PushRecord], only_if_serving: Optional[int],
+                       unrecorded: Optional[PushRecord] = None) -> None:
+    """Raises NoLongerServed unless version `only_if_serving` is the one served (None: no condition).
+
+    What is served is what a rollback replaces: the newest version directory no push records (copied
+    in by hand), else the newest push (a rollback refuses a models.config that would serve anything else)."""
+    if only_if_serving is None:
+        return
+    served = unrecorded or (pushes[-1] if pushes else None)
+    if served is None or served.version != only_if_serving:
+        raise NoLongerServed(only_if_serving, served.version if served else None)
+
+
 def unrecorded_served_version(base, pushes: List[PushRecord]) -> Optional[PushRecord]:
     """The newest version directory under `base` when no push records it (newer than the last push)."""
     from serving.versions import latest_version, model_fingerprint
@@ -150,7 +187,7 @@ def was_blessed(connection_config, model_id: int) -> bool:
     return False
 
 
-def create_rollback_pipeline(config, model_id: int, reason: str, requested_by: str):
+def create_rollback_pipeline(config, model_id: int, reason: str, requested_by: str, trigger: str = "manual"):
     """`rollback_target` (resolves model `model_id` + its blessing) -> AtomicPusher (allow_repush)."""
     from tfx.dsl.components.common.resolver import Resolver
     from tfx.orchestration.pipeline import Pipeline
@@ -176,6 +213,7 @@ def create_rollback_pipeline(config, model_id: int, reason: str, requested_by: s
         requested_by=requested_by,
         keep_versions=config.keep_versions,
         project_home=config.project_home,
+        trigger=trigger,  # recorded by the executor as `rollback_trigger`
     )
     return Pipeline(
         pipeline_name=config.pipeline_name,  # same pipeline: the nightly resolvers see this push
@@ -196,6 +234,7 @@ class RollbackResult:
     reason: str
     requested_by: str
     notes: List[str] = dataclasses.field(default_factory=list)  # what the rollback did not change
+    trigger: str = "manual"  # what started it: "manual" or "alert"
 
     def as_dict(self) -> Dict:
         return dataclasses.asdict(self)
@@ -209,16 +248,22 @@ def rollback(
     progress: Callable[[str], None] = print,
     force: bool = False,
     serving=None,
+    trigger: str = "manual",
+    only_if_serving: Optional[int] = None,
 ) -> RollbackResult:
     """Pushes an earlier model again through the Pusher; returns what happened.
 
-    Raises AlreadyServing (nothing done) when the chosen model is the one being served, and
-    ConfigError for an unknown version, a never-blessed model (unless `force`), or when the model
-    server's models.config (`serving`: a serving.config.ProjectServing) would not serve the push."""
+    Raises AlreadyServing (nothing done) when the chosen model is the one being served,
+    NoLongerServed (nothing done) when `only_if_serving` is set and that version is not the one
+    served any more, and ConfigError for an unknown version, a never-blessed model (unless
+    `force`), or when the model server's models.config (`serving`: a serving.config.ProjectServing)
+    would not serve the push. `trigger` ("manual" or "alert") is recorded with the push."""
     from pipelines.node_runner import compile_pipeline, ensure_state_dirs, node_ids, prepare_process_env, run_node
 
     if not reason or not reason.strip():
         raise ConfigError("a rollback needs a reason", 'pass --reason "why the served model is bad"')
+    if trigger not in TRIGGERS:
+        raise ConfigError(f"unknown rollback trigger {trigger!r}", f"pass one of {', '.join(TRIGGERS)}")
     requested_by = requested_by or getpass.getuser()
     prepare_process_env()
     ensure_state_dirs(config)
@@ -227,6 +272,7 @@ def rollback(
     connection = config.metadata.to_proto()
     pushes = list_pushes(connection)
     unrecorded = unrecorded_served_version(config.serving_model_dir, pushes)
+    check_still_served(pushes, only_if_serving, unrecorded)  # raises NoLongerServed: nothing to do
     target = choose_target(pushes, to_version, unrecorded)  # raises AlreadyServing when there is nothing to do
     served = pushes[-1]
     if not force and not was_blessed(connection, target.model_id):
@@ -234,6 +280,8 @@ def rollback(
             f"model {target.model_id} (version {target.version}) was never blessed by the Evaluator",
             "pick a blessed version (`mlops models list`) or pass --force to push it anyway",
         )
+    if trigger == "alert":
+        progress(f"rollback triggered by an alert, requested by {requested_by}: {reason.strip()}")
     if unrecorded is not None:
         progress(f"rolling back: serving version {unrecorded.version} (not recorded in ML Metadata); "
                  f"pushing version {target.version}'s model {target.model_id} again")
@@ -242,7 +290,8 @@ def rollback(
                  f"pushing version {target.version}'s model {target.model_id} again")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     run_id = f"rollback__{stamp}"
-    ir = compile_pipeline(create_rollback_pipeline(config, target.model_id, reason.strip(), requested_by), run_id)
+    ir = compile_pipeline(create_rollback_pipeline(config, target.model_id, reason.strip(), requested_by, trigger),
+                          run_id)
     for node_id in node_ids(ir):
         result = run_node(ir, node_id)
         progress(f"  {node_id}: {result.status} in {result.seconds:.1f}s")
@@ -262,7 +311,8 @@ def rollback(
     if stale:
         notes.append(f"label(s) {', '.join(stale)} in {serving.config_path} still point at version {replaced_version}: "
                      f"requests by label keep getting that model; move them to version {new.version} to roll them back too")
-    return RollbackResult(run_id, target, served, new.version, replaced_version, reason.strip(), requested_by, notes)
+    return RollbackResult(run_id, target, served, new.version, replaced_version, reason.strip(), requested_by, notes,
+                          trigger)
 
 
 def refuse_unserved_push(serving, to_version: Optional[int]) -> None:

@@ -9,7 +9,8 @@ from tfx.types.standard_component_specs import MODEL_BLESSING_KEY, MODEL_KEY, PU
 
 from components.pusher import executor
 from components.pusher.spec import (ALLOW_REPUSH_KEY, DEFAULT_PUSH_KIND, KEEP_VERSIONS_KEY, PROJECT_HOME_KEY,
-                                    PUSH_BASE_DIRECTORY_KEY, PUSH_KIND_KEY, REASON_KEY, REQUESTED_BY_KEY)
+                                    PUSH_BASE_DIRECTORY_KEY, PUSH_KIND_KEY, REASON_KEY, REQUESTED_BY_KEY,
+                                    TRIGGER_KEY)
 
 
 class AtomicPusherSpec(types.ComponentSpec):
@@ -22,6 +23,8 @@ class AtomicPusherSpec(types.ComponentSpec):
         PUSH_KIND_KEY: component_spec.ExecutionParameter(type=str, optional=True),
         REASON_KEY: component_spec.ExecutionParameter(type=str, optional=True),
         REQUESTED_BY_KEY: component_spec.ExecutionParameter(type=str, optional=True),
+        # Rollbacks: what started it, "manual" or "alert" ("" on nightly pushes).
+        TRIGGER_KEY: component_spec.ExecutionParameter(type=str, optional=True),
         # Retention after a push: keep the newest N versions (0: keep all) and whatever the
         # models.config of this project home labels, pins or keeps loaded.
         KEEP_VERSIONS_KEY: component_spec.ExecutionParameter(type=int, optional=True),
@@ -96,6 +99,7 @@ class AtomicPusher(base_component.BaseComponent):
         requested_by: str = "",
         keep_versions: int = executor.DEFAULT_KEEP_VERSIONS,
         project_home: str = "",
+        trigger: str = "",
     ):
         """Construct an AtomicPusher component.
 
@@ -116,6 +120,8 @@ class AtomicPusher(base_component.BaseComponent):
             fails a push.
           project_home: The project home whose serving/models.config says which versions to
             keep as well (labelled, pinned or loaded); "" reads no models.config.
+          trigger: Rollbacks only, recorded as `rollback_trigger`: "manual" (a person; also what ""
+            records) or "alert" (the alert webhook through the model_rollback DAG).
         """
         super().__init__(
             spec=AtomicPusherSpec(
@@ -128,6 +134,7 @@ class AtomicPusher(base_component.BaseComponent):
                 requested_by=requested_by,
                 keep_versions=int(keep_versions),
                 project_home=project_home,
+                trigger=trigger,
                 pushed_model=types.Channel(type=standard_artifacts.PushedModel),
             )
         )

@@ -18,7 +18,8 @@ from tfx.types.standard_component_specs import MODEL_BLESSING_KEY, MODEL_KEY, PU
 from components.pusher import executor
 from components.pusher.component import AtomicPusher, AtomicPusherSpec
 from components.pusher.spec import (ALLOW_REPUSH_KEY, DEFAULT_PUSH_KIND, KEEP_VERSIONS_KEY, PROJECT_HOME_KEY,
-                                    PUSH_BASE_DIRECTORY_KEY, PUSH_KIND_KEY, REASON_KEY, REQUESTED_BY_KEY)
+                                    PUSH_BASE_DIRECTORY_KEY, PUSH_KIND_KEY, REASON_KEY, REQUESTED_BY_KEY,
+                                    TRIGGER_KEY)
 from serving import versions
 from serving.retention import DEFAULT_KEEP
 
@@ -44,8 +45,8 @@ def test_spec_keys_are_the_constants_and_keep_their_ml_metadata_names():
     assert all(AtomicPusherSpec.INPUTS[key].type is stock.INPUTS[key].type for key in AtomicPusherSpec.INPUTS)
     assert set(AtomicPusherSpec.PARAMETERS) == {
         PUSH_BASE_DIRECTORY_KEY, ALLOW_REPUSH_KEY, PUSH_KIND_KEY, REASON_KEY, REQUESTED_BY_KEY, KEEP_VERSIONS_KEY,
-        PROJECT_HOME_KEY} == {"push_base_directory", "allow_repush", "push_kind", "reason", "requested_by",
-                              "keep_versions", "project_home"}
+        PROJECT_HOME_KEY, TRIGGER_KEY} == {"push_base_directory", "allow_repush", "push_kind", "reason",
+                                           "requested_by", "keep_versions", "project_home", "trigger"}
 
 
 def test_the_component_has_typed_channels_default_properties_and_its_executor():
@@ -55,7 +56,7 @@ def test_the_component_has_typed_channels_default_properties_and_its_executor():
     assert component.outputs[PUSHED_MODEL_KEY].type is standard_artifacts.PushedModel
     assert component.exec_properties == {
         PUSH_BASE_DIRECTORY_KEY: BASE, ALLOW_REPUSH_KEY: 0, PUSH_KIND_KEY: "nightly", REASON_KEY: "",
-        REQUESTED_BY_KEY: "", KEEP_VERSIONS_KEY: DEFAULT_KEEP, PROJECT_HOME_KEY: ""}
+        REQUESTED_BY_KEY: "", KEEP_VERSIONS_KEY: DEFAULT_KEEP, PROJECT_HOME_KEY: "", TRIGGER_KEY: ""}
     assert DEFAULT_PUSH_KIND == "nightly" and DEFAULT_KEEP == executor.DEFAULT_KEEP_VERSIONS
     assert component.executor_spec.executor_class is executor.Executor
     assert component.id == "AtomicPusher"

@@ -29,7 +29,8 @@ from tfx.types.standard_component_specs import MODEL_BLESSING_KEY, MODEL_KEY, PU
 from tfx.utils import path_utils
 
 from components.pusher.spec import (ALLOW_REPUSH_KEY, DEFAULT_PUSH_KIND, KEEP_VERSIONS_KEY, PROJECT_HOME_KEY,
-                                    PUSH_BASE_DIRECTORY_KEY, PUSH_KIND_KEY, REASON_KEY, REQUESTED_BY_KEY)
+                                    PUSH_BASE_DIRECTORY_KEY, PUSH_KIND_KEY, REASON_KEY, REQUESTED_BY_KEY,
+                                    ROLLBACK_TRIGGERS, TRIGGER_KEY)
 from serving import versions
 from serving.retention import DEFAULT_KEEP as DEFAULT_KEEP_VERSIONS
 
@@ -45,6 +46,7 @@ FINGERPRINT = "model_fingerprint"
 REASON = "reason"
 REQUESTED_BY = "requested_by"
 KIND = "push_kind"  # "nightly" or "rollback"
+ROLLBACK_TRIGGER = "rollback_trigger"  # rollbacks only: "manual" (a person) or "alert" (the alert webhook)
 REPLACED_VERSION = "replaced_version"
 PRUNED_VERSIONS = "pruned_versions"  # "3,4": deleted by retention right after this push
 PRUNE_ERROR = "prune_error"
@@ -54,11 +56,12 @@ class Executor(base_executor.BaseExecutor):
     """Pushes the model atomically, once, then applies retention (the AtomicPusher's executor).
 
     Do() reads the `model` input and the optional `model_blessing`, the `push_base_directory`,
-    `allow_repush`, `push_kind`, `reason`, `requested_by`, `keep_versions` and `project_home`
-    execution properties, and the versions already under `push_base_directory`. It writes a new
-    version directory there (unless not blessed or already pushed), deletes the versions
-    retention lets go, and writes the `pushed_model` output (one PushedModel artifact): the
-    custom properties named below and a PUSHED or NOT_PUSHED file in its folder.
+    `allow_repush`, `push_kind`, `reason`, `requested_by`, `trigger` (rollbacks), `keep_versions`
+    and `project_home` execution properties, and the versions already under
+    `push_base_directory`. It writes a new version directory there (unless not blessed or already
+    pushed), deletes the versions retention lets go, and writes the `pushed_model` output (one
+    PushedModel artifact): the custom properties named below and a PUSHED or NOT_PUSHED file in
+    its folder.
     """
 
     def Do(
@@ -74,7 +77,11 @@ class Executor(base_executor.BaseExecutor):
         served_before = versions.latest_version(base)
 
         pushed_model.set_int_custom_property(SOURCE_MODEL_ID, model.id)
-        pushed_model.set_string_custom_property(KIND, exec_properties.get(PUSH_KIND_KEY) or DEFAULT_PUSH_KIND)
+        kind = exec_properties.get(PUSH_KIND_KEY) or DEFAULT_PUSH_KIND
+        pushed_model.set_string_custom_property(KIND, kind)
+        if kind == "rollback":
+            pushed_model.set_string_custom_property(ROLLBACK_TRIGGER,
+                                                    exec_properties.get(TRIGGER_KEY) or ROLLBACK_TRIGGERS[0])
         pushed_model.set_string_custom_property(REQUESTED_BY,
                                                 exec_properties.get(REQUESTED_BY_KEY) or getpass.getuser())
         pushed_model.set_int_custom_property(REPLACED_VERSION, served_before or 0)

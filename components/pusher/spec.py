@@ -15,5 +15,7 @@ REASON_KEY = "reason"  # why this push was asked for ("" = the Evaluator's bless
 REQUESTED_BY_KEY = "requested_by"  # who asked ("" = the user running the executor)
 KEEP_VERSIONS_KEY = "keep_versions"  # retention: keep the newest N versions (0: all)
 PROJECT_HOME_KEY = "project_home"  # whose models.config labels, pins or loads versions to keep
+TRIGGER_KEY = "trigger"  # rollbacks: what started it, "manual" or "alert" (recorded as `rollback_trigger`)
 
 DEFAULT_PUSH_KIND = "nightly"
+ROLLBACK_TRIGGERS = ("manual", "alert")  # the values of TRIGGER_KEY; the first is the default

@@ -38,8 +38,10 @@ def cmd_models_list(args) -> int:
     records = pushes + [PushRecord.unrecorded(version) for version in sorted(on_disk - recorded)]
     # version -> the push after which the Pusher's retention deleted it
     pruned_by = {version: push.version for push in pushes for version in push.pruned_versions}
-    rows = [{**push.__dict__, "on_disk": push.version in on_disk, "serving": push.version == served,
-             "loaded": push.version in loaded,
+    # JSON: `kind` stays "nightly", "rollback" or "unrecorded"; `trigger` says what started a rollback
+    # ("manual" or "alert"; "" for the others); the table shows an alert's rollback as "rollback (alert)".
+    rows = [{**push.__dict__, "kind_label": push.kind_label, "on_disk": push.version in on_disk,
+             "serving": push.version == served, "loaded": push.version in loaded,
              "labels": serving.labels_of(push.version),
              "deleted_by_retention_after": pruned_by.get(push.version) if push.version not in on_disk else None}
             for push in records]
@@ -52,15 +54,16 @@ def cmd_models_list(args) -> int:
         return 0
     by_width = max([2] + [len(row["requested_by"]) for row in rows])
     label_width = max(len(",".join(row["labels"])) for row in rows)
+    kind_width = max([10] + [len(row["kind_label"]) for row in rows])
     labels_head = f"{'labels':{max(6, label_width)}}  " if label_width else ""
-    print(f"{'version':>7}  {'model':>5}  {'kind':10}  {'pushed at (UTC)':19}  {'by':{by_width}}  {labels_head}"
-          f"{'replaced':>8}  reason")
+    print(f"{'version':>7}  {'model':>5}  {'kind':{kind_width}}  {'pushed at (UTC)':19}  {'by':{by_width}}  "
+          f"{labels_head}{'replaced':>8}  reason")
     for row in rows:
         mark = " *" if row["serving"] else " +" if row["loaded"] else "  " if row["on_disk"] else " -"
         replaced = str(row["replaced_version"]) if row["replaced_version"] else ""
         labels = f"{','.join(row['labels']):{max(6, label_width)}}  " if label_width else ""
-        print(f"{row['version']:>7}{mark}{row['model_id'] or '':>5}  {row['kind']:10}  {row['pushed_at'][:19]:19}  "
-              f"{row['requested_by']:{by_width}}  {labels}{replaced:>8}  {row['reason']}"
+        print(f"{row['version']:>7}{mark}{row['model_id'] or '':>5}  {row['kind_label']:{kind_width}}  "
+              f"{row['pushed_at'][:19]:19}  {row['requested_by']:{by_width}}  {labels}{replaced:>8}  {row['reason']}"
               + (f" (deleted by retention after version {row['deleted_by_retention_after']})"
                  if row["deleted_by_retention_after"] else ""))
     print("* = served to requests that name no version; + = loaded too; - = no longer on disk; "
@@ -144,7 +147,10 @@ def register(commands) -> None:
     models = commands.add_parser("models", help="pushed model versions")
     models_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     models_list = models_commands.add_parser(
-        "list", help="every push (nightly or rollback) with version, model, who, when, why"
+        "list", help="every push (nightly or rollback) with version, model, who, when, why",
+        description="Every push: version, source model, kind (nightly, rollback, or 'rollback (alert)' for one "
+        "an alert triggered; --json: `kind` and `trigger`), when (UTC), by whom, labels, the version it replaced "
+        "and why, with marks for what is served.",
     )
     models_list.add_argument("--json", action="store_true", help="print JSON")
     models_list.add_argument(

@@ -11,7 +11,7 @@ from pipelines.errors import ConfigError
 def cmd_rollback(args) -> int:
     import json
 
-    from pipelines.rollback import AlreadyServing, rollback
+    from pipelines.rollback import AlreadyServing, NoLongerServed, rollback
 
     if args.no_server and (args.server or args.wait is not None):
         raise ConfigError("--no-server does not go with --server or --wait", "pick one")
@@ -30,9 +30,13 @@ def cmd_rollback(args) -> int:
         server = found.rest_url if found else None
     try:
         result = rollback(config, None if args.previous else args.to, args.reason, args.by,
-                          progress=(lambda _: None) if args.json else print, force=args.force, serving=serving)
+                          progress=(lambda _: None) if args.json else print, force=args.force, serving=serving,
+                          trigger=args.trigger, only_if_serving=args.only_if_serving)
     except AlreadyServing as done:
         print(json.dumps({"already_serving": done.served.version}) if args.json else str(done))
+        return 0
+    except NoLongerServed as gone:
+        print(json.dumps({"no_longer_served": gone.version, "served": gone.served}) if args.json else str(gone))
         return 0
     waited = None
     if server:
@@ -49,7 +53,8 @@ def cmd_rollback(args) -> int:
     else:
         print(f"rolled back: version {result.new_version} now serves model {result.target.model_id} "
               f"(the model of version {result.target.version}), replacing version {result.replaced_version}; "
-              f"by {result.requested_by}: {result.reason} [run {result.run_id}]")
+              f"by {result.requested_by}{' (alert)' if result.trigger == 'alert' else ''}: {result.reason} "
+              f"[run {result.run_id}]")
         for note in result.notes:
             print(f"note: {note}")
         if waited is not None:
@@ -75,14 +80,25 @@ def register(commands) -> None:
         "version, recording who, when, why and which version it replaced. Refuses unknown versions and "
         "models the Evaluator never blessed (unless --force); rolling back to the model already served "
         "does nothing and exits 0. Refuses, before pushing, when the server's models.config would not serve a "
-        "new version (a `specific` policy pins versions: change the pins there instead). `mlops models list` "
-        "shows the versions.",
+        "new version (a `specific` policy pins versions: change the pins there instead). With --only-if-serving V "
+        "it rolls back only while version V is the one served, else says so and exits 0 (what an alert-triggered "
+        "rollback uses, so that a late or repeated alert never rolls back further). `mlops models list` shows the "
+        "versions.",
     )
     target = rollback_parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--previous", action="store_true", help="the model served before the current one")
     target.add_argument("--to", type=int, metavar="VERSION", help="the model of this pushed version")
     rollback_parser.add_argument("--reason", required=True, help="why (recorded in ML Metadata)")
     rollback_parser.add_argument("--by", help="who asked (default: the current user)")
+    rollback_parser.add_argument(
+        "--trigger", choices=("manual", "alert"), default="manual",
+        help="what started the rollback, recorded in ML Metadata and shown by `mlops models list`: manual (a "
+             "person; the default) or alert (the alert webhook, through the model_rollback DAG)")
+    rollback_parser.add_argument(
+        "--only-if-serving", type=int, metavar="VERSION",
+        help="roll back only if this version is still the one served (the newest push, or a newer version "
+             "directory copied in by hand); otherwise print 'version V is no longer served (now N): nothing to roll "
+             "back' and exit 0")
     rollback_parser.add_argument("--json", action="store_true", help="print the result as JSON")
     rollback_parser.add_argument(
         "--force", action="store_true", help="push the model even if the Evaluator never blessed it"

@@ -118,6 +118,51 @@ def test_rollback_dag_is_manual_with_reason_and_target_params(dagbag):
     assert " rollback " in dag["tasks"]["rollback"]["command"]
 
 
+def test_the_alert_webhooks_conf_passes_the_rollback_dags_params_to_the_cli(dagbag, airflow_python, tmp_path):
+    """The conf monitoring/webhook.py sends, validated by the DAG's params as Airflow does, becomes a
+    `mlops rollback` command line that the real parser accepts; a bad trigger is refused."""
+    import shlex
+
+    from monitoring.webhook import rollback_conf
+    from pipelines.cli import build_parser
+
+    assert {"to_version", "reason", "requested_by", "trigger", "only_if_serving"} <= set(
+        dagbag["dags"]["model_rollback"]["params"])
+    alert_conf = rollback_conf("ServingErrorRateHigh fired for model taxi version 4 since 2026-12-06T01:02:03Z: "
+                               "7% of requests fail (value 0.07, fingerprint f4)", 4)
+    out = airflow_python(
+        f"""
+        import copy, json, importlib.util
+        spec = importlib.util.spec_from_file_location("rollback_dag", {str(REPO / 'dags' / 'model_rollback.py')!r})
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+
+        def args_for(conf):
+            params = copy.deepcopy(mod.dag.params)
+            try:
+                params.update(conf)
+                return mod.rollback_args(params.validate())
+            except Exception as err:
+                return "refused: " + type(err).__name__
+        print(json.dumps({{
+            "alert": args_for({alert_conf!r}),
+            "manual": args_for({{"reason": "bad model", "to_version": 2}}),
+            "bad_trigger": args_for({{"reason": "bad model", "trigger": "pager"}}),
+            "bad_version": args_for({{"reason": "bad model", "only_if_serving": "four"}}),
+        }}))
+        """,
+        tmp_path,
+    )
+    assert out["bad_trigger"].startswith("refused") and out["bad_version"].startswith("refused"), out
+    assert shlex.split(out["manual"]) == ["--to", "2", "--reason", "bad model", "--by", "airflow", "--trigger", "manual"]
+    alert_args = shlex.split(out["alert"])
+    assert alert_args == ["--previous", "--reason", alert_conf["reason"], "--by", "alertmanager", "--trigger", "alert",
+                          "--only-if-serving", "4"]
+    parsed = build_parser().parse_args(["rollback", *alert_args])
+    assert (parsed.previous, parsed.trigger, parsed.only_if_serving, parsed.by) == (True, "alert", 4, "alertmanager")
+    assert parsed.reason == alert_conf["reason"]
+
+
 @pytest.mark.parametrize("module", ["nightly_retrain", "model_rollback"])
 def test_importing_a_dag_module_leaves_tensorflow_and_tfx_out(airflow_python, tmp_path, module):
     out = airflow_python(

@@ -3,7 +3,8 @@
 import pytest
 
 from pipelines.errors import ConfigError
-from pipelines.rollback import AlreadyServing, PushRecord, choose_target, refuse_unserved_push
+from pipelines.rollback import (AlreadyServing, NoLongerServed, PushRecord, check_still_served, choose_target,
+                                refuse_unserved_push)
 from serving.config import ProjectServing
 
 
@@ -59,6 +60,32 @@ def test_a_served_version_no_push_records_needs_an_explicit_target():
     # A hand copy of model 101's bytes does serve model 101: nothing to do.
     with pytest.raises(AlreadyServing, match="version 5 already serves model 101"):
         choose_target(HISTORY, 1, push(0, 5, 0, "a", kind="unrecorded"))
+
+
+def test_only_if_serving_rolls_back_only_while_that_version_is_served():
+    check_still_served(HISTORY, None)  # no condition
+    check_still_served(HISTORY, 3)  # version 3 is the newest push: roll back
+    # A late alert for version 2 (replaced by 3 since): nothing to do, and the message says what serves.
+    with pytest.raises(NoLongerServed, match=r"^version 2 is no longer served \(now 3\): nothing to roll back$") as gone:
+        check_still_served(HISTORY, 2)
+    assert (gone.value.version, gone.value.served) == (2, 3)
+    # The same alert again after its rollback pushed version 4: no second rollback.
+    after = HISTORY + [push(40, 4, 102, "b", kind="rollback")]
+    with pytest.raises(NoLongerServed, match=r"version 3 is no longer served \(now 4\)"):
+        check_still_served(after, 3)
+    # A newer directory copied in by hand is what is served.
+    with pytest.raises(NoLongerServed, match=r"\(now 5\)"):
+        check_still_served(HISTORY, 3, push(0, 5, 0, "x", kind="unrecorded"))
+    check_still_served(HISTORY, 5, push(0, 5, 0, "x", kind="unrecorded"))
+    with pytest.raises(NoLongerServed, match=r"version 1 is no longer served \(nothing is pushed\)"):
+        check_still_served([], 1)
+
+
+def test_an_alert_triggered_rollback_is_shown_as_such():
+    manual = PushRecord(40, 4, 102, "rollback", "why", "who", "", 3, "b", trigger="manual")
+    alerted = PushRecord(41, 5, 103, "rollback", "why", "alertmanager", "", 4, "c", trigger="alert")
+    assert [p.kind_label for p in (HISTORY[0], manual, alerted)] == ["nightly", "rollback", "rollback (alert)"]
+    assert HISTORY[0].trigger == "" and PushRecord.unrecorded(7).trigger == ""
 
 
 def serving_config(home, policy: str, base: str = "serving/models/taxi"):

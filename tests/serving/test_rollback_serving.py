@@ -82,10 +82,19 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
     assert home_record.running_model_server(home) is None, "a stopped server stays registered"
 
     pushes = json.loads(mlops(home, "models", "list", "--json").stdout)
-    assert [(p["version"], p["kind"]) for p in pushes] == [(1, "nightly"), (2, "nightly"), (3, "rollback")]
+    assert [(p["version"], p["kind"], p["trigger"]) for p in pushes] == [(1, "nightly", ""), (2, "nightly", ""),
+                                                                        (3, "rollback", "manual")]
     last = pushes[-1]
     assert (last["reason"], last["requested_by"], last["replaced_version"]) == ("too many tips predicted", "oncall", 2)
     assert last["model_id"] == pushes[0]["model_id"] and last["serving"]
+
+    # A late alert for version 2, which the rollback above replaced: the alert's rollback (the
+    # model_rollback DAG run the alert webhook triggers) does nothing and succeeds.
+    late = mlops(home, "rollback", "--previous", "--reason", "ServingErrorRateHigh fired for version 2", "--by",
+                 "alertmanager", "--trigger", "alert", "--only-if-serving", "2", "--no-server")
+    assert late.stdout.strip().splitlines()[-1] == "version 2 is no longer served (now 3): nothing to roll back", \
+        late.stdout
+    assert len(json.loads(mlops(home, "models", "list", "--json").stdout)) == 3, "the late alert rolled back"
 
     # A version directory that no push explains (copied in by hand) is served all the same, so
     # `models list` shows it, marked served, instead of marking nothing.
@@ -127,15 +136,25 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             nobody = probe.getsockname()[1]
+        # (Triggered by an alert for version 3, which is still served: it rolls back.)
         done = mlops(home, "rollback", "--to", "2", "--reason", "labels stay", "--by", "oncall",
-                     "--server", f"http://127.0.0.1:{nobody}", "--wait", "1", check=False)
+                     "--server", f"http://127.0.0.1:{nobody}", "--wait", "1", "--trigger", "alert",
+                     "--only-if-serving", "3", check=False)
         assert done.returncode == 1, done
         assert "did not serve version 4 within 1s (the push is done and recorded" in done.stderr, done.stderr
         assert "version 4 now serves" in done.stdout, done.stdout
         assert "note: label(s) stable in " in done.stdout and "still point at version 3" in done.stdout, done.stdout
+        assert "by oncall (alert): labels stay" in done.stdout, done.stdout
         table = mlops(home, "models", "list").stdout
         assert "policy latest 1, labels stable -> 3" in table, table
         assert any(line.split()[:2] == ["4", "*"] for line in table.splitlines()), table
+        # The alert-triggered rollback is shown as such (ML Metadata's rollback_trigger), the manual one is not.
+        assert any(line.split()[:5] == ["4", "*", str(pushes[1]["model_id"]), "rollback", "(alert)"]
+                   for line in table.splitlines()), table
+        assert not any("(alert)" in line for line in table.splitlines() if line.split()[:1] == ["3"]), table
+        listed = json.loads(mlops(home, "models", "list", "--json").stdout)
+        assert [(p["version"], p["kind"], p["trigger"], p["kind_label"]) for p in listed][2:] == [
+            (3, "rollback", "manual", "rollback"), (4, "rollback", "alert", "rollback (alert)")]
         assert any(line.split()[0] == "3" and "stable" in line.split() for line in table.splitlines()), table
     finally:
         config.unlink()
