@@ -273,18 +273,32 @@ def pushgateway_url(home: Optional[Path]) -> Optional[str]:
     return ((record.get("pushgateway") or {}).get("url") or "").rstrip("/") or None
 
 
+# url -> when a push to it last failed: this process skips it for a while, so a Pushgateway that is
+# down costs one timeout and one warning line, not one per node of an in-process run.
+_FAILED_AT: Dict[str, float] = {}
+SKIP_AFTER_FAILURE_SECONDS = 300.0
+
+
 def push(url: Optional[str], job: str, grouping_key: Mapping[str, str], registry: CollectorRegistry,
          timeout: float = PUSH_TIMEOUT) -> Optional[str]:
     """Replaces the group's metrics on the Pushgateway at `url`. Never raises: returns the warning to
-    print when the Pushgateway did not take them (monitoring down never fails a run), else None."""
+    print when the Pushgateway did not take them (monitoring down never fails a run), else None.
+    After a failure, pushes to the same URL from this process are skipped silently for
+    SKIP_AFTER_FAILURE_SECONDS (the first warning said it)."""
     if not url:
+        return None
+    failed_at = _FAILED_AT.get(url)
+    if failed_at is not None and time.monotonic() - failed_at < SKIP_AFTER_FAILURE_SECONDS:
         return None
     from prometheus_client import push_to_gateway
 
     try:
         push_to_gateway(url, job=job, grouping_key=dict(grouping_key), registry=registry, timeout=timeout)
     except Exception as err:  # noqa: BLE001 -- any failure of the push is a warning, never the run's failure
-        return f"warning: metrics of {job} {dict(grouping_key)} not pushed to {url} ({one_line(err)}); the run goes on"
+        _FAILED_AT[url] = time.monotonic()
+        return (f"warning: metrics not pushed to the Pushgateway at {url} ({one_line(err)}); the run goes on "
+                f"without them (later pushes from this process are skipped for {SKIP_AFTER_FAILURE_SECONDS:.0f}s)")
+    _FAILED_AT.pop(url, None)
     return None
 
 

@@ -49,7 +49,7 @@ def enabled() -> bool:
 def code_fingerprint() -> str:
     """Changes whenever a source file of the project changes (so a stale worker is not used)."""
     digest = hashlib.sha1(sys.executable.encode())
-    for package in ("pipelines", "components", "serving"):  # what a node imports
+    for package in ("pipelines", "components", "serving", "monitoring"):  # what a node imports
         for path in sorted((REPO / package).rglob("*.py")):
             stat = path.stat()
             digest.update(f"{path}:{stat.st_mtime_ns}:{stat.st_size}".encode())

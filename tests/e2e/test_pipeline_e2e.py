@@ -33,6 +33,8 @@ def test_first_run_pushes_version_1_and_reports_the_run(runs):
         assert first["node_states"][node] == "complete"
         assert f"] {node} complete in" in first["progress"]
     assert runs["first_saved_model"]
+    # Its Pushgateway was down: one warning line, and the run went on (pushed, exit 0).
+    assert first["stderr"].count("warning: metrics not pushed to the Pushgateway") == 1, first["stderr"][-3000:]
 
 
 def test_rerun_of_the_same_span_is_cached_and_pushes_nothing(runs):

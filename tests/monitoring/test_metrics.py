@@ -7,6 +7,7 @@ import json
 import math
 import socket
 import subprocess
+import time
 
 import pytest
 from prometheus_client.exposition import generate_latest
@@ -120,8 +121,12 @@ def test_a_pushgateway_that_is_down_gives_one_warning_and_never_raises():
     url = f"http://127.0.0.1:{_closed_port()}"
     warning = metrics.push(url, metrics.JOB_NODE, {"pipeline": "taxi", "node": "Trainer"},
                            metrics.node_registry("taxi", "Trainer", "complete", 1.0), timeout=1.0)
-    assert warning.startswith("warning: metrics of mlops_node") and url in warning and "the run goes on" in warning
+    assert warning.startswith("warning: metrics not pushed") and url in warning and "the run goes on" in warning
     assert "\n" not in warning
+    # One warning per process: the next pushes to that URL are skipped without another timeout.
+    started = time.monotonic()
+    assert metrics.push(url, metrics.JOB_RUN, {"pipeline": "taxi"}, metrics.success_registry("taxi")) is None
+    assert time.monotonic() - started < 0.5
     assert metrics.push(None, metrics.JOB_NODE, {}, metrics.success_registry("taxi")) is None
 
 

@@ -37,12 +37,12 @@ def test_a_change_to_any_package_a_node_imports_retires_the_warm_worker(tmp_path
     """The socket name carries a fingerprint of the code: an edited file means a new worker."""
     from pipelines.worker import protocol
 
-    for package in ("pipelines", "components", "serving"):
+    for package in ("pipelines", "components", "serving", "monitoring"):
         (tmp_path / package).mkdir()
         (tmp_path / package / "module.py").write_text("x = 1\n")
     monkeypatch.setattr(protocol, "REPO", tmp_path)
     before = protocol.code_fingerprint()
-    for package in ("pipelines", "components", "serving"):
+    for package in ("pipelines", "components", "serving", "monitoring"):
         (tmp_path / package / "module.py").write_text(f"x = 2  # {package} changed\n")
         after = protocol.code_fingerprint()
         assert after != before, f"a change under {package}/ keeps the old worker"
