@@ -9,7 +9,10 @@ backfill of the 3 days until its runs are done) runs beside the other shared set
   2. headless Chromium logs in as admin and finds every TFX node of the manifest as a task of
      nightly_retrain (screenshot: test-artifacts/airflow-ui-nightly_retrain.png);
   3. `airflow backfill create` over the 3 days ran them as 3 DAG runs, one after the other, in
-     date order, each TFX run ingesting its own day's span; a model is pushed;
+     date order, each TFX run ingesting its own day's span; a model is pushed each night;
+  3b. the monitoring stack `make up` started (1 s intervals, AUTO_ROLLBACK=1) scraped the runs; a
+     drifted span fires DataGateBlocked; errors after a push fire ServingErrorRateHigh and the
+     webhook rolls back through the model_rollback DAG, once; every dashboard query has data;
   4. `make down` stops every service and the warm worker, and says so again when nothing runs.
 The services are stopped in teardown whatever happens.
 """
@@ -23,6 +26,7 @@ import struct
 import subprocess
 import time
 import urllib.parse
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -32,6 +36,7 @@ from pipelines import airflow_env, services
 from pipelines.worker import client as worker
 from serving.retention import wait_until_served
 from serving import home as home_record
+from serving import versions
 from serving import processes
 from tests import prepared
 from tests.conftest import REPO, make_home, mlops, require
@@ -41,9 +46,13 @@ ROWS = 1500
 DAG = airflow_env.NIGHTLY_DAG
 MANIFEST = json.loads((REPO / "dags" / "taxi_manifest.json").read_text())
 NODE_IDS = [node["id"] for node in MANIFEST["nodes"]]
-EDGES = {f"{upstream}-{node['id']}" for node in MANIFEST["nodes"] for upstream in node["upstream"]}
+# The DAG's tasks: one per node, wired as the manifest says, then the report_metrics teardown after all of them.
+TASK_IDS = [*NODE_IDS, "report_metrics"]
+EDGES = ({f"{upstream}-{node['id']}" for node in MANIFEST["nodes"] for upstream in node["upstream"]}
+         | {f"{node_id}-report_metrics" for node_id in NODE_IDS})
 SCREENSHOT = REPO / "test-artifacts" / "airflow-ui-nightly_retrain.png"
-BACKFILL_CONF = {"train_steps": 30, "eval_steps": 5}
+# Every night's model is pushed (no gain needed), so versions 1-3 exist for the alert-driven rollback below.
+BACKFILL_CONF = {"train_steps": 30, "eval_steps": 5, "auc_floor": 0.0, "min_improvement": -1.0, "slice_margin": 1.0}
 BACKFILL_TIMEOUT = 20 * 60  # 3 runs of 3-5 min each on 2 cores
 # `make up` without rebuilding the environments even if a stamp looks stale while tests run.
 MAKE = ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/.built", "-o", ".venv-airflow/.built"]
@@ -60,13 +69,15 @@ def last_complete_day(now: dt.datetime) -> dt.date:
 
 # The model server `make up` starts beside Airflow gets free ports, not 8501/8500.
 SERVING_PORTS = {"MLOPS_SERVING_REST_PORT": str(services.free_port()), "MLOPS_SERVING_GRPC_PORT": str(services.free_port())}
+# The monitoring stack `make up` starts scrapes and evaluates every second here (15 s by default).
+MONITORING = {"MLOPS_MONITORING_INTERVAL_SECONDS": "1"}
 
 
 def make(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     if args[0] == "up":
         require({"airflow"}, "`make up`")
     return subprocess.run([*MAKE, *args], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **SERVING_PORTS))
+                          env=dict(os.environ, **SERVING_PORTS, **MONITORING))
 
 
 def _stop(home: Path) -> subprocess.CompletedProcess:
@@ -88,7 +99,7 @@ def _airflow_services(tmp_path_factory) -> dict:
     port = services.free_port()
     started = time.monotonic()
     try:
-        up = make("up", f"MLOPS_HOME={home}", f"AIRFLOW_PORT={port}")
+        up = make("up", f"MLOPS_HOME={home}", f"AIRFLOW_PORT={port}", "AUTO_ROLLBACK=1")
         assert up.returncode == 0, f"make up failed\n{up.stdout}\n{up.stderr}"
         out = dict(home=home, port=port, url=f"http://127.0.0.1:{port}", days=days, up=up,
                    up_seconds=time.monotonic() - started, password=services.admin_password(home))
@@ -228,10 +239,10 @@ def test_ui_login_shows_every_tfx_node_of_nightly_retrain(airflow_services, chro
         browser.find("button[value=graph]").click()
         def graph_drawn():
             nodes, edges = graph_on_page(browser)
-            return (nodes, edges) if set(nodes) >= set(NODE_IDS) and set(edges) >= EDGES else None
+            return (nodes, edges) if set(nodes) >= set(TASK_IDS) and set(edges) >= EDGES else None
 
-        nodes, edges = browser.wait_for(graph_drawn, timeout=60, what=f"the graph to draw {NODE_IDS} and {EDGES}")
-        assert sorted(nodes) == sorted(NODE_IDS) and set(edges) == EDGES, (nodes, edges)
+        nodes, edges = browser.wait_for(graph_drawn, timeout=60, what=f"the graph to draw {TASK_IDS} and {EDGES}")
+        assert sorted(nodes) == sorted(TASK_IDS) and set(edges) == EDGES, (nodes, edges)
         browser.wait_for(layout_settled(browser), timeout=30, interval=0.5, what="the graph layout to settle")
         png = browser.screenshot(SCREENSHOT)
     width, height, distinct = png_facts(png)
@@ -274,7 +285,7 @@ def _time(text: str) -> dt.datetime:
 
 def _span_args(days) -> tuple:
     return ("--from-date", days[0].isoformat(), "--to-date", days[-1].isoformat(),
-            "--train-steps", str(BACKFILL_CONF["train_steps"]), "--eval-steps", str(BACKFILL_CONF["eval_steps"]))
+            *[arg for key, value in BACKFILL_CONF.items() for arg in (f"--{key.replace('_', '-')}", str(value))])
 
 
 def _backfill(airflow_services) -> dict:
@@ -345,6 +356,148 @@ def test_backfill_runs_the_three_spans_one_at_a_time_in_date_order(airflow_servi
     assert server is not None and server.base_path.resolve() == models.resolve(), server
     waited = wait_until_served(server.rest_url, "taxi", pushed[-1], timeout=60)
     assert waited is not None, f"the make-up model server does not serve version {pushed[-1]}"
+
+
+# ----------------------------------------------------------------------------------- 3b. monitoring and alerts
+# The monitoring stack `make up` started (Prometheus, Alertmanager, Pushgateway, the webhook; every
+# second here) watched the backfill. Then: a drifted span fires DataGateBlocked, a server answering
+# errors after a push fires ServingErrorRateHigh, and the webhook (AUTO_ROLLBACK=1) rolls the model
+# back through the model_rollback DAG, audited with the alert as its reason.
+
+
+def stack(airflow_services) -> dict:
+    return json.loads((airflow_services["home"] / "var" / "monitoring" / "stack.json").read_text())
+
+
+def prom(airflow_services, query: str) -> list:
+    url = stack(airflow_services)["prometheus"]["url"].rstrip("/")
+    status, answer = services.http(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': query})}")
+    assert status == 200 and answer["status"] == "success", (query, status, answer)
+    return answer["data"]["result"]
+
+
+def firing(airflow_services, alertname: str) -> list:
+    url = stack(airflow_services)["prometheus"]["url"].rstrip("/")
+    status, answer = services.http(f"{url}/api/v1/alerts")
+    assert status == 200, answer
+    return [a for a in answer["data"]["alerts"] if a["labels"]["alertname"] == alertname and a["state"] == "firing"]
+
+
+def wait_for(what: str, probe, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
+        time.sleep(1)
+
+
+def test_the_monitoring_stack_scraped_every_nightly_run(airflow_services):
+    record = stack(airflow_services)
+    for part in ("prometheus", "alertmanager", "pushgateway", "webhook"):
+        assert record[part]["url"].startswith("http://127.0.0.1:"), record
+    for job in ("prometheus", "alertmanager", "pushgateway", "model_server"):
+        assert [float(r["value"][1]) for r in prom(airflow_services, f'up{{job="{job}"}}')] == [1.0], job
+    # The last-success time moved with each of the 3 nights (pushed by the DAG's report_metrics teardown).
+    moves = prom(airflow_services, 'changes(mlops_run_last_success_timestamp_seconds{pipeline="taxi"}[2h])')
+    assert moves and float(moves[0]["value"][1]) >= 2, moves
+    assert [float(r["value"][1]) for r in prom(airflow_services, 'mlops_run_outcome{outcome="success"}')] == [1.0]
+    # Every node of the manifest pushed its duration, with no instance label and the node's own group.
+    nodes = {r["metric"]["node"]: r["metric"] for r in prom(airflow_services, "mlops_node_duration_seconds")}
+    assert set(NODE_IDS) <= set(nodes), sorted(nodes)
+    assert all(m["job"] == "mlops_node" and not m.get("instance") for m in nodes.values())
+    assert not firing(airflow_services, "NightlyRetrainFailed")
+    # What Prometheus scrapes passes promtool's lint: the model server's and the Pushgateway's expositions.
+    server = home_record.running_model_server(airflow_services["home"])
+    for url in (f"{server.rest_url}/monitoring/prometheus/metrics", f"{record['pushgateway']['url'].rstrip('/')}/metrics"):
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read()
+        assert b"mlops_" in text, url
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
+        # The Pushgateway's own go_*/pushgateway_* metrics are not ours to fix; ours must be clean.
+        ours = [line for line in (lint.stdout + lint.stderr).decode().splitlines() if line.startswith("mlops_")]
+        assert not ours and (lint.returncode == 0 or "error while linting" not in lint.stderr.decode()), (url, lint)
+
+
+def test_a_drifted_span_fires_data_gate_blocked_naming_the_feature(airflow_services):
+    home = airflow_services["home"]
+    day = airflow_services["days"][-1] + dt.timedelta(days=1)
+    mlops(home, "data", "make-span", "--date", day.isoformat(), "--fault", "drift")
+    run = mlops(home, "run", "--date", day.isoformat(), "--train-steps", "30", "--eval-steps", "5", check=False,
+                timeout=900)
+    assert run.returncode == 3, run.stdout[-3000:] + run.stderr[-3000:]
+    alerts = wait_for("DataGateBlocked firing", lambda: firing(airflow_services, "DataGateBlocked"), 150)
+    assert {a["labels"]["feature"] for a in alerts} == {"trip_miles"}, alerts
+    assert {a["labels"]["baseline"] for a in alerts} <= {"previous_span", "served_model_training"}
+    summary = alerts[0]["annotations"]["summary"]
+    assert "trip_miles" in summary and day.isoformat() in summary, summary
+    assert alerts[0]["annotations"]["runbook_url"].endswith("#datagateblocked")
+
+
+def _alert_rollbacks(home) -> list:
+    pushes = json.loads(mlops(home, "models", "list", "--json").stdout)
+    return [p for p in pushes if p["kind"] == "rollback" and p.get("trigger") == "alert"]
+
+
+def test_serving_errors_after_a_push_roll_back_through_airflow_once(airflow_services):
+    from monitoring import webhook
+
+    home = airflow_services["home"]
+    models = home / "serving" / "models" / "taxi"
+    server = home_record.running_model_server(home)
+    before = sorted(int(p.name) for p in models.iterdir() if p.name.isdigit())
+    assert len(before) >= 2, before
+    bad, previous = before[-1], before[-2]
+    # Requests the pushed model refuses (400), about 20 a second, until a new version serves the
+    # previous model's bytes again.
+    refused = {"instances": [{"trip_miles": "not a number"}]}
+    started = time.monotonic()
+    restored = None
+    while time.monotonic() - started < 240:
+        for _ in range(10):
+            services.http(f"{server.rest_url}/v1/models/taxi:predict", "POST", refused)
+        now = sorted(int(p.name) for p in models.iterdir() if p.name.isdigit())
+        if now[-1] > bad and versions.model_fingerprint(models / str(now[-1])) == versions.model_fingerprint(
+                models / str(previous)):
+            restored = now[-1]
+            if wait_until_served(server.rest_url, "taxi", restored, timeout=30) is not None:
+                break
+        time.sleep(0.5)
+    seconds = time.monotonic() - started
+    assert restored, f"no rollback within {seconds:.0f}s of errors on version {bad}"
+    print(f"errors on version {bad} -> version {restored} (the model of {previous}) served after {seconds:.0f}s")
+    # Audited: a rollback in ML Metadata, asked by Alertmanager, with the alert as its reason.
+    [rollback] = _alert_rollbacks(home)
+    assert rollback["version"] == restored and rollback["requested_by"] == "alertmanager", rollback
+    assert "ServingErrorRateHigh" in rollback["reason"] and f"version {bad}" in rollback["reason"], rollback
+    runs = [r for r in api(airflow_services, "/api/v2/dags/model_rollback/dagRuns")[1]["dag_runs"]]
+    assert len(runs) == 1 and runs[0]["dag_run_id"].startswith("alert__"), runs
+    # The same alert again (Alertmanager resends while it fires): nothing more happens.
+    secret = (home / "var" / "monitoring" / "webhook.secret").read_text().strip()
+    decisions_file = home / "var" / "monitoring" / "webhook" / "decisions.jsonl"
+    decisions = [json.loads(line) for line in decisions_file.read_text().splitlines()]
+    triggered = [d for d in decisions if d["decision"] == "triggered"]
+    assert len(triggered) == 1, decisions
+    first = triggered[0]["alert"]
+    again = webhook.alert(first["alertname"], int(first["version"]), fingerprint=first["fingerprint"],
+                          starts_at=first["startsAt"])
+    status, resent = webhook.send(stack(airflow_services)["webhook"]["url"], secret, [again])
+    assert status == 200 and [d["decision"] for d in resent["decisions"]] == ["already-triggered"], resent
+    assert len(api(airflow_services, "/api/v2/dags/model_rollback/dagRuns")[1]["dag_runs"]) == 1
+    assert len(_alert_rollbacks(home)) == 1
+    # Without the secret: 401, and nothing is decided.
+    status, answer = services.http(stack(airflow_services)["webhook"]["url"].rstrip("/") + "/alerts", "POST",
+                                   {"alerts": []})
+    assert status == 401 and "error" in answer, (status, answer)
+    wait_for("RollbackPerformed firing", lambda: firing(airflow_services, "RollbackPerformed"), 60)
+
+
+def test_every_dashboard_panel_query_returns_data(airflow_services):
+    from monitoring import dashboards
+
+    empty = [(title, expr) for title, expr in dashboards.panel_queries("1m") if not prom(airflow_services, expr)]
+    assert not empty, "panels with no data from the live Prometheus:\n" + "\n".join(f"{t}: {e}" for t, e in empty)
 
 
 # ----------------------------------------------------------------------------------- 4. make down
