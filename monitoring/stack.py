@@ -35,6 +35,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -223,12 +224,24 @@ SHORT_TIMINGS = {"group_wait": "1s", "group_interval": "1s", "repeat_interval": 
 
 
 def _shorten_timings(route: dict, root: bool) -> None:
-    """The root route gets every short timing; a child route only those it sets (the others it inherits)."""
+    """The root route gets every short timing; a child route only those it sets (the others it inherits).
+    A timing already shorter stays (the rollback route's `group_wait: 0s`)."""
     for key, value in SHORT_TIMINGS.items():
-        if root or key in route:
+        if (root or key in route) and (key not in route or _seconds(route[key]) > _seconds(value)):
             route[key] = value
     for child in route.get("routes") or []:
         _shorten_timings(child, root=False)
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def _seconds(duration) -> float:
+    """A Prometheus/Alertmanager duration ("0s", "30s", "1h30m") in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)", str(duration))
+    if not parts or "".join(n + u for n, u in parts) != str(duration).strip():
+        raise ConfigError(f"{duration!r} is not a duration", "write it like 30s, 5m or 1h30m")
+    return sum(float(number) * _UNITS[unit] for number, unit in parts)
 
 
 def _write_config(path: Path, config: dict) -> None:

@@ -365,6 +365,15 @@ def test_the_alertmanager_config_points_the_webhook_receiver_at_this_home(tmp_pa
     committed = yaml.safe_load(stack.ALERTMANAGER_TEMPLATE.read_text()) if stack.ALERTMANAGER_TEMPLATE.is_file() else {}
     slow = stack.alertmanager_config(tmp_path, 15, 9999)
     assert slow["route"].get("group_wait") == (committed.get("route") or {}).get("group_wait")
+    # Short timings never lengthen one: the rollback route's group_wait 0s stays 0s at 1 s intervals.
+    rollback = [r for r in config["route"]["routes"] if r.get("receiver") == stack.WEBHOOK_RECEIVER]
+    assert rollback and rollback[0]["group_wait"] == "0s", config["route"]["routes"]
+
+
+def test_durations_are_read_like_prometheus_does():
+    assert [stack._seconds(d) for d in ("0s", "30s", "1m", "1h30m", "500ms")] == [0, 30, 60, 5400, 0.5]
+    with pytest.raises(stack.ConfigError, match="not a duration"):
+        stack._seconds("soon")
 
 
 def test_the_alertmanager_template_must_have_the_webhook_receiver(tmp_path):
