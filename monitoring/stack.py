@@ -37,8 +37,6 @@ import json
 import os
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -54,7 +52,8 @@ from serving import home as home_record
 from serving.errors import ConfigError
 from serving.files import tail, write_atomic
 from serving.home import HOST, read_json
-from serving.processes import live_pid, pid_alive
+from serving.net import free_port, port_free
+from serving.processes import live_pid, pid_alive, spawn_logged, stop_in_order
 
 REPO = Path(__file__).resolve().parents[1]
 RULES_DIR = REPO / "monitoring" / "rules"
@@ -209,8 +208,8 @@ def alertmanager_config(home: Path, interval: int, webhook_port: int, template: 
     hooks = receivers[0].get("webhook_configs") if receivers else None
     if not hooks:
         raise ConfigError(f"{template} has no receiver {WEBHOOK_RECEIVER!r} with a webhook_configs entry",
-                          f"add it: the stack points its url at the home's webhook and its credentials_file at "
-                          f"the home's secret")
+                          "add it: the stack points its url at the home's webhook and its credentials_file at "
+                          "the home's secret")
     hooks[0]["url"] = f"http://{HOST}:{webhook_port}{WEBHOOK_PATH}"
     http_config = hooks[0].setdefault("http_config", {})
     http_config.setdefault("authorization", {})["credentials_file"] = str(secret_file(home))
@@ -325,26 +324,6 @@ def command(settings: StackSettings, part: str, port: int) -> List[str]:
             *(["--auto-rollback"] if settings.auto_rollback else [])]
 
 
-def _port_free(port: int) -> bool:
-    """Nothing listens on `port` on any interface (pipelines/http.py's test, which this layer cannot import).
-
-    SO_REUSEADDR, as the Go servers set it: connections of a stack stopped a moment ago linger in
-    TIME_WAIT for a minute and must not make a restarted stack move to other ports."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def choose_ports(running: Dict[str, Optional[int]], previous: Optional[Dict[str, int]] = None) -> Dict[str, int]:
     """A running part keeps its port; the others get `previous` (a part restarted now) or their usual
     one when free, else any free one."""
@@ -354,9 +333,9 @@ def choose_ports(running: Dict[str, Optional[int]], previous: Optional[Dict[str,
         if port is None:
             preferred = (previous or {}).get(part) or PREFERRED_PORTS[part]
             taken = set(ports.values())
-            port = preferred if preferred not in taken and _port_free(preferred) else _free_port()
+            port = preferred if preferred not in taken and port_free(preferred) else free_port()
             while port in taken:
-                port = _free_port()
+                port = free_port()
         ports[part] = port
     return ports
 
@@ -374,17 +353,10 @@ def ensure_secret(home: Path) -> Path:
 
 
 def _spawn(settings: StackSettings, part: str, port: int) -> int:
-    log_path = log_file(settings.home, part)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        log.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} monitoring stack: {part} =====\n".encode())
-        log.flush()
-        process = subprocess.Popen(
-            command(settings, part, port), cwd=str(settings.home), stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-    write_atomic(pid_file(settings.home, part), f"{process.pid}\n".encode())
-    return process.pid
+    pid = spawn_logged(command(settings, part, port), log_file(settings.home, part), f"monitoring stack: {part}",
+                       settings.home, dict(os.environ, PYTHONUNBUFFERED="1"))
+    write_atomic(pid_file(settings.home, part), f"{pid}\n".encode())
+    return pid
 
 
 def _status_code(url: str, method: str = "GET", timeout: float = 1.0) -> int:
@@ -520,17 +492,7 @@ def status_lines(parts: List[PartStatus]) -> List[str]:
 
 def _stop_pids(home: Path, pids: Dict[str, int], timeout: float, emit: Callable[[str], None]) -> None:
     """SIGTERM, then SIGKILL of the part's whole session after `timeout`; removes the pid files."""
-    order = [part for part in STOP_ORDER if part in pids]
-    for part in order:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pids[part], signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while any(pid_alive(pids[part]) for part in order) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for part in order:
-        forced = pid_alive(pids[part])
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pids[part], signal.SIGKILL)
+    for part, forced in stop_in_order(pids, list(STOP_ORDER), timeout, poll=0.05).items():
         with contextlib.suppress(OSError):
             pid_file(home, part).unlink()
         emit(f"stopped {part} (pid {pids[part]}){f' with SIGKILL after {timeout:.0f}s' if forced else ''}")

@@ -77,13 +77,12 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from serving.files import write_atomic
+from serving.net import http
 
 ALERTNAMES = ("ServingErrorRateHigh", "ServingLatencyP99High")
 ROLLBACK_DAG = "model_rollback"
@@ -213,25 +212,8 @@ def label_fingerprint(labels: Dict[str, str]) -> str:
 
 def _http(url: str, method: str = "GET", body: Any = None, bearer: Optional[str] = None,
           timeout: float = AIRFLOW_TIMEOUT) -> Tuple[int, Any]:
-    """(status, parsed JSON or text); status 0 when nothing answers."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Accept", "application/json")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    if bearer is not None:
-        request.add_header("Authorization", f"Bearer {bearer}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as err:
-        status, raw = err.code, err.read()
-    except (urllib.error.URLError, OSError):
-        return 0, None
-    try:
-        return status, json.loads(raw or b"null")
-    except ValueError:
-        return status, raw.decode(errors="replace")
+    """(status, parsed JSON or text); status 0 when nothing answers (serving/net.py's client)."""
+    return http(url, method, body, token=bearer, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------------- times and ids

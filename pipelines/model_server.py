@@ -10,7 +10,6 @@ server (serving/home.py) so that `make status`, `make down` and rollbacks find i
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,6 +19,7 @@ from pipelines.http import http, port_free
 from serving import home as home_record
 from serving.files import tail
 from serving.home import HOST, MODEL_SERVER, STARTED_BY_UP, read_json
+from serving.processes import spawn_logged
 
 MODEL_NAME = home_record.DEFAULT_MODEL
 SERVING_REST_PORT = 8501
@@ -62,17 +62,11 @@ def start(home: Path, emit: Callable[[str], None]) -> Optional[int]:
     base = home / "serving" / "models" / MODEL_NAME
     cmd = [str(Path(sys.executable).parent / "mlops"), "--home", str(home), "serve",
            "--model-name", MODEL_NAME, "--host", HOST, "--rest-port", str(rest_port), "--grpc-port", str(grpc_port)]
-    log_path = log_file(home)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     home_record.run_dir(home).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    with open(log_path, "ab") as log:
-        log.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} mlops airflow up: {MODEL_SERVER} =====\n".encode())
-        log.flush()
-        process = subprocess.Popen(cmd, env=env, cwd=str(home), stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    home_record.record_model_server(home, process.pid, rest_port, grpc_port, base, default_config_path(home))
-    return process.pid
+    pid = spawn_logged(cmd, log_file(home), f"mlops airflow up: {MODEL_SERVER}", home, env)
+    home_record.record_model_server(home, pid, rest_port, grpc_port, base, default_config_path(home))
+    return pid
 
 
 def wait_ready(home: Path, emit: Callable[[str], None], timeout: float) -> None:

@@ -44,8 +44,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -57,7 +55,7 @@ from pipelines.http import free_port, http, port_free
 from serving import home as home_record
 from serving.files import tail
 from serving.home import HOST, MODEL_SERVER, STARTED_BY_UP, read_json
-from serving.processes import live_pid, pid_alive
+from serving.processes import live_pid, spawn_logged, stop_in_order
 
 DEFAULT_PORT = 8080
 ADMIN = "admin"
@@ -306,17 +304,10 @@ class Services:
         return tuple(chosen)
 
     def _start(self, service: str, port: int, env: Dict[str, str]) -> int:
-        log_path = log_file(self.home, service)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            log.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} mlops airflow up: {service} =====\n".encode())
-            log.flush()
-            process = subprocess.Popen(
-                _command(service, port), env=env, cwd=str(self.home), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        pid_file(self.home, service).write_text(f"{process.pid}\n")
-        return process.pid
+        pid = spawn_logged(_command(service, port), log_file(self.home, service), f"mlops airflow up: {service}",
+                           self.home, env)
+        pid_file(self.home, service).write_text(f"{pid}\n")
+        return pid
 
     def _wait_ready(self, url: str, timeout: float) -> None:
         """Until every service is healthy and the project's DAGs are parsed (or one dies)."""
@@ -389,17 +380,8 @@ class Services:
             pids[MODEL_SERVER] = pid
         # The scheduler first (no new tasks), the api-server last (running tasks report to it).
         order = [s for s in (MODEL_SERVER, "scheduler", "triggerer", "dag-processor", "api-server") if s in pids]
-        for service in order:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pids[service], signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while any(pid_alive(pids[s]) for s in order) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for service in order:
-            forced = pid_alive(pids[service])
-            # Whatever is left in the service's session (its own children) goes too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pids[service], signal.SIGKILL)
+        # Whatever is left in a service's session after the timeout (its own children) goes too.
+        for service, forced in stop_in_order(pids, order, timeout, poll=0.2).items():
             emit(f"stopped {service} (pid {pids[service]}){' with SIGKILL after ' + str(int(timeout)) + 's' if forced else ''}")
             with contextlib.suppress(OSError):
                 pid_file(self.home, service).unlink()

@@ -1,16 +1,19 @@
 """Is the process a pid file names still ours? (standard library only; Linux /proc)
 
-Used for the home's model-server record (serving/home.py) and for the Airflow services `make up`
-starts (pipelines/services.py): a pid file outlives its process, and the pid may be reused.
+Used for the home's model-server record (serving/home.py), for the Airflow services `make up`
+starts (pipelines/services.py) and for the monitoring stack (monitoring/stack.py): a pid file
+outlives its process, and the pid may be reused. `stop_in_order` stops a set of them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional, Sequence
 
 
 def pid_alive(pid: int) -> bool:
@@ -60,3 +63,37 @@ def live_pid(path: Path, marker: bytes) -> Optional[int]:
     with contextlib.suppress(OSError):
         Path(path).unlink()
     return None
+
+
+def stop_in_order(pids: Dict[str, int], order: List[str], timeout: float, poll: float = 0.1) -> Dict[str, bool]:
+    """SIGTERM to each named process in `order`, a wait of up to `timeout` for all of them, then
+    SIGKILL to the whole session of each (its own children too: each was started in a session of its
+    own). Returns {name: True when it had to be killed}, in `order`."""
+    names = [name for name in order if name in pids]
+    for name in names:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[name], signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(pids[name]) for name in names) and time.monotonic() < deadline:
+        time.sleep(poll)
+    forced = {}
+    for name in names:
+        forced[name] = pid_alive(pids[name])
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pids[name], signal.SIGKILL)
+    return forced
+
+
+def spawn_logged(command: Sequence[str], log_path: Path, banner: str, cwd: Path,
+                 env: Optional[Dict[str, str]] = None) -> int:
+    """Starts `command` in the background, in a session of its own (so stopping it can take its
+    children too), stdout and stderr appended to `log_path` after a `===== <time> <banner> =====`
+    line; returns its pid."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} {banner} =====\n".encode())
+        log.flush()
+        process = subprocess.Popen(list(command), env=env, cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    return process.pid
