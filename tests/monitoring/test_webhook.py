@@ -204,7 +204,10 @@ def push_row(version: int, hours_ago: float, kind: str = "nightly", trigger: str
             else "oncall", "serving": False, "reason": "blessed by the Evaluator"}
 
 
-HISTORY = [push_row(1, 80), push_row(2, 50), push_row(3, 26, kind="rollback", trigger="manual"), push_row(4, 2)]
+def history() -> List[dict]:
+    """Four pushes, their ages counted from now (not from collection: a whole suite runs long before
+    this module's tests do)."""
+    return [push_row(1, 80), push_row(2, 50), push_row(3, 26, kind="rollback", trigger="manual"), push_row(4, 2)]
 
 
 # ------------------------------------------------------------------------------------------ pure parts
@@ -236,7 +239,7 @@ def test_the_payload_helper_builds_what_alertmanager_sends():
 
 
 def test_it_answers_only_with_the_secret_and_survives_bad_input(tmp_path, start_webhook):
-    hook = start_webhook(tmp_path, env=fake_mlops(tmp_path, HISTORY))
+    hook = start_webhook(tmp_path, env=fake_mlops(tmp_path, history()))
     assert hook.ready() == 200
     assert "automatic rollback off (automatic rollback is off: make up AUTO_ROLLBACK=1)" in hook.output()
 
@@ -284,7 +287,7 @@ def _post_raw(url: str, data: bytes, secret: str):
 
 def test_other_alerts_and_resolved_ones_are_ignored_and_recorded(tmp_path, start_webhook, airflow):
     register_airflow(tmp_path, airflow.url)
-    hook = start_webhook(tmp_path, auto_rollback=True, env=fake_mlops(tmp_path, HISTORY))
+    hook = start_webhook(tmp_path, auto_rollback=True, env=fake_mlops(tmp_path, history()))
     status, answer = hook.send(alert("ModelServerDown", version=4, fingerprint="aa"),
                                alert(version=4, status="resolved", fingerprint="bb"),
                                alert("ServingLatencyP99High", version=4, model="other", fingerprint="cc"))
@@ -304,7 +307,7 @@ def test_other_alerts_and_resolved_ones_are_ignored_and_recorded(tmp_path, start
 
 def test_with_automatic_rollback_off_it_only_says_what_it_would_do(tmp_path, start_webhook, airflow):
     register_airflow(tmp_path, airflow.url)
-    hook = start_webhook(tmp_path, env=fake_mlops(tmp_path, HISTORY))
+    hook = start_webhook(tmp_path, env=fake_mlops(tmp_path, history()))
     status, answer = hook.send(alert(version=4, summary="7% of requests fail", value="0.07", fingerprint="f4"),
                                alert("ServingLatencyP99High", version=2, fingerprint="f2"),
                                alert(version=3, fingerprint="f3"),
@@ -357,7 +360,7 @@ def test_automatic_rollback_triggers_the_dag_once_per_alert(tmp_path, start_webh
     (records / "handled.json").write_text(json.dumps({  # the webhook's record from before: old ones go
         "alert__ServingErrorRateHigh__old__20260101T000000Z": {"time": iso(now - dt.timedelta(days=40))},
         "alert__ServingErrorRateHigh__recent__20261201T000000Z": {"time": iso(now - dt.timedelta(days=2))}}))
-    hook = start_webhook(tmp_path, auto_rollback=True, env=fake_mlops(tmp_path, HISTORY))
+    hook = start_webhook(tmp_path, auto_rollback=True, env=fake_mlops(tmp_path, history()))
     starts = "2026-12-06T01:02:03.123456789Z"
     firing = alert(version=4, summary="7% of requests fail", value="0.07", fingerprint="f4", starts_at=starts)
     status, answer = hook.send(firing)
@@ -407,7 +410,7 @@ def test_automatic_rollback_triggers_the_dag_once_per_alert(tmp_path, start_webh
 
 
 def test_when_airflow_is_down_it_answers_503_so_alertmanager_retries(tmp_path, start_webhook):
-    hook = start_webhook(tmp_path, auto_rollback=True, env=fake_mlops(tmp_path, HISTORY))
+    hook = start_webhook(tmp_path, auto_rollback=True, env=fake_mlops(tmp_path, history()))
     firing = alert(version=4, fingerprint="d4", starts_at="2026-12-06T01:02:03Z")
     status, answer = hook.send(firing, alert("DiskFull"))
     assert status == 503, answer
