@@ -76,6 +76,7 @@ def run_node(ir, node_id: str) -> NodeResult:
         custom_driver_spec=runner_utils.extract_custom_driver_spec(deployment_config, node_id),
     )
     from pipelines.monitor import report_node
+    from pipelines.run_context import record_execution
 
     try:
         info = node_launcher.launch()
@@ -90,6 +91,7 @@ def run_node(ir, node_id: str) -> NodeResult:
     if execution_id is None:
         report_node(ir, node_id, "complete", seconds)
         return NodeResult(node_id, "complete", seconds)
+    record_execution(connection_config, execution_id, dict(os.environ))
     status, blocked = _outcome(connection_config, execution_id)
     report_node(ir, node_id, "blocked" if blocked else status, seconds, connection_config, execution_id)
     if blocked:
@@ -169,5 +171,10 @@ def run_one_node(config, run_id: str, node_id: str) -> NodeResult:
     config.check()
     ensure_state_dirs(config)
     ir = compile_for(config, run_id)
+    from pipelines.run_context import record_run
+
     with _pid_file(config, run_id, node_id):
-        return run_node(ir, node_id)
+        try:
+            return run_node(ir, node_id)
+        finally:  # the run's code version and config, also when the node failed or blocked
+            record_run(config.metadata.to_proto(), run_id, config)

@@ -45,6 +45,7 @@ def run_span(
     config.check()
     ensure_state_dirs(config)
     from pipelines.monitor import report_run
+    from pipelines.run_context import record_run
     from pipelines.node_runner import compile_for, node_ids, run_node
     from pipelines.summary import read_run_summary
 
@@ -58,9 +59,11 @@ def run_span(
             result = run_node(ir, node_id)
         except Exception as err:  # noqa: BLE001 -- reported with the summary, then re-raised
             progress(f"[{index}/{len(nodes)}] {node_id} FAILED: {err}")
+            record_run(config.metadata.to_proto(), run_id, config)
             report_run(config.metadata.to_proto(), config.pipeline_root, run_id, config.pipeline_name)
             summary = read_run_summary(config.metadata.to_proto(), run_id, with_metrics=False)
             raise RunFailed(node_id, err, summary) from err
         progress(f"[{index}/{len(nodes)}] {node_id} {result.status} in {result.seconds:.1f}s")
+    record_run(config.metadata.to_proto(), run_id, config)
     report_run(config.metadata.to_proto(), config.pipeline_root, run_id, config.pipeline_name)
     return read_run_summary(config.metadata.to_proto(), run_id)

@@ -140,6 +140,45 @@ def test_first_span_every_task_succeeds_and_version_1_is_pushed(nightly):
     assert "pushed:    version 1" in result.stdout
 
 
+def _recorded(home: Path, run_id: str) -> tuple:
+    """({node: [custom properties of its executions]}, the pipeline_run context's custom properties)."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(home / "var" / "metadata.sqlite")
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(config)
+    context = store.get_context_by_type_and_name("pipeline_run", run_id)
+    assert context is not None, run_id
+    node_type = store.get_context_type("node").id
+    by_node = {}
+    for execution in store.get_executions_by_context(context.id):
+        node = next(c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type)
+        by_node.setdefault(node, []).append({k: v.string_value for k, v in execution.custom_properties.items()
+                                             if k.startswith("airflow_") or k == "code_version"})
+    return by_node, {k: v.string_value for k, v in context.custom_properties.items()}
+
+
+def test_every_execution_records_its_airflow_task_and_the_run_its_code_and_config(nightly):
+    home = nightly["home"]
+    run_id = f"nightly_retrain__{airflow_run_id(nightly['killed'])}"
+    by_node, run = _recorded(home, run_id)
+    for node, executions in by_node.items():
+        for props in executions:
+            assert props["airflow_dag_id"] == "nightly_retrain" and props["airflow_task_id"] == node, (node, props)
+            assert props["airflow_run_id"] == airflow_run_id(nightly["killed"]), props
+            assert props["code_version"].startswith(("git:", "package:")), props
+    # The Trainer killed in its first try finished in the second: its execution says so.
+    assert [p["airflow_try_number"] for p in by_node["Trainer"]][-1] == "2", by_node["Trainer"]
+    config = json.loads(run["run_config"])
+    assert config["span"] == DAY2.isoformat(), config
+    assert config["train_steps"] == int(FAST_RUN_ARGS[FAST_RUN_ARGS.index("--train-steps") + 1]), config
+    assert config["gates"]["min_relative_improvement"] == -1.0, config  # LENIENT's --min-improvement
+    assert {"eval_steps", "strategy", "gates", "schema_sha256"} <= set(config) and len(config["schema_sha256"]) == 16
+    assert run["code_version"] == by_node["Trainer"][-1]["code_version"]
+
+
 def test_same_span_again_pushes_nothing(nightly):
     result = nightly["rerun"]
     assert result.returncode == 0, result.stdout[-4000:]
