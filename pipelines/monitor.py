@@ -171,9 +171,10 @@ def run_facts(summary, store, now: Optional[float] = None) -> metrics.RunFacts:
 
 
 def report_run(connection_config, pipeline_root: str, run_id: str, pipeline: str = "taxi",
-               warn: Callable[[str], None] = _warn) -> Optional[str]:
+               warn: Callable[[str], None] = _warn, summary=None) -> Optional[str]:
     """Pushes the run's outcome, data and model metrics (and, on success, the last-success time).
-    Returns the outcome, or None when no Pushgateway is configured or the push failed. Never raises."""
+    `summary`: the run's RunSummary with its metrics when the caller has read it already (else read
+    here). Returns the outcome, or None when no Pushgateway is configured or the push failed. Never raises."""
     try:
         url = metrics.pushgateway_url(home_of_pipeline_root(pipeline_root))
         if not url:
@@ -183,7 +184,8 @@ def report_run(connection_config, pipeline_root: str, run_id: str, pipeline: str
         from pipelines.summary import read_run_summary
 
         store = metadata_store.MetadataStore(connection_config)
-        summary = read_run_summary(connection_config, run_id, pipeline)
+        if summary is None:
+            summary = read_run_summary(connection_config, run_id, pipeline)
         facts = run_facts(summary, store)
         for job, registry in metrics.run_groups(pipeline, facts):
             problem = metrics.push(url, job, {"pipeline": pipeline}, registry)

@@ -65,5 +65,6 @@ def run_span(
             raise RunFailed(node_id, err, summary) from err
         progress(f"[{index}/{len(nodes)}] {node_id} {result.status} in {result.seconds:.1f}s")
     record_run(config.metadata.to_proto(), run_id, config)
-    report_run(config.metadata.to_proto(), config.pipeline_root, run_id, config.pipeline_name)
-    return read_run_summary(config.metadata.to_proto(), run_id)
+    summary = read_run_summary(config.metadata.to_proto(), run_id)
+    report_run(config.metadata.to_proto(), config.pipeline_root, run_id, config.pipeline_name, summary=summary)
+    return summary

@@ -52,14 +52,15 @@ def cmd_summary(args) -> int:
         from monitoring.metrics import pushgateway_url
         from pipelines.monitor import home_of_pipeline_root, report_run
 
-        # A run with no task that reached ML Metadata is still a run that failed: push it too.
-        outcome = report_run(connection, config.pipeline_root, run_id, config.pipeline_name)
-        if outcome:
-            url = pushgateway_url(home_of_pipeline_root(config.pipeline_root))
-            print(f"run {run_id}: outcome {outcome}, metrics pushed to {url}", file=sys.stderr)
-        elif not pushgateway_url(home_of_pipeline_root(config.pipeline_root)):
+        url = pushgateway_url(home_of_pipeline_root(config.pipeline_root))
+        if not url:
             print("no Pushgateway configured (no monitoring stack runs for this home: `make up`; or set "
                   "MLOPS_PUSHGATEWAY_URL): metrics not pushed", file=sys.stderr)
+        else:
+            # A run with no task that reached ML Metadata is still a run that failed: push it too.
+            outcome = report_run(connection, config.pipeline_root, run_id, config.pipeline_name, summary=summary)
+            if outcome:
+                print(f"run {run_id}: outcome {outcome}, metrics pushed to {url}", file=sys.stderr)
         if not summary.node_states:
             return 0
     if not summary.node_states:
