@@ -234,6 +234,17 @@ def mlops(home: Path, *args: str, check: bool = True, timeout: int = 900,
     return result
 
 
+def readonly_store(home: Path):
+    """The home's ML Metadata store (var/metadata.sqlite), opened read-only: what a test inspects."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(home / "var" / "metadata.sqlite")
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(config)
+
+
 def mlops_here(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """`mlops` through the CLI's own main() in this process (TFX is imported once, not per call),
     with mlops()'s guard and result; for commands that run no pipeline (e.g. `dags manifest`)."""

@@ -26,7 +26,7 @@ import pytest
 from serving import versions
 from pipelines import airflow_env
 from tests import prepared
-from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops
+from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops, readonly_store
 
 DAY3 = DAY2 + dt.timedelta(days=1)
 DAY4 = DAY3 + dt.timedelta(days=1)
@@ -142,13 +142,7 @@ def test_first_span_every_task_succeeds_and_version_1_is_pushed(nightly):
 
 def _recorded(home: Path, run_id: str) -> tuple:
     """({node: [custom properties of its executions]}, the pipeline_run context's custom properties)."""
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = str(home / "var" / "metadata.sqlite")
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
+    store = readonly_store(home)
     context = store.get_context_by_type_and_name("pipeline_run", run_id)
     assert context is not None, run_id
     node_type = store.get_context_type("node").id

@@ -39,7 +39,7 @@ from serving import home as home_record
 from serving import versions
 from serving import processes
 from tests import prepared
-from tests.conftest import REPO, make_home, mlops, require
+from tests.conftest import REPO, make_home, mlops, readonly_store, require
 from tests.e2e import webdriver
 
 ROWS = 1500
@@ -262,13 +262,7 @@ def dag_runs(airflow_services) -> list:
 
 def mlmd_windows(home: Path, run_ids: list) -> dict:
     """{TFX run id: (first execution created, last execution updated)} in ms, from ML Metadata."""
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = str(home / "var" / "metadata.sqlite")
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
+    store = readonly_store(home)
     windows = {}
     for run_id in run_ids:
         context = store.get_context_by_type_and_name("pipeline_run", run_id)

@@ -22,7 +22,7 @@ import pytest
 
 from serving import versions
 from tests import prepared
-from tests.conftest import DAY1, FAST_RUN_ARGS, KEEP_WORKER, REPO, make_home, mlops, require
+from tests.conftest import DAY1, FAST_RUN_ARGS, KEEP_WORKER, REPO, make_home, mlops, readonly_store, require
 
 # kind -> (the gate that blocks it, the feature the error must name, words naming the fault)
 FAULTS = {
@@ -84,13 +84,7 @@ def _run_in_process(home: Path, day: dt.date, *extra: str):
 
 
 def _run_context_verdicts(home: Path, run_id: str) -> list:
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = str(home / "var" / "metadata.sqlite")
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
+    store = readonly_store(home)
     context = store.get_context_by_type_and_name("pipeline_run", run_id)
     found = []
     for artifact in store.get_artifacts_by_context(context.id) if context else []:
