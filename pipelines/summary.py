@@ -75,49 +75,10 @@ class RunSummary:
 
 # Shown elsewhere (the count) or only used to tell an undefined AUC (the share of positive labels).
 HIDDEN_METRICS = ("example_count", "mean_label")
-# Metrics that need both classes among the labels of a slice.
-NEEDS_BOTH_CLASSES = ("auc",)
 
 
 def _shown(value: Optional[float]) -> str:
     return "undefined" if value is None else f"{value:.4f}"
-
-
-def _with_undefined(values: Dict[str, float]) -> Dict[str, Optional[float]]:
-    """AUC of a slice whose labels are all one class is undefined (TFMA reports 0): None."""
-    mean_label = values.get("mean_label")
-    if mean_label is not None and (mean_label <= 0.0 or mean_label >= 1.0):
-        return {k: (None if k in NEEDS_BOTH_CLASSES else v) for k, v in values.items()}
-    return dict(values)
-
-
-def _slice_name(slice_key) -> str:
-    if not slice_key:
-        return "overall"
-    return ",".join(f"{k}={v}" for k, v in slice_key)
-
-
-def _read_metrics(evaluation_uri: str):
-    """({slice: {metric: value}} of the candidate, the same of the baseline); undefined values are None."""
-    import logging
-
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # TFMA's reader logs a deprecation notice
-    import tensorflow_model_analysis as tfma
-
-    candidate, baseline = {}, {}
-    for record in tfma.load_metrics(evaluation_uri):
-        name = _slice_name(tfma.slicer.deserialize_slice_key(record.slice_key))
-        ours, theirs = {}, {}
-        for kv in record.metric_keys_and_values:
-            if kv.key.is_diff or not kv.value.HasField("double_value"):
-                continue
-            (theirs if kv.key.model_name == "baseline" else ours)[kv.key.name] = kv.value.double_value.value
-        candidate[name] = _with_undefined(ours)
-        if theirs:
-            # TFMA counts examples once per slice, not per model.
-            theirs.setdefault("example_count", ours.get("example_count", 0))
-            baseline[name] = _with_undefined(theirs)
-    return candidate, baseline
 
 
 def read_run_summary(connection_config, run_id: str, pipeline_name: str = "taxi", with_metrics: bool = True) -> RunSummary:
@@ -176,10 +137,9 @@ def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool)
         summary.blessed = props["blessed"].int_value == 1 if "blessed" in props else None
         summary.blessing_reason = props["reason"].string_value if "reason" in props else ""
     elif type_name == "ModelEvaluation" and with_metrics:
-        try:
-            summary.metrics, summary.baseline_metrics = _read_metrics(artifact.uri)
-        except Exception:  # noqa: BLE001 -- a skipped evaluation has no metrics file
-            summary.metrics, summary.baseline_metrics = {}, {}
+        from components.evaluator.metrics import recorded_slice_metrics
+
+        summary.metrics, summary.baseline_metrics = recorded_slice_metrics(props, artifact.uri)
     elif type_name == "PushedModel":
         if "pushed" in props and props["pushed"].int_value == 1:
             summary.pushed_version = props["pushed_version"].int_value

@@ -21,6 +21,7 @@ from tfx.components.evaluator import executor as tfx_evaluator_executor
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils
 
+from components.evaluator.metrics import SLICE_METRICS, SliceMetrics, read_slice_metrics, to_property
 from components.evaluator.spec import MIN_SLICE_EXAMPLES_KEY, SLICE_GUARD_KEYS, SLICE_MARGIN_KEY
 
 log = logging.getLogger(__name__)
@@ -53,28 +54,22 @@ def _describe_failures(validation_result, limit: int = 5) -> str:
 HEADLINE_METRIC = "auc"
 
 
-def slice_regressions(evaluation_uri: str, margin: float, min_examples: int) -> List[str]:
-    """Monitored slices whose headline metric fell more than `margin` below the served model's."""
-    import tensorflow_model_analysis as tfma
-
+def slice_regressions(candidate: SliceMetrics, baseline: SliceMetrics, margin: float, min_examples: int) -> List[str]:
+    """Monitored slices whose headline metric fell more than `margin` below the served model's
+    (`candidate`, `baseline`: metrics per slice, components/evaluator/metrics.py). A slice where the
+    metric is undefined for either model (one label class only) cannot regress."""
     regressions = []
-    for record in tfma.load_metrics(evaluation_uri):
-        slice_key = tfma.slicer.deserialize_slice_key(record.slice_key)
-        if not slice_key:
-            continue  # overall: TFMA's thresholds gate it
-        values = {}
-        for kv in record.metric_keys_and_values:
-            if kv.value.HasField("double_value") and not kv.key.is_diff:
-                values[(kv.key.model_name, kv.key.name)] = kv.value.double_value.value
-        count = values.get(("candidate", "example_count"), 0)
-        candidate = values.get(("candidate", HEADLINE_METRIC))
-        served = values.get(("baseline", HEADLINE_METRIC))
-        if count < min_examples or candidate is None or served is None:
+    for name, values in sorted(candidate.items()):
+        if name == "overall":
+            continue  # TFMA's thresholds gate it
+        count = values.get("example_count") or 0
+        ours = values.get(HEADLINE_METRIC)
+        served = baseline.get(name, {}).get(HEADLINE_METRIC)
+        if count < min_examples or ours is None or served is None:
             continue
-        if candidate < served - margin:
-            name = ",".join(f"{k}={v}" for k, v in slice_key)
+        if ours < served - margin:
             regressions.append(
-                f"{HEADLINE_METRIC} on {name} fell to {candidate:.4f} from the served {served:.4f} "
+                f"{HEADLINE_METRIC} on {name} fell to {ours:.4f} from the served {served:.4f} "
                 f"(allowed loss {margin}, {int(count)} examples)"
             )
     return regressions
@@ -134,7 +129,11 @@ class Executor(tfx_evaluator_executor.Executor):
 
         import tensorflow_model_analysis as tfma
 
-        evaluation_uri = artifact_utils.get_single_uri(output_dict[standard_component_specs.EVALUATION_KEY])
+        evaluation = artifact_utils.get_single_instance(output_dict[standard_component_specs.EVALUATION_KEY])
+        evaluation_uri = evaluation.uri
+        # The metrics per slice, readable from ML Metadata without TFMA (summary, lineage).
+        candidate, served = read_slice_metrics(evaluation_uri)
+        evaluation.set_string_custom_property(SLICE_METRICS, to_property(candidate, served))
         result = tfma.load_validation_result(evaluation_uri)
         if not result.validation_ok:
             blessing.set_string_custom_property(REASON, _describe_failures(result))
@@ -142,7 +141,7 @@ class Executor(tfx_evaluator_executor.Executor):
         regressions = []
         if baselines:
             regressions = slice_regressions(
-                evaluation_uri, float(exec_properties[SLICE_MARGIN_KEY]), int(exec_properties[MIN_SLICE_EXAMPLES_KEY])
+                candidate, served, float(exec_properties[SLICE_MARGIN_KEY]), int(exec_properties[MIN_SLICE_EXAMPLES_KEY])
             )
         if regressions:
             os.remove(os.path.join(blessing.uri, constants.BLESSED_FILE_NAME))

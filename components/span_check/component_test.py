@@ -4,7 +4,9 @@ Key values are ML Metadata keys of existing runs (and cache keys): the literal s
 them, so renaming a constant's value fails a test instead of orphaning old artifacts.
 """
 
+import hashlib
 import inspect
+import json
 import re
 
 import pytest
@@ -15,8 +17,8 @@ from tfx.types.standard_component_specs import INPUT_BASE_KEY, SCHEMA_KEY
 from components import verdict
 from components.span_check import executor
 from components.span_check.component import SpanCheck, SpanCheckSpec
-from components.span_check.spec import (DEFAULT_MAX_DUPLICATE_FRACTION, FINGERPRINT_KEY, MAX_DUPLICATE_FRACTION_KEY,
-                                        REPORT_KEY, SPAN_DATE_KEY)
+from components.span_check.spec import (DEFAULT_MAX_DUPLICATE_FRACTION, FINGERPRINT_KEY, INPUT_FILES,
+                                        MAX_DUPLICATE_FRACTION_KEY, REPORT_KEY, SPAN_DATE_KEY)
 
 SCHEMA = """
 feature { name: "fare" type: FLOAT presence { min_fraction: 1.0 } }
@@ -89,6 +91,9 @@ def test_the_executor_reads_what_the_spec_declares(tmp_path, max_duplicate_fract
     executor.Executor().Do({key: [_schema_artifact(tmp_path)] for key in component.inputs},
                            {key: [report] for key in component.outputs}, dict(component.exec_properties))
     assert (report.get_int_custom_property("rows"), report.get_int_custom_property("duplicate_rows")) == (3, 1)
+    data = (tmp_path / "incoming" / "2026-11-23" / "data.csv").read_bytes()
+    assert json.loads(report.get_string_custom_property(INPUT_FILES)) == [
+        {"name": "data.csv", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "rows": 3}]
     assert report.get_int_custom_property(verdict.BLOCKED) == blocked
     assert report.get_string_custom_property(verdict.SPAN_DATE) == "2026-11-23"
     assert (tmp_path / "report" / "report.txt").read_text().startswith("span 2026-11-23: 1 file(s), 3 rows")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -34,8 +35,8 @@ from tfx.types.standard_component_specs import INPUT_BASE_KEY, SCHEMA_KEY
 from tfx.utils import io_utils
 
 from components import verdict
-from components.span_check.spec import (DEFAULT_MAX_DUPLICATE_FRACTION, MAX_DUPLICATE_FRACTION_KEY, REPORT_KEY,
-                                        SPAN_DATE_KEY)
+from components.span_check.spec import (DEFAULT_MAX_DUPLICATE_FRACTION, INPUT_FILES, MAX_DUPLICATE_FRACTION_KEY,
+                                        REPORT_KEY, SPAN_DATE_KEY)
 from components.util.schemas import load_schema
 from components.verdict import fix_or_accept
 
@@ -52,6 +53,8 @@ class SpanFacts:
     rows: int = 0
     duplicate_rows: int = 0
     columns: Sequence[str] = ()
+    # One {"name", "bytes", "sha256", "rows"} per file, as read: what `mlops lineage` shows as the inputs.
+    inputs: List[dict] = dataclasses.field(default_factory=list)
 
 
 def _finding(feature: str, kind: str, message: str, fix: str, blocking: bool = True, **facts) -> dict:
@@ -121,6 +124,8 @@ def check_files(files: Sequence[Path], schema_cols: Dict[str, dict], span_date: 
     header: List[str] = []
     for path in files:
         data = path.read_bytes()
+        facts.inputs.append({"name": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                             "rows": 0})
         first_line = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
         file_header = next(csv.reader([first_line]), []) if first_line.strip() else []
         name = path.name
@@ -159,6 +164,7 @@ def check_files(files: Sequence[Path], schema_cols: Dict[str, dict], span_date: 
                 f"(first on line {first})", FIX_PRODUCER, rows=len(malformed)))
         if table.num_rows == 0 and not malformed:
             findings.append(_finding("(span)", "empty_file", f"{name} has a header but no rows", FIX_PRODUCER))
+        facts.inputs[-1]["rows"] = table.num_rows
         tables.append(table)
     facts.columns = header
     if not header:
@@ -220,7 +226,8 @@ class Executor(base_executor.BaseExecutor):
     Do() reads the `schema` input (one Schema artifact), the `input_base`, `span_date` and
     `max_duplicate_fraction` execution properties, and the files of `<input_base>/<span_date>/`.
     It writes the `report` output (one ExampleAnomalies artifact): the verdict custom properties
-    (`components.verdict`), `rows`, `files` and `duplicate_rows`, and `report.txt` plus
+    (`components.verdict`), `rows`, `files`, `duplicate_rows` and `input_files` (name, bytes, sha256 and
+    rows of each file), and `report.txt` plus
     `findings.json` in the artifact's folder. It never raises for bad data: the node runner
     stops the run on the recorded verdict.
     """
@@ -246,6 +253,7 @@ class Executor(base_executor.BaseExecutor):
         report.set_int_custom_property("rows", facts.rows)
         report.set_int_custom_property("files", facts.files)
         report.set_int_custom_property("duplicate_rows", facts.duplicate_rows)
+        report.set_string_custom_property(INPUT_FILES, json.dumps(facts.inputs, sort_keys=True))
         fixes = sorted({f["fix"] for f in findings if f["blocking"]})
         verdict.record(report, GATE, span_date, findings,
                        problem=verdict.blocking_message(span_date, findings, "before ExampleGen"),

@@ -10,6 +10,9 @@ keys of existing runs and caches: never change one.
 # Output: an ExampleAnomalies artifact holding the verdict, report.txt and findings.json.
 REPORT_KEY = "report"
 
+# Custom property of the report: JSON list of {"name", "bytes", "sha256", "rows"}, one per CSV file read.
+INPUT_FILES = "input_files"
+
 # Execution properties.
 SPAN_DATE_KEY = "span_date"  # ISO date: the span folder under input_base
 MAX_DUPLICATE_FRACTION_KEY = "max_duplicate_fraction"

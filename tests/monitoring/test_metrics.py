@@ -12,9 +12,10 @@ import time
 import pytest
 from prometheus_client.exposition import generate_latest
 
+from components.evaluator.metrics import with_undefined
 from monitoring import metrics
 from pipelines import monitor
-from pipelines.summary import RunSummary, _with_undefined
+from pipelines.summary import RunSummary
 
 
 def _facts(**overrides) -> metrics.RunFacts:
@@ -62,8 +63,8 @@ def test_an_undefined_slice_metric_is_nan_never_zero():
     assert math.isnan(cash)
     assert samples[("mlops_model_eval_auc", (("model", "baseline"), ("pipeline", "taxi"), ("slice", "overall")))] == 0.75
     # In the summary: AUC of a one-class slice (mean label 0 or 1) is undefined, other metrics stay.
-    assert _with_undefined({"auc": 0.0, "mean_label": 0.0, "loss": 0.3}) == {"auc": None, "mean_label": 0.0, "loss": 0.3}
-    assert _with_undefined({"auc": 0.7, "mean_label": 0.4}) == {"auc": 0.7, "mean_label": 0.4}
+    assert with_undefined({"auc": 0.0, "mean_label": 0.0, "loss": 0.3}) == {"auc": None, "mean_label": 0.0, "loss": 0.3}
+    assert with_undefined({"auc": 0.7, "mean_label": 0.4}) == {"auc": 0.7, "mean_label": 0.4}
     summary = RunSummary(run_id="r", metrics={"overall": {"auc": 0.8, "example_count": 500.0, "mean_label": 0.4},
                                               "company=X": {"auc": None, "example_count": 300.0, "mean_label": 1.0}})
     text = "\n".join(summary.lines())
