@@ -118,3 +118,28 @@ def record_run(connection_config, run_id: str, config, warn=_warn) -> Optional[d
     except Exception as err:  # noqa: BLE001
         warn(f"warning: could not record the config of run {run_id}: {' '.join(str(err).split())[:200]}")
         return None
+
+
+def latest_execution_id(connection_config, pipeline: str, run_id: str, node_id: str) -> Optional[int]:
+    """The newest execution of node `node_id` in run `run_id` (also a failed one), or None."""
+    try:
+        from ml_metadata import metadata_store
+
+        if "'" in run_id + node_id + pipeline:
+            return None
+        store = metadata_store.MetadataStore(connection_config)
+        found = store.get_executions(list_options=metadata_store.ListOptions(filter_query=(
+            f"contexts_a.type = 'pipeline_run' AND contexts_a.name = '{run_id}' AND "
+            f"contexts_b.type = 'node' AND contexts_b.name = '{pipeline}.{node_id}'")))
+        return max(e.id for e in found) if found else None
+    except Exception:  # noqa: BLE001 -- only for a log line
+        return None
+
+
+def lineage_hint(home, run_id: str, execution_id: Optional[int]) -> str:
+    """The last line of an Airflow task's log: the execution and the command that explains it."""
+    import shlex
+
+    where = f"execution {execution_id}" if execution_id else "no execution recorded"
+    return (f"ML Metadata: {where} in run {run_id}; explain it: "
+            f"mlops --home {shlex.quote(str(home))} lineage --run {shlex.quote(run_id)}")

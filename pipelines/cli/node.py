@@ -28,13 +28,24 @@ def cmd_node_run(args) -> int:
         sys.stdout.flush()
         blocked = isinstance(err, DataError)
         verb = "blocked the run" if blocked else "failed"
+        print(_lineage_hint(args, config, None), flush=True)
         print(f"node {args.node} {verb} for span {config.span_date} (run {args.run_id}): {one_line(err)}", file=sys.stderr)
         return EXIT_BLOCKED if blocked else EXIT_FAILED
     print(f"node {args.node}: {result.status} in {result.seconds:.1f}s"
           + (f" (execution {result.execution_id})" if result.execution_id else ""))
     if args.summary:
         print_summary(config, args.run_id, as_json=False)
+    print(_lineage_hint(args, config, result.execution_id))
     return 0
+
+
+def _lineage_hint(args, config, execution_id) -> str:
+    """The execution this task recorded (or its failed one) and the `mlops lineage` command that explains it."""
+    from pipelines.run_context import latest_execution_id, lineage_hint
+
+    if execution_id is None:
+        execution_id = latest_execution_id(config.metadata.to_proto(), config.pipeline_name, args.run_id, args.node)
+    return lineage_hint(project_paths(args).home, args.run_id, execution_id)
 
 
 def cmd_node_list(args) -> int:

@@ -26,7 +26,7 @@ import pytest
 from serving import versions
 from pipelines import airflow_env
 from tests import prepared
-from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops, readonly_store
+from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, SMALL_ROWS, make_home, mlops, readonly_store
 
 DAY3 = DAY2 + dt.timedelta(days=1)
 DAY4 = DAY3 + dt.timedelta(days=1)
@@ -243,3 +243,130 @@ def test_a_drifted_span_stops_at_the_drift_gate_after_statistics(nightly):
     # The metrics teardown ran after the gate stopped the run, and the run still failed.
     assert states["report_metrics"]["state"] == "success"
     assert "no Pushgateway configured" in result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------ lineage (`mlops lineage`)
+
+
+def lineage(nightly, *query: str, check: bool = True) -> dict:
+    """`mlops lineage ... --json`, validated against the JSON schema kept in the repository."""
+    import jsonschema
+
+    from pipelines.lineage import SCHEMA_FILE
+
+    result = mlops(nightly["home"], "lineage", *query, "--json", check=check)
+    doc = json.loads(result.stdout)
+    jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).validate(doc)
+    return doc
+
+
+def test_every_node_task_log_ends_with_its_execution_and_the_lineage_command(nightly):
+    home, result = nightly["home"], nightly["first"]
+    run_id = f"nightly_retrain__{airflow_run_id(result)}"
+    blocks, current = {}, None
+    for line in result.stdout.splitlines():
+        if line.startswith("task ") and line.endswith(" ..."):
+            current = line.split()[1]
+            blocks[current] = []
+        elif line.startswith("    ") and current:
+            blocks[current].append(line.strip())
+    manifest = json.loads((airflow_env.DAGS_FOLDER / "taxi_manifest.json").read_text())
+    for node in (n["id"] for n in manifest["nodes"]):
+        last = blocks[node][-1]
+        assert last.startswith("ML Metadata: execution ") and f"in run {run_id};" in last, (node, blocks[node][-3:])
+        assert last.endswith(f"explain it: mlops --home {home} lineage --run {run_id}"), last
+    # The id it names is that node's execution in that run.
+    trainer = int(blocks["Trainer"][-1].split()[3])
+    store = readonly_store(home)
+    [execution] = store.get_executions_by_id([trainer])
+    assert [c.name for c in store.get_contexts_by_execution(trainer) if c.name.endswith(".Trainer")] == ["taxi.Trainer"]
+    assert execution.custom_properties["airflow_task_id"].string_value == "Trainer"
+
+
+def test_lineage_of_the_served_version_is_the_rollback_down_to_the_first_span_files(nightly):
+    import hashlib
+
+    home = nightly["home"]
+    chain = lineage(nightly)["chain"]
+    listed = json.loads(mlops(home, "models", "list", "--json").stdout)
+    first_night = f"nightly_retrain__{airflow_run_id(nightly['first'])}"
+    # The push: the rollback DAG's, with who and why, and the version it replaced.
+    push = chain["push"]
+    assert (chain["version"], chain["serving"], push["kind"], push["trigger"]) == (3, True, "rollback", "manual")
+    assert (push["requested_by"], push["reason"], push["replaced_version"]) == ("on-call", "canary alert on v2", 2)
+    assert push["execution"]["airflow"]["dag_id"] == "model_rollback"
+    assert push["model_id"] == listed[0]["model_id"] == chain["model"]["artifact_id"] and push["first_pushed_as"] == 1
+    # The model it serves again was trained, evaluated and blessed on the first night, by Airflow's tasks.
+    training = chain["training"]
+    assert training["run"]["run_id"] == first_night and training["execution"]["airflow"]["task_id"] == "Trainer"
+    assert training["train_steps"] == int(FAST_RUN_ARGS[FAST_RUN_ARGS.index("--train-steps") + 1])
+    assert training["strategy"] == "auto" and training["run"]["code_version"].startswith(("git:", "package:"))
+    assert training["run"]["config"]["gates"]["auc_floor"] == 0.5  # the first night's --auc-floor
+    assert chain["blessing"]["blessed"] and chain["blessing"]["execution"]["run_id"] == first_night
+    assert chain["evaluation"]["metrics"]["overall"]["example_count"] > 0
+    assert 0.0 <= chain["evaluation"]["metrics"]["overall"]["auc"] <= 1.0
+    assert Path(chain["transform"]["uri"]).is_dir() and Path(chain["schema"]["snapshot"]).is_file()
+    # Down to the span: the gates passed it, and its file is the one on disk, checksum and rows.
+    assert chain["examples"]["span"] == DAY1.isoformat()
+    assert [(g["gate"], g["blocked"]) for g in chain["gates"]] == [("span_check", False), ("drift_validator", False)]
+    assert all(g["run_id"] == first_night for g in chain["gates"])
+    span_file = home / "data" / "incoming" / DAY1.isoformat() / "data.csv"
+    [recorded] = chain["input_files"]
+    assert recorded["sha256"] == hashlib.sha256(span_file.read_bytes()).hexdigest()
+    assert recorded["rows"] == SMALL_ROWS == sum(chain["statistics"]["rows"].values())
+    # The text says the same, in the order the chain runs.
+    text = mlops(home, "lineage").stdout
+    assert text.startswith("version 3 (serving now): rollback (manual) push") and '"canary alert on v2"' in text
+    assert text.index("  model ") < text.index("  training ") < text.index("  span ") < text.index("file data.csv")
+    mermaid = mlops(home, "lineage", "--mermaid").stdout
+    assert mermaid.startswith("flowchart LR\n") and "vtrainer --> vmodel" in mermaid
+
+
+def test_lineage_of_spans_names_the_models_they_trained_and_the_gates_that_blocked_them(nightly):
+    first = lineage(nightly, "--span", DAY1.isoformat())["span"]
+    [model] = first["models"]
+    assert [(v["version"], v["kind"]) for v in model["pushed_versions"]] == [(1, "nightly"), (3, "rollback")]
+    assert model["serving"] and model["blessed"] and not first["blocked"]
+    missing = lineage(nightly, "--span", DAY3.isoformat())["span"]
+    assert missing["models"] == [] and missing["examples"] == [] and missing["blocked"]
+    assert missing["gates"][-1]["gate"] == "span_check" and "tips: required column missing" in missing["gates"][-1]["problem"]
+    drifted = lineage(nightly, "--span", DAY4.isoformat())["span"]
+    assert drifted["models"] == [] and drifted["blocked"]
+    drift = drifted["gates"][-1]
+    assert drift["gate"] == "drift_validator" and drift["drift"]["trip_miles"]["distance"] > drift["drift"]["trip_miles"]["threshold"]
+    assert Path(drift["report"]).name == "report.html" and Path(drift["report"]).is_file()
+    text = mlops(nightly["home"], "lineage", "--span", DAY4.isoformat()).stdout
+    assert "drift_validator: BLOCKED" in text and "trip_miles" in text and "no model was trained" in text
+
+
+def test_lineage_diff_names_the_differing_span_and_metrics(nightly):
+    doc = lineage(nightly, "--diff", "1", "2")
+    rows = {row["field"]: row for row in doc["fields"]}
+    assert (rows["span"]["left"], rows["span"]["right"]) == (DAY1.isoformat(), DAY2.isoformat())
+    assert "span" in doc["differing"] and "file.data.csv.sha256" in doc["differing"]
+    assert any(field.startswith("metrics[overall].") for field in doc["differing"]), doc["differing"]
+    assert rows["config.gates.auc_floor"]["left"] == 0.5 and rows["config.gates.auc_floor"]["right"] == 0.0
+    assert not rows["schema.sha256"]["differs"] and not rows["training.train_steps"]["differs"]
+    text = mlops(nightly["home"], "lineage", "--diff", "1", "2").stdout
+    assert any(line.startswith("span ") and " * " in line for line in text.splitlines()), text
+
+
+def test_lineage_of_an_airflow_run_id_finds_its_executions(nightly):
+    airflow_id = airflow_run_id(nightly["killed"])
+    run = lineage(nightly, "--run", airflow_id)["run"]
+    assert run["run_id"] == f"nightly_retrain__{airflow_id}" and run["airflow_run_id"] == airflow_id
+    nodes = {row["node"] for row in run["executions"]}
+    assert {"SpanCheck", "CsvExampleGen", "Trainer", "GatedEvaluator", "AtomicPusher"} <= nodes
+    assert all(row["airflow"]["run_id"] == airflow_id for row in run["executions"])
+    assert run["pushed_version"] == 2 and run["chain"]["version"] == 2 and run["blocked_by"] is None
+    blocked = lineage(nightly, "--run", airflow_run_id(nightly["bad"]))["run"]
+    assert blocked["pushed_version"] is None and blocked["blocked_by"]["gate"] == "span_check"
+
+
+def test_lineage_refuses_unknown_queries_with_the_known_ones(nightly):
+    home = nightly["home"]
+    for query, words in ((("--version", "99"), "no pushed version 99"), (("--run", "nope"), "no pipeline run 'nope'"),
+                         (("--span", "2001-01-01"), "records nothing for span 2001-01-01")):
+        result = mlops(home, "lineage", *query, check=False)
+        assert result.returncode == 2 and words in result.stderr and result.stdout == "", (query, result.stderr)
+    assert "pick one of the pushed versions: 1, 2, 3" in mlops(home, "lineage", "--version", "99", check=False).stderr
