@@ -5,7 +5,9 @@ webhook (monitoring/webhook.py) triggers it through the REST API with `trigger: 
 `only_if_serving: <the alerting version>`.
 It runs `mlops rollback` in the TFX environment: the Pusher pushes the chosen earlier model as
 the newest version, and ML Metadata records the execution with who, when, why and what it
-replaced. Imports only Airflow and the standard library. Settings: mlops_common.py.
+replaced. When it pushed a version, the task adds an event on the model asset (`taxi_model`, kind
+"rollback"), as the nightly push does, so a DAG scheduled on that asset sees the rollback too.
+Imports only Airflow and the standard library. Settings and assets: mlops_common.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import shlex
 import sys
 from pathlib import Path
 
-from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
 # The shared module beside this file: Airflow's DAG bundles put this folder on sys.path, a plain
@@ -23,7 +24,7 @@ from airflow.sdk import DAG, Param
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent))
 
-from mlops_common import HOME, MLOPS, POOL  # noqa: E402
+from mlops_common import HOME, MLOPS, MODEL_ASSET, POOL, RollbackOperator  # noqa: E402
 
 
 def rollback_args(params: dict) -> str:
@@ -59,7 +60,7 @@ with DAG(
                                              "always); a late or repeated alert then does nothing"),
     },
     user_defined_macros={"rollback_args": rollback_args},
-    doc_md="""
+    doc_md=f"""
 ### Roll back the served taxi model
 
 Runs `mlops rollback` in the TFX environment. The chosen earlier model (a `to_version`, or by
@@ -74,12 +75,20 @@ served one stay); `mlops models list` shows every push.
 `trigger` (manual or alert) is recorded with the push. With `only_if_serving` set, the run rolls
 back only while that version is still the one served, and otherwise succeeds doing nothing: the
 alert webhook sets it to the alerting version, so a late or repeated alert never rolls back further.
+
+A rollback that pushed is an event on the asset `{MODEL_ASSET.name}` ({MODEL_ASSET.uri}) with
+`kind: rollback`, the new `pushed_version` and the version whose model it serves again
+(`model_of_version`); one that had nothing to do adds no event.
 """,
 ) as dag:
-    BashOperator(
+    RollbackOperator(
         task_id="rollback",
-        bash_command=" ".join(shlex.quote(p) for p in [MLOPS, "--home", HOME, "rollback"])
-        + " {{ rollback_args(params) }}",
+        # --json: the result (the version pushed, if any) goes to the log and, through tee, to the
+        # file the operator reads; pipefail keeps the rollback's own exit code.
+        bash_command="set -o pipefail; "
+        + " ".join(shlex.quote(p) for p in [MLOPS, "--home", HOME, "rollback"])
+        + ' {{ rollback_args(params) }} --json | tee "$MLOPS_RESULT_FILE"',
         execution_timeout=dt.timedelta(minutes=10),
-        doc_md="Pushes the chosen earlier model again through the AtomicPusher (audited).",
+        doc_md="Pushes the chosen earlier model again through the AtomicPusher (audited); when it pushed, adds "
+        f"an event on the asset `{MODEL_ASSET.name}`.",
     )

@@ -27,7 +27,8 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent))
 
-from mlops_common import HOME, MANIFEST, MLOPS, POOL, RETRIES, RETRY_DELAY, TIMEZONE, TfxNodeOperator  # noqa: E402
+from mlops_common import (HOME, MANIFEST, MLOPS, MODEL_ASSET, POOL, RETRIES, RETRY_DELAY, SPAN_ASSET,  # noqa: E402
+                          TIMEZONE, TfxNodeOperator, TfxPusherOperator)
 
 # Wall-clock limit per node; a node that hangs is killed and retried.
 TIMEOUTS = {
@@ -40,6 +41,15 @@ TIMEOUTS = {
 DEFAULT_TIMEOUT = dt.timedelta(minutes=20)
 LAST_NODE = MANIFEST["nodes"][-1]["id"]
 REPORT_TASK = "report_metrics"
+# Airflow assets (mlops_common.py): the nodes that read the day's span declare it as an inlet; the
+# DriftValidator's success (the span passed the data gates) is an event on it; the Pusher adds an
+# event on the model asset when it pushed a version.
+SPAN_READERS = ("SpanCheck", "CsvExampleGen")
+SPAN_GATE = "DriftValidator"
+PUSHER = "AtomicPusher"
+_missing = {*SPAN_READERS, SPAN_GATE, PUSHER} - {node["id"] for node in MANIFEST["nodes"]}
+if _missing:  # a renamed node would silently lose its assets
+    raise ValueError(f"nodes {sorted(_missing)} are not in taxi_manifest.json: update the asset wiring in {__file__}")
 
 
 def span_date(params: dict, dag_run, timezone: str) -> str:
@@ -60,8 +70,11 @@ def tfx_run_id(dag_id: str, run_id: str) -> str:
     return f"{dag_id}__{run_id}"
 
 
+# Rendered in each task: the TFX run id and the span of this DAG run.
+TFX_RUN_ID = "{{ tfx_run_id(dag.dag_id, run_id) }}"
+SPAN = "{{ span_date(params, dag_run, dag.timezone.name) }}"
 RUN_OPTIONS = (
-    "--date {{ span_date(params, dag_run, dag.timezone.name) }}"
+    f"--date {SPAN}"
     " --train-steps {{ params.train_steps }} --eval-steps {{ params.eval_steps }}"
     " --auc-floor {{ params.auc_floor }} --min-improvement {{ params.min_improvement }}"
     " --slice-margin {{ params.slice_margin }} --keep-versions {{ params.keep_versions }}"
@@ -73,10 +86,19 @@ def node_command(node_id: str) -> str:
     summary = " --summary" if node_id == LAST_NODE else ""
     return (
         " ".join(shlex.quote(part) for part in command)
-        + ' --run-id "{{ tfx_run_id(dag.dag_id, run_id) }}" '
+        + f' --run-id "{TFX_RUN_ID}" '
         + RUN_OPTIONS
         + summary
     )
+
+
+def node_assets(node_id: str) -> dict:
+    """The inlets and outlets of a node's task (Airflow assets)."""
+    if node_id in SPAN_READERS:
+        return {"inlets": [SPAN_ASSET]}
+    if node_id == SPAN_GATE:
+        return {"outlets": [SPAN_ASSET]}
+    return {}
 
 
 with DAG(
@@ -129,6 +151,11 @@ ML Metadata behave exactly as in TFX.
 * `report_metrics` (a teardown: it runs whatever the nodes did and never changes the run's state)
   pushes the run's outcome and metrics to the Pushgateway, which the alert rules read
   (monitoring/rules/); without a monitoring stack it says so and does nothing.
+* **Assets**: `SpanCheck` and `CsvExampleGen` read `{SPAN_ASSET.name}` ({SPAN_ASSET.uri}); a span that
+  passes `DriftValidator` is an event on it (extra: span, run_id). A push by `AtomicPusher` is an event
+  on `{MODEL_ASSET.name}` ({MODEL_ASSET.uri}; extra: pushed_version, span, blessed, blessing_reason,
+  run_id, kind); a night that pushes nothing adds none. A DAG with `schedule=[Asset("{MODEL_ASSET.name}", ...)]`
+  runs after every new model version.
 
 Trigger with a `date` param to run a given span. Settings: home `{HOME}`, pool `{POOL}`
 (1 slot while ML Metadata is SQLite), {RETRIES} retries with exponential back-off.
@@ -137,11 +164,15 @@ Roll a bad model back with the `model_rollback` DAG or `mlops rollback`.
 ) as dag:
     tasks = {}
     for node in MANIFEST["nodes"]:
-        tasks[node["id"]] = TfxNodeOperator(
+        operator = TfxPusherOperator if node["id"] == PUSHER else TfxNodeOperator
+        tasks[node["id"]] = operator(
             task_id=node["id"],
             bash_command=node_command(node["id"]),
+            tfx_run_id=TFX_RUN_ID,
+            span=SPAN,
             execution_timeout=TIMEOUTS.get(node["id"], DEFAULT_TIMEOUT),
             doc_md=f"TFX node `{node['id']}` ({node['kind']}); upstream: {', '.join(node['upstream']) or 'none'}",
+            **node_assets(node["id"]),
         )
     for node in MANIFEST["nodes"]:
         for upstream in node["upstream"]:
@@ -151,7 +182,7 @@ Roll a bad model back with the `model_rollback` DAG or `mlops rollback`.
     report = BashOperator(
         task_id=REPORT_TASK,
         bash_command=" ".join(shlex.quote(part) for part in [MLOPS, "--home", HOME, "summary", "--push-metrics"])
-        + ' --run-id "{{ tfx_run_id(dag.dag_id, run_id) }}"',
+        + f' --run-id "{TFX_RUN_ID}"',
         pool="default_pool",  # reads ML Metadata only
         retries=0,
         execution_timeout=dt.timedelta(minutes=10),

@@ -13,6 +13,8 @@ backfill of the 3 days until its runs are done) runs beside the other shared set
   3b. the monitoring stack `make up` started (1 s intervals, AUTO_ROLLBACK=1) scraped the runs; a
      drifted span fires DataGateBlocked; errors after a push fire ServingErrorRateHigh and the
      webhook rolls back through the model_rollback DAG, once; every dashboard query has data;
+  3c. Airflow's REST API lists the DAGs' asset events: each night's span accepted (span and TFX run
+     id in the extra), each pushed version (span, version, blessing), the alert's rollback;
   4. `make down` stops every service and the warm worker, and says so again when nothing runs.
 The services are stopped in teardown whatever happens.
 """
@@ -492,6 +494,82 @@ def test_every_dashboard_panel_query_returns_data(airflow_services):
 
     empty = [(title, expr) for title, expr in dashboards.panel_queries("1m") if not prom(airflow_services, expr)]
     assert not empty, "panels with no data from the live Prometheus:\n" + "\n".join(f"{t}: {e}" for t, e in empty)
+
+
+# ----------------------------------------------------------------------------------- 3c. assets
+# The nightly DAG declares what it reads and writes as Airflow assets (dags/mlops_common.py): a span
+# that passed the data gates is an event on `taxi_span`, a pushed version (nightly or rollback) one on
+# `taxi_model`, with the span, the version and the blessing in the event's extra.
+
+
+def asset_events(airflow_services, **query) -> list:
+    status, answer = api(airflow_services, "/api/v2/assets/events?" + urllib.parse.urlencode({"limit": 100, **query}))
+    assert status == 200, answer
+    return answer["asset_events"]
+
+
+def test_the_nightly_runs_and_the_rollback_are_asset_events_with_span_and_version(airflow_services):
+    home, days = airflow_services["home"], airflow_services["days"]
+    backfill = sorted((r for r in airflow_services["backfill"]["runs"] if r["run_type"] == "backfill"),
+                      key=lambda run: run["logical_date"])
+    assert len(backfill) == 3, backfill
+    events = asset_events(airflow_services, source_dag_id=DAG)
+    spans = [e for e in events if e["name"] == "taxi_span"]
+    models = [e for e in events if e["name"] == "taxi_model"]
+    print(f"{len(spans)} span events, {len(models)} model events from {DAG}")
+    # One "span accepted" event per night that passed the data gates (every night here: none blocked),
+    # by the DriftValidator task, naming its span and its TFX run; one model event per pushed version.
+    assert len(spans) == len([r for r in backfill if r["state"] == "success"]), spans
+    pushed = []
+    for day, run in zip(days, backfill):
+        tfx_run_id = f"{DAG}__{run['dag_run_id']}"
+        [span] = [e for e in spans if e["source_run_id"] == run["dag_run_id"]]
+        assert span["source_task_id"] == "DriftValidator", span
+        assert span["extra"] == {"span": day.isoformat(), "run_id": tfx_run_id}, span
+        assert span["uri"] == f"file://{home.resolve()}/data/incoming", span
+        summary = json.loads(mlops(home, "summary", "--run-id", tfx_run_id, "--json").stdout)
+        mine = [e for e in models if e["source_run_id"] == run["dag_run_id"]]
+        if not summary["pushed_version"]:  # a night that pushed nothing has no model event
+            assert mine == [], mine
+            continue
+        [model] = mine
+        pushed.append(summary["pushed_version"])
+        assert model["source_task_id"] == "AtomicPusher" and model["uri"] == f"file://{home.resolve()}/serving/models/taxi"
+        extra = model["extra"]
+        assert extra["pushed_version"] == summary["pushed_version"] and extra["span"] == day.isoformat(), extra
+        assert extra["kind"] == "nightly" and extra["blessed"] is True and extra["run_id"] == tfx_run_id, extra
+        assert extra["blessing_reason"] == summary["blessing_reason"] and extra["blessing_reason"], extra
+    assert pushed and len(models) == len(pushed), (pushed, models)  # BACKFILL_CONF blesses every night
+    # The rollback the alert triggered (section 3b) pushed too: a model event of kind rollback.
+    rollback_runs = api(airflow_services, "/api/v2/dags/model_rollback/dagRuns")[1]["dag_runs"]
+    for run in rollback_runs:
+        wait_for(f"model_rollback run {run['dag_run_id']} done", lambda: api(
+            airflow_services, f"/api/v2/dags/model_rollback/dagRuns/{run['dag_run_id']}")[1]["state"]
+            in ("success", "failed"), 90)
+    rollbacks = asset_events(airflow_services, source_dag_id="model_rollback")
+    alert_pushes = _alert_rollbacks(home)
+    assert len(rollbacks) == len(alert_pushes), (rollbacks, alert_pushes)
+    for event, push in zip(rollbacks, alert_pushes):
+        assert event["name"] == "taxi_model" and event["source_task_id"] == "rollback", event
+        assert event["extra"]["kind"] == "rollback" and event["extra"]["pushed_version"] == push["version"], event
+        assert event["extra"]["trigger"] == "alert" and event["extra"]["requested_by"] == "alertmanager", event
+
+
+def test_the_assets_view_lists_the_span_and_the_model_with_their_tasks(airflow_services):
+    """What the UI's Assets view shows: both assets, which tasks read and produce them. The model asset
+    is materialized through the Pusher's alias; the scheduler activates it within a cleanup interval."""
+    def listed():
+        status, answer = api(airflow_services, "/api/v2/assets?name_pattern=taxi_")
+        assert status == 200, answer
+        found = {a["name"]: a for a in answer["assets"]}
+        return found if {"taxi_span", "taxi_model"} <= set(found) else None
+
+    assets = wait_for("taxi_span and taxi_model in the Assets view", listed, 150)
+    span, model = assets["taxi_span"], assets["taxi_model"]
+    assert {t["task_id"] for t in span["consuming_tasks"]} == {"SpanCheck", "CsvExampleGen"}, span
+    assert {t["task_id"] for t in span["producing_tasks"]} == {"DriftValidator"}, span
+    assert [a["name"] for a in model["aliases"]] == ["taxi_model_pushes"], model
+    assert model["last_asset_event"] and model["last_asset_event"]["id"], model
 
 
 # ----------------------------------------------------------------------------------- 4. make down
