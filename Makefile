@@ -60,7 +60,7 @@ test-fast: $(TFX_STAMP) monitoring  ## the tests that run no pipeline, no Airflo
 	status=0; $(VENV)/bin/python -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
-BENCHES ?= pipeline_vs_stock airflow_overhead serving_latency validation_throughput alert_loop
+BENCHES ?= pipeline_vs_stock airflow_overhead serving_latency validation_throughput alert_loop lineage_query
 
 bench: $(TFX_STAMP) $(AIRFLOW_STAMP) /usr/bin/h2load  ## benchmarks side by side with baselines (BENCHES="..." picks); writes bench/RESULTS.md
 	for name in $(BENCHES); do $(VENV)/bin/python bench/$$name.py; done

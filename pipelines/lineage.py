@@ -1,11 +1,14 @@
 """Lineage you can ask: what made a pushed model, what a span trained, what a run did, and how two
-versions differ -- read from ML Metadata with its lineage API, never with TensorFlow or TFX imported.
+versions differ -- read from ML Metadata with its lineage API, without TensorFlow or TFX (only an
+evaluation recorded before the Evaluator stored its metrics per slice in ML Metadata is read from
+TFMA's files, which imports TFMA: seconds instead of a fraction of one).
 
 A pushed version's chain comes from two `get_lineage_subgraph` calls:
 
 1. UPSTREAM from its PushedModel, stopping at the Evaluator (whose other input, the baseline, would
-   lead into the whole history): the push, the model, the blessing, the Trainer, the transform
-   graph, the schema and the span's Examples with every execution that made them.
+   lead into the whole history) and at the Schema (every run's cached ImportSchemaGen writes it
+   again): the push, the model, the blessing, the Trainer, the transform graph, the schema and the
+   span's Examples with every execution that made them.
 2. DOWNSTREAM from those Examples, stopping at the gates' reports, the evaluation and the first
    training node: the statistics, the data gates' verdicts (drift per feature) and the evaluation
    (metrics per slice against the baseline).
@@ -118,24 +121,31 @@ def _time(ms: int) -> str:
 
 
 class Graph:
-    """One LineageGraph, indexed: nodes by id, their type names, events by artifact and execution."""
+    """One LineageGraph, indexed: nodes by id, their type names, events by artifact and execution.
 
-    def __init__(self, graph):
+    Fetched without contexts (a schema or a long-served model is attributed to hundreds of runs):
+    `run_of` asks the store for the run of the few executions that matter."""
+
+    def __init__(self, graph, store):
         from ml_metadata.proto import metadata_store_pb2 as pb
 
         self.pb = pb
+        self.store = store
         self.artifact_types = {t.id: t.name for t in graph.artifact_types}
         self.execution_types = {t.id: t.name for t in graph.execution_types}
         self.artifacts = {a.id: a for a in graph.artifacts}
         self.executions = {e.id: e for e in graph.executions}
-        self.contexts = {c.id: c for c in graph.contexts}
-        self.context_types = {t.id: t.name for t in graph.context_types}
         self.events = list(graph.events)
-        self.runs: Dict[int, str] = {}  # execution id -> pipeline_run context name
-        for association in graph.associations:
-            context = self.contexts.get(association.context_id)
-            if context is not None and self.context_types.get(context.type_id) == "pipeline_run":
-                self.runs[association.execution_id] = context.name
+        self._runs: Dict[int, str] = {}  # execution id -> pipeline_run context name
+
+    def run_of(self, execution_id: Optional[int]) -> str:
+        if execution_id is None:
+            return ""
+        if execution_id not in self._runs:
+            run_type = _run_type_id(self.store)
+            self._runs[execution_id] = next((c.name for c in self.store.get_contexts_by_execution(execution_id)
+                                             if c.type_id == run_type), "")
+        return self._runs[execution_id]
 
     def artifact_type(self, artifact_id: int) -> str:
         return self.artifact_types.get(self.artifacts[artifact_id].type_id, "?")
@@ -169,14 +179,21 @@ class Graph:
                       and e.execution_id in self.executions and self.execution_type(e.execution_id) == type_name)
 
 
+def _run_type_id(store) -> int:
+    run_type = store.get_context_type("pipeline_run")
+    return run_type.id if run_type is not None else -1
+
+
 def _first(ids: List[int]) -> Optional[int]:
     return ids[0] if ids else None
 
 
-def _closest(candidates: Iterable[int], runs: Dict[int, str], run: str, before: int) -> Optional[int]:
+def _closest(candidates: Iterable[int], graph: Graph, run: str, before: int) -> Optional[int]:
     """Of several executions, the one in `run`; else the newest started before id `before`; else the first."""
     candidates = sorted(candidates)
-    same = [c for c in candidates if runs.get(c) == run]
+    if len(candidates) == 1:
+        return candidates[0]
+    same = [c for c in candidates if graph.run_of(c) == run]
     if same:
         return same[-1]
     earlier = [c for c in candidates if c <= before]
@@ -204,21 +221,29 @@ def push_of(artifact) -> Json:
     }
 
 
-def pushes(store) -> List[Json]:
-    """Every push that wrote a version, oldest first."""
+PUSHED = "type = 'PushedModel' AND custom_properties.pushed.int_value = 1"
+
+
+def pushes(store, where: str = "") -> List[Json]:
+    """Every push that wrote a version (`where`: a further filter), oldest first."""
     from ml_metadata.metadata_store import metadata_store
 
     found = store.get_artifacts(list_options=metadata_store.ListOptions(
-        filter_query="type = 'PushedModel' AND custom_properties.pushed.int_value = 1"))
+        filter_query=PUSHED + (f" AND {where}" if where else "")))
     return [push_of(a) for a in sorted(found, key=lambda a: a.id)]
 
 
-def push_for_version(all_pushes: List[Json], version: int, on_disk: Iterable[int], base: str) -> Json:
-    """The push that wrote `version`; ConfigError for an unknown version or one no push explains."""
-    match = [p for p in all_pushes if p["version"] == version]
+def pushes_of_model(store, model_id: int) -> List[Json]:
+    return pushes(store, f"custom_properties.source_model_id.int_value = {int(model_id)}")
+
+
+def push_for_version(store, version: int, on_disk: Iterable[int], base: str) -> Json:
+    """The push that wrote `version`; ConfigError for an unknown version or one no push explains.
+    (Looked up by its version: the whole push history is read only to name the known ones.)"""
+    match = pushes(store, f"custom_properties.pushed_version.int_value = {int(version)}")
     if match:
         return match[-1]
-    known = ", ".join(str(p["version"]) for p in all_pushes) or "none yet"
+    known = ", ".join(str(p["version"]) for p in pushes(store)) or "none yet"
     if version in set(on_disk):
         raise ConfigError(
             f"version {version} is in {base} but no push in ML Metadata explains it (copied in by hand, or "
@@ -228,6 +253,9 @@ def push_for_version(all_pushes: List[Json], version: int, on_disk: Iterable[int
 
 
 # ----------------------------------------------------------------------------------- a chain
+
+
+GRAPH_FIELDS = ["artifacts", "executions", "events", "artifact_types", "execution_types"]
 
 
 def _subgraph(store, direction: str, start_filter: str, hops: int, end_executions: str = "",
@@ -243,7 +271,7 @@ def _subgraph(store, direction: str, start_filter: str, hops: int, end_execution
     if end_artifacts:
         options.ending_artifacts.filter_query = end_artifacts
         options.ending_artifacts.include_ending_nodes = True
-    return Graph(store.get_lineage_subgraph(options))
+    return Graph(store.get_lineage_subgraph(options, field_mask_paths=GRAPH_FIELDS), store)
 
 
 def _execution(graph: Graph, execution_id: Optional[int]) -> Optional[Json]:
@@ -255,7 +283,7 @@ def _execution(graph: Graph, execution_id: Optional[int]) -> Optional[Json]:
     return {
         "execution_id": execution_id,
         "node": graph.execution_type(execution_id).rsplit(".", 1)[-1],
-        "run_id": graph.runs.get(execution_id, ""),
+        "run_id": graph.run_of(execution_id),
         "state": graph.pb.Execution.State.Name(execution.last_known_state).lower(),
         "started_at": _time(execution.create_time_since_epoch),
         "code_version": str(props.get("code_version", "")),
@@ -331,12 +359,23 @@ def _span_check_report(store, span: str, run_id: str, before_artifact: int) -> O
     return gate_of(found[-1], run_id if run_id else "")
 
 
-def chain(store, push: Json, served_version: Optional[int], all_pushes: List[Json]) -> Json:
+def _schema_import(store, schema_id: int) -> Optional[int]:
+    """The first ImportSchemaGen execution that wrote the schema artifact (every later run's cached
+    ImportSchemaGen writes it again: the lineage walk stops at the schema instead of visiting them)."""
+    from ml_metadata.metadata_store import metadata_store
+
+    found = store.get_executions(list_options=metadata_store.ListOptions(
+        limit=1, order_by=metadata_store.OrderByField.ID, is_asc=True,
+        filter_query=f"type = '{SCHEMA_GEN}' AND events_0.artifact_id = {int(schema_id)} AND events_0.type = OUTPUT"))
+    return found[0] if found else None
+
+
+def chain(store, push: Json, served_version: Optional[int]) -> Json:
     """Everything that made the model a push wrote, from the push down to the span's input files."""
     from components.util.spans import span_date
 
     up = _subgraph(store, "UPSTREAM", f"id = {push['artifact_id']}", UPSTREAM_HOPS,
-                   end_executions=f"type = '{EVALUATOR}'")
+                   end_executions=f"type = '{EVALUATOR}'", end_artifacts="type = 'Schema'")
     pusher = up.producer(push["artifact_id"])
     model_id = _first(up.inputs(pusher, "model"))
     blessing_id = _first(up.inputs(pusher, "model_blessing"))
@@ -347,14 +386,14 @@ def chain(store, push: Json, served_version: Optional[int], all_pushes: List[Jso
     transform = up.producer(graph_id) if graph_id else None
     examples_id = _first(up.inputs(transform, "examples"))
     example_gen = up.producer(examples_id) if examples_id else None
-    schema_gen = up.producer(schema_id) if schema_id else None
-    training_run = up.runs.get(trainer, "") if trainer else ""
+    schema_gen = _schema_import(store, schema_id) if schema_id else None
+    training_run = up.run_of(trainer)
 
     out: Json = {
         "version": push["version"],
         "serving": served_version == push["version"],
         "push": {**push, "execution": _execution(up, pusher),
-                 "first_pushed_as": next((p["version"] for p in all_pushes if p["model_id"] == push["model_id"]),
+                 "first_pushed_as": next((p["version"] for p in pushes_of_model(store, push["model_id"])),
                                          push["version"])},
         "model": None, "blessing": None, "evaluation": None, "training": None, "transform": None,
         "schema": None, "examples": None, "statistics": None, "gates": [], "input_files": [],
@@ -386,7 +425,7 @@ def chain(store, push: Json, served_version: Optional[int], all_pushes: List[Jso
                             "preprocessing_fn": str(props.get("preprocessing_fn", "")),
                             "execution": _execution(up, transform)}
     if schema_id:
-        props = _props(up.executions[schema_gen]) if schema_gen else {}
+        props = _props(schema_gen) if schema_gen else {}
         schema_file = str(props.get("schema_file", ""))
         out["schema"] = {"artifact_id": schema_id, "uri": up.artifacts[schema_id].uri, "snapshot": schema_file,
                          "sha256": (training_run and out["training"]["run"]["config"].get("schema_sha256")) or ""}
@@ -412,19 +451,19 @@ def chain(store, push: Json, served_version: Optional[int], all_pushes: List[Jso
             candidate, baseline = recorded_slice_metrics(evaluation.custom_properties, evaluation.uri)
             out["evaluation"] = {"artifact_id": evaluation_id, "uri": evaluation.uri, "metrics": candidate,
                                  "baseline_metrics": baseline}
-    statistics_gen = _closest((e for e in down.consumers(examples_id, "examples", STATISTICS_GEN)),
-                              down.runs, training_run, trainer or 0)
+    statistics_gen = _closest(down.consumers(examples_id, "examples", STATISTICS_GEN), down, training_run,
+                              trainer or 0)
     statistics_id = _first(down.outputs(statistics_gen, "statistics"))
     if statistics_id:
         statistics = down.artifacts[statistics_id]
         out["statistics"] = {"artifact_id": statistics_id, "uri": statistics.uri,
                              "rows": _statistics_rows(statistics.uri)}
-        drift = _closest(down.consumers(statistics_id, "statistics", DRIFT_VALIDATOR), down.runs, training_run,
+        drift = _closest(down.consumers(statistics_id, "statistics", DRIFT_VALIDATOR), down, training_run,
                          trainer or 0)
         verdict = _first(down.outputs(drift, "anomalies"))
         if verdict:
-            out["gates"].append(gate_of(down.artifacts[verdict], down.runs.get(drift, ""), drift))
-    span_check = _span_check_report(store, span, up.runs.get(example_gen, ""), examples_id) if span else None
+            out["gates"].append(gate_of(down.artifacts[verdict], down.run_of(drift), drift))
+    span_check = _span_check_report(store, span, up.run_of(example_gen), examples_id) if span else None
     if span_check:
         out["gates"].insert(0, span_check)
         out["input_files"] = span_check["input_files"] or []
@@ -442,10 +481,8 @@ def version_lineage(store, version: int, served_version: Optional[int], on_disk:
                     query: Optional[Json] = None) -> Json:
     """The chain of one pushed version (`served_version`: the one answering requests now)."""
     on_disk = list(on_disk)
-    all_pushes = pushes(store)
-    push = push_for_version(all_pushes, version, on_disk, base)
-    return _document("chain", query or {"version": version},
-                     chain=chain(store, push, served_version, all_pushes))
+    push = push_for_version(store, version, on_disk, base)
+    return _document("chain", query or {"version": version}, chain=chain(store, push, served_version))
 
 
 def served_lineage(store, served_version: Optional[int], on_disk: Iterable[int], base: str) -> Json:
@@ -491,14 +528,13 @@ def span_lineage(store, day: dt.date, served_version: Optional[int]) -> Json:
                           for g in down.outputs(t, "transformed_examples")
                           for tr in down.consumers(g, "examples", TRAINER) for m in down.outputs(tr, "model")})
         blessings = [a for a in down.artifacts.values() if down.artifact_type(a.id) == "ModelBlessing"]
-        all_pushes = pushes(store)
         for model_id in trained:
             trainer = down.producer(model_id)
             verdicts = [_props(b) for b in sorted(blessings, key=lambda b: b.id)
                         if _props(b).get("current_model_id") == model_id]
             versions = [{"version": p["version"], "kind": p["kind"], "pushed_at": p["pushed_at"],
                          "serving": p["version"] == served_version}
-                        for p in all_pushes if p["model_id"] == model_id]
+                        for p in pushes_of_model(store, model_id)]
             models.append({
                 "model_id": model_id,
                 "uri": down.artifacts[model_id].uri,
@@ -567,16 +603,19 @@ def run_lineage(store, run_id: str, served_version: Optional[int]) -> Json:
                 pushed = artifact
             if aprops.get("gate") in GATE_ORDER:
                 gates.append(gate_of(artifact, context.name, execution.id))
+    recorded = _run_context(store, context.name)
+    # A rollback run records no config; its executions still say which code ran.
+    code = recorded["code_version"] or next((str(_props(e).get("code_version")) for e in executions
+                                             if _props(e).get("code_version")), "")
     body = {"run_id": context.name, "airflow_run_id": airflow_run or next(
         (r["airflow"]["run_id"] for r in rows if r["airflow"] and "run_id" in r["airflow"]), ""),
-        **{k: v for k, v in _run_context(store, context.name).items() if k != "run_id"},
+        "code_version": code, "config": recorded["config"],
         "executions": rows, "gates": gates, "blocked_by": next((g for g in gates if g["blocked"]), None),
         "pushed_version": None, "chain": None}
     if pushed is not None:
-        all_pushes = pushes(store)
         push = push_of(pushed)
         body["pushed_version"] = push["version"]
-        body["chain"] = chain(store, push, served_version, all_pushes)
+        body["chain"] = chain(store, push, served_version)
     return _document("run", {"run": run_id}, run=body)
 
 
@@ -627,9 +666,7 @@ def diff_lineage(store, left: int, right: int, served_version: Optional[int], on
                  base: str) -> Json:
     """Two versions side by side: spans, input files, schema, code version, config, metrics per slice."""
     on_disk = list(on_disk)
-    all_pushes = pushes(store)
-    chains = [chain(store, push_for_version(all_pushes, v, on_disk, base), served_version, all_pushes)
-              for v in (left, right)]
+    chains = [chain(store, push_for_version(store, v, on_disk, base), served_version) for v in (left, right)]
     a, b = _flat(chains[0]), _flat(chains[1])
     rows = [{"field": key, "left": a.get(key), "right": b.get(key), "differs": a.get(key) != b.get(key)}
             for key in sorted(set(a) | set(b), key=_field_order)]

@@ -1,6 +1,7 @@
 """`mlops lineage`: what made the model answering now, what a span trained, what a run did, and how two
 versions differ -- read from ML Metadata's lineage API (pipelines/lineage.py). Imports neither
-TensorFlow nor TFX: it answers in about a second, so Airflow's plugin can call it too."""
+TensorFlow nor TFX (but for evaluations older than their recorded metrics): it answers in well under
+a second, so Airflow's plugin can call it per page."""
 
 from __future__ import annotations
 
