@@ -22,6 +22,7 @@ from pipelines.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO / "dags"
+PLUGINS_FOLDER = DAGS_FOLDER / "plugins"
 NIGHTLY_DAG = "nightly_retrain"
 ROLLBACK_DAG = "model_rollback"
 POOL = "mlmd_writers"
@@ -42,6 +43,8 @@ def environment(home: Path, base: Optional[Dict[str, str]] = None) -> Dict[str, 
     env.update(
         AIRFLOW_HOME=str(airflow_home(home)),
         AIRFLOW__CORE__DAGS_FOLDER=str(DAGS_FOLDER),
+        # The UI pages (dags/plugins/mlops_ui.py): Models, a DAG run's data gates and lineage.
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(PLUGINS_FOLDER),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
         MLOPS_HOME=str(Path(home).resolve()),

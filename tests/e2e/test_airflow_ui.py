@@ -15,6 +15,9 @@ backfill of the 3 days until its runs are done) runs beside the other shared set
      webhook rolls back through the model_rollback DAG, once; every dashboard query has data;
   3c. Airflow's REST API lists the DAGs' asset events: each night's span accepted (span and TFX run
      id in the extra), each pushed version (span, version, blessing), the alert's rollback;
+  3d. the project's pages in the UI (dags/plugins/mlops_ui.py) need the login; the Models page marks
+     the served version and its "Roll back to this version" runs model_rollback, audited; a nightly
+     run's tab links to its data-gate report and its lineage (screenshots in test-artifacts/);
   4. `make down` stops every service and the warm worker, and says so again when nothing runs.
 The services are stopped in teardown whatever happens.
 """
@@ -214,18 +217,23 @@ def layout_settled(browser: webdriver.Browser):
     return check
 
 
+def login(browser: webdriver.Browser, url: str, password: str) -> None:
+    """Opens `url`, which sends us to Airflow's login page, and signs in as admin."""
+    browser.get(url)
+    username = browser.wait_element("input[name=username]", timeout=60)
+    assert "/auth/login" in browser.url  # not logged in: the UI sends us to the login page
+    username.send_keys("admin")
+    browser.find("input[name=password]").send_keys(password)
+    submit = browser.find("button[type=submit]")
+    browser.wait_for(submit.enabled, what="the Sign in button to be enabled")
+    submit.click()
+    browser.wait_for(lambda: "/auth/login" not in browser.url, timeout=60, what="the login to finish")
+
+
 def test_ui_login_shows_every_tfx_node_of_nightly_retrain(airflow_services, chromium, tmp_path):
     started = time.monotonic()
     with chromium(log_path=tmp_path / "chromedriver.log") as browser:
-        browser.get(f"{airflow_services['url']}/dags/{DAG}")
-        username = browser.wait_element("input[name=username]", timeout=60)
-        assert "/auth/login" in browser.url  # not logged in: the UI sends us to the login page
-        username.send_keys("admin")
-        browser.find("input[name=password]").send_keys(airflow_services["password"])
-        submit = browser.find("button[type=submit]")
-        browser.wait_for(submit.enabled, what="the Sign in button to be enabled")
-        submit.click()
-        browser.wait_for(lambda: "/auth/login" not in browser.url, timeout=60, what="the login to finish")
+        login(browser, f"{airflow_services['url']}/dags/{DAG}", airflow_services["password"])
         assert urllib.parse.urlparse(browser.url).path.rstrip("/") == f"/dags/{DAG}", browser.url
 
         def grid_drawn():
@@ -570,6 +578,144 @@ def test_the_assets_view_lists_the_span_and_the_model_with_their_tasks(airflow_s
     assert {t["task_id"] for t in span["producing_tasks"]} == {"DriftValidator"}, span
     assert [a["name"] for a in model["aliases"]] == ["taxi_model_pushes"], model
     assert model["last_asset_event"] and model["last_asset_event"]["id"], model
+
+
+# ----------------------------------------------------------------------------------- 3d. the mlops pages
+# The plugin in dags/plugins/mlops_ui.py: a Models page (with a rollback action) in the UI's menu and
+# a "Data gates & lineage" tab on every DAG run, behind Airflow's login, fed by the project's CLI.
+
+PAGES = {"models": REPO / "test-artifacts" / "airflow-ui-models.png",
+         "run": REPO / "test-artifacts" / "airflow-ui-run-data-gates.png"}
+UI_ROLLBACK_REASON = "bad canary seen in the UI"
+
+
+def raw_get(url: str) -> tuple:
+    """(status, Location header) of a GET that does not follow redirects."""
+    import http.client
+
+    parsed = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+    try:
+        connection.request("GET", parsed.path + (f"?{parsed.query}" if parsed.query else ""))
+        answer = connection.getresponse()
+        return answer.status, answer.getheader("location") or ""
+    finally:
+        connection.close()
+
+
+def embedded_page(browser: webdriver.Browser, css: str) -> str:
+    """The URL of the plugin page the Airflow UI shows in its frame, once `css` is drawn in it."""
+    browser.wait_for(lambda: browser.execute(
+        "const f = document.querySelector('iframe');"
+        "return f && f.contentDocument && f.contentDocument.querySelector(arguments[0]) ? true : null;", css),
+        timeout=60, what=f"the plugin page's frame to show {css}")
+    return browser.execute("return document.querySelector('iframe').src;")
+
+
+def test_the_mlops_pages_need_the_airflow_login(airflow_services):
+    url = airflow_services["url"]
+    for path in ("/mlops/models", f"/mlops/run/{DAG}/any", "/mlops/lineage?version=1"):
+        status, location = raw_get(url + path)
+        assert status in (302, 303, 307) and "/auth/login" in location, (path, status, location)
+    for path in ("/mlops/api/models", "/mlops/api/lineage"):
+        status, _ = api(airflow_services, path, auth=False)
+        assert status == 401, (path, status)
+    # With a login: the same rows as `mlops models list`, and the served version's lineage.
+    listed = json.loads(mlops(airflow_services["home"], "models", "list", "--json").stdout)
+    status, rows = api(airflow_services, "/mlops/api/models")
+    assert status == 200 and [r["version"] for r in rows] == [r["version"] for r in listed], rows
+    status, doc = api(airflow_services, "/mlops/api/lineage")
+    assert status == 200 and doc["chain"]["version"] == next(r["version"] for r in listed if r["serving"]), doc
+    status, answer = api(airflow_services, "/mlops/api/lineage?version=999")
+    assert status == 404 and "no pushed version 999" in answer["error"], answer
+    # A form post without Airflow's own page as its origin is refused, even with a valid login.
+    token = services.token(url, airflow_services["password"])
+    request = urllib.request.Request(f"{url}/mlops/rollback", data=b"version=1&reason=forged", method="POST",
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/x-www-form-urlencoded"})
+    try:
+        urllib.request.urlopen(request, timeout=30)
+        raise AssertionError("a rollback without an origin was accepted")
+    except urllib.error.HTTPError as err:
+        assert err.code == 403, err.code
+    assert json.loads(mlops(airflow_services["home"], "models", "list", "--json").stdout) == listed
+
+
+def test_the_models_page_marks_the_served_version_and_its_rollback_action_goes_through_the_dag(
+        airflow_services, chromium, tmp_path):
+    home, url = airflow_services["home"], airflow_services["url"]
+    before = json.loads(mlops(home, "models", "list", "--json").stdout)
+    served = next(r for r in before if r["serving"])
+    # The newest earlier version whose model differs from the one serving: rolling back to it changes something.
+    target = max((r for r in before if r["on_disk"] and r["kind"] != "unrecorded" and r["fingerprint"] != served["fingerprint"]),
+                 key=lambda r: r["version"])
+    runs_before = {r["dag_run_id"] for r in api(airflow_services, "/api/v2/dags/model_rollback/dagRuns")[1]["dag_runs"]}
+    with chromium(log_path=tmp_path / "chromedriver.log") as browser:
+        login(browser, f"{url}/plugin/mlops-models", airflow_services["password"])  # the "Models" menu entry
+        page = embedded_page(browser, "#models")
+        assert page == f"{url}/mlops/models", page
+        browser.screenshot(PAGES["models"])  # the page inside Airflow's UI
+        browser.get(page)
+        browser.wait_element("#models", timeout=60)
+        rows = browser.execute("return Array.from(document.querySelectorAll('#models tr[data-version]'))"
+                               ".map(r => [Number(r.dataset.version), r.classList.contains('serving')]);")
+        assert sorted(v for v, _ in rows) == sorted(r["version"] for r in before), rows
+        assert [v for v, serving in rows if serving] == [served["version"]], rows
+        text = browser.body_text()
+        assert served["reason"] in text and "Roll back to this version" in text
+        # Roll back to the target with a reason: the page posts it, Airflow runs model_rollback.
+        browser.execute("const row = document.querySelector(`#models tr[data-version='${arguments[0]}']`);"
+                        "row.querySelector('input[name=reason]').value = arguments[1];"
+                        "row.querySelector('form').requestSubmit();", target["version"], UI_ROLLBACK_REASON)
+        browser.wait_for(lambda: "note=" in browser.url or "error=" in browser.url, timeout=60,
+                         what="the page to answer the rollback")
+        note = browser.body_text()
+        assert f"rollback to version {target['version']} requested: model_rollback run" in note, note
+
+    def new_run():
+        runs = api(airflow_services, "/api/v2/dags/model_rollback/dagRuns")[1]["dag_runs"]
+        mine = [r for r in runs if r["dag_run_id"] not in runs_before]
+        return mine[0] if mine and mine[0]["state"] in ("success", "failed") else None
+
+    run = wait_for("the model_rollback run the page triggered", new_run, 180)
+    assert run["state"] == "success" and run["conf"]["to_version"] == target["version"], run
+    assert run["conf"]["requested_by"] == "admin" and run["conf"]["reason"] == UI_ROLLBACK_REASON, run
+    after = json.loads(mlops(home, "models", "list", "--json").stdout)
+    newest = after[-1]
+    assert newest["kind"] == "rollback" and newest["serving"] and newest["version"] > served["version"], newest
+    assert newest["model_id"] == target["model_id"] and newest["requested_by"] == "admin", newest
+    assert newest["reason"] == UI_ROLLBACK_REASON and newest["trigger"] == "manual", newest
+    # Audited like the CLI's: its lineage names the DAG run that pushed it.
+    chain = json.loads(mlops(home, "lineage", "--json").stdout)["chain"]
+    assert chain["push"]["execution"]["airflow"]["run_id"] == run["dag_run_id"], chain["push"]
+
+
+def test_a_nightly_run_links_to_its_data_gate_report_and_its_lineage(airflow_services, chromium, tmp_path):
+    url = airflow_services["url"]
+    run = sorted((r for r in airflow_services["backfill"]["runs"] if r["run_type"] == "backfill"),
+                 key=lambda r: r["logical_date"])[-1]
+    run_id, day = run["dag_run_id"], airflow_services["days"][-1]
+    with chromium(log_path=tmp_path / "chromedriver.log") as browser:
+        login(browser, f"{url}/dags/{DAG}/runs/{urllib.parse.quote(run_id, safe='')}/plugin/mlops-run",
+              airflow_services["password"])  # the run's "Data gates & lineage" tab
+        page = embedded_page(browser, "#gates")
+        assert urllib.parse.unquote(page) == f"{url}/mlops/run/{DAG}/{run_id}", page
+        browser.screenshot(PAGES["run"])  # the run's tab inside Airflow's UI
+        browser.get(page)
+        browser.wait_element("#gates", timeout=60)
+        gates = browser.execute("return Array.from(document.querySelectorAll('#gates tr[data-gate]'))"
+                                ".map(r => [r.dataset.gate, r.innerText, r.querySelector('a') ? r.querySelector('a').href : null]);")
+        assert [g[0] for g in gates] == ["span_check", "drift_validator"], gates
+        assert all("passed" in g[1] and day.isoformat() in g[1] for g in gates), gates
+        lineage_link = browser.execute("return Array.from(document.querySelectorAll('a')).find(a => "
+                                       "a.innerText === 'Lineage of this run').href;")
+        browser.get(gates[1][2])  # the DriftValidator's HTML report
+        browser.wait_for(lambda: day.isoformat() in browser.title, timeout=30, what="the data-gate report")
+        assert f"Span {day.isoformat()}: passed" in browser.body_text()
+        browser.get(lineage_link)
+        lineage_text = browser.wait_element("#lineage", timeout=60).text
+    assert lineage_text.startswith(f"run {DAG}__{run_id} (Airflow run {run_id})"), lineage_text[:300]
+    assert "execution" in lineage_text and f"span        {day.isoformat()}" in lineage_text, lineage_text
 
 
 # ----------------------------------------------------------------------------------- 4. make down
