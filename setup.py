@@ -13,7 +13,8 @@ setup(
     description="Nightly TFX retraining on Airflow with drift gates, serving, rollback, lineage and alerts",
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["pipelines*", "components*", "serving*", "monitoring*"]),
-    install_requires=["tfx==1.16.0", "dill", "orjson", "tomli", "prometheus-client", "grafanalib"],
+    install_requires=["tfx==1.16.0", "dill", "orjson", "tomli", "prometheus-client", "grafanalib",
+                      "openlineage-python"],
     extras_require={"test": ["pytest>=8", "pytest-timeout"]},
     entry_points={"console_scripts": ["mlops=pipelines.cli:main"]},
 )

@@ -3,7 +3,8 @@
 This is the loop body of TFX's LocalDagRunner.run_with_ir for a single node id, so caching,
 drivers, resolvers and ML Metadata publishing behave exactly as in stock TFX. The in-process
 runner (`mlops run`) calls it for every node in order; the Airflow tasks call it for one. Each
-node's duration and outcome then go to the Pushgateway when one is configured (pipelines/monitor.py).
+node's duration and outcome then go to the Pushgateway when one is configured (pipelines/monitor.py),
+and its OpenLineage run events to a file or an endpoint when MLOPS_OPENLINEAGE asks (pipelines/openlineage.py).
 """
 
 from __future__ import annotations
@@ -76,12 +77,15 @@ def run_node(ir, node_id: str) -> NodeResult:
         custom_driver_spec=runner_utils.extract_custom_driver_spec(deployment_config, node_id),
     )
     from pipelines.monitor import report_node
+    from pipelines.openlineage import emit_node  # OpenLineage events: off unless MLOPS_OPENLINEAGE is set
     from pipelines.run_context import record_execution
 
+    launched = time.time()  # OpenLineage: the run's start time
     try:
         info = node_launcher.launch()
-    except Exception:
+    except Exception as err:
         report_node(ir, node_id, "failed", time.monotonic() - started)
+        emit_node(ir, node_id, "failed", launched, connection_config, error=err)  # OpenLineage FAIL
         raise
     seconds = time.monotonic() - started
     if info is None:
@@ -94,6 +98,8 @@ def run_node(ir, node_id: str) -> NodeResult:
     record_execution(connection_config, execution_id, dict(os.environ))
     status, blocked = _outcome(connection_config, execution_id)
     report_node(ir, node_id, "blocked" if blocked else status, seconds, connection_config, execution_id)
+    emit_node(ir, node_id, "blocked" if blocked else status, launched, connection_config, execution_id,
+              error=blocked[0] if blocked else None)  # OpenLineage COMPLETE, or FAIL when a gate blocked
     if blocked:
         from pipelines.errors import DataError
 
