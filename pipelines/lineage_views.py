@@ -20,6 +20,10 @@ def _value(value) -> str:
     return str(value)
 
 
+def _metric(value) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
 def _who(execution: Optional[Json]) -> str:
     if not execution:
         return ""
@@ -54,7 +58,7 @@ def _metric_lines(evaluation: Optional[Json]) -> List[str]:
             hidden += 1
             continue
         theirs = baseline.get(name, {})
-        shown = ", ".join(f"{m} {_value(values[m])}" + (f" [{_value(theirs.get(m))}]" if baseline else "")
+        shown = ", ".join(f"{m} {_metric(values[m])}" + (f" [{_metric(theirs.get(m))}]" if baseline else "")
                           for m in SHOWN_METRICS if m in values)
         out.append(f"      {name} ({count:.0f} examples): {shown}")
     if hidden:
@@ -185,7 +189,10 @@ def diff_lines(doc: Json) -> List[str]:
     out = [f"{'field':{width}}   {'version ' + str(left):40}  version {right}"]
     for row in rows:
         mark = "*" if row["differs"] else " "
-        out.append(f"{row['field']:{width}} {mark} {_short(row['left']):40}  {_short(row['right'])}")
+        left_value, right_value = row["left"], row["right"]
+        if row["field"].startswith("metrics[") and not row["field"].endswith(".example_count"):
+            left_value, right_value = (_metric(v) if v is not None else None for v in (left_value, right_value))
+        out.append(f"{row['field']:{width}} {mark} {_short(left_value):40}  {_short(right_value)}")
     out.append(f"* = differs ({len(doc['differing'])} of {len(doc['fields'])} fields)")
     if hidden:
         out.append(f"({hidden} metric fields of slices with fewer than {MIN_SHOWN_SLICE_EXAMPLES} examples not shown; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from components.util.spans import span_number
 from pipelines.config import PipelineConfig
 from pipelines.taxi import features as F
+from pipelines.taxi.model_options import hyperparameters
 
 PREPROCESSING_FN = "pipelines.taxi.preprocessing.preprocessing_fn"
 RUN_FN = "pipelines.taxi.model.run_fn"
@@ -190,7 +191,8 @@ def create_pipeline(config: PipelineConfig):
         schema=schema_gen.outputs["schema"],
         train_args=trainer_pb2.TrainArgs(num_steps=config.train_steps),
         eval_args=trainer_pb2.EvalArgs(num_steps=config.eval_steps),
-        custom_config={"strategy": config.strategy, "batch_size": config.batch_size},
+        # Recorded by ML Metadata with the training: `mlops lineage` shows them as its hyperparameters.
+        custom_config={"strategy": config.strategy, "batch_size": config.batch_size, **hyperparameters()},
     )
     served_model = Resolver(
         strategy_class=ServedModelStrategy,

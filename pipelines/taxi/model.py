@@ -19,12 +19,11 @@ import tensorflow_transform as tft
 
 from components.util.keras import skip_autograph_of_tf_keras
 from pipelines.taxi import features as F
-from pipelines.taxi.model_options import STRATEGIES
+from pipelines.taxi.model_options import HIDDEN_UNITS, LEARNING_RATE, STRATEGIES
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_DIM = 8
-DEEP_UNITS = (64, 32)
 
 
 class UnknownStrategyError(ValueError):
@@ -41,7 +40,8 @@ class TrainSpec:
     eval_steps: int
     batch_size: int = 64
     strategy: str = "auto"
-    learning_rate: float = 0.005
+    learning_rate: float = LEARNING_RATE
+    hidden_units: Sequence[int] = HIDDEN_UNITS
 
 
 def tf_config_worker_count(tf_config: str | None = None) -> int:
@@ -95,7 +95,8 @@ def make_dataset(files, tf_transform_output, batch_size: int) -> tf.data.Dataset
     return dataset.with_options(options)
 
 
-def build_model(tf_transform_output, learning_rate: float) -> tf.keras.Model:
+def build_model(tf_transform_output, learning_rate: float,
+                hidden_units: Sequence[int] = HIDDEN_UNITS) -> tf.keras.Model:
     """Wide (one-hot categorical) & Deep (dense + embeddings) binary classifier."""
     inputs, wide_parts, deep_parts = {}, [], []
     for key in F.DENSE_FLOAT_FEATURES:
@@ -116,7 +117,7 @@ def build_model(tf_transform_output, learning_rate: float) -> tf.keras.Model:
         deep_parts.append(tf.keras.layers.Flatten()(embedded))
 
     deep = tf.keras.layers.concatenate(deep_parts)
-    for units in DEEP_UNITS:
+    for units in hidden_units:
         deep = tf.keras.layers.Dense(units, activation="relu")(deep)
     wide = tf.keras.layers.concatenate(wide_parts)
     logit = tf.keras.layers.add([tf.keras.layers.Dense(1)(deep), tf.keras.layers.Dense(1)(wide)])
@@ -202,7 +203,7 @@ def train_and_export(spec: TrainSpec) -> dict:
     train_ds = make_dataset(spec.train_files, tf_transform_output, global_batch)
     eval_ds = make_dataset(spec.eval_files, tf_transform_output, global_batch)
     with strategy.scope():
-        model = build_model(tf_transform_output, spec.learning_rate)
+        model = build_model(tf_transform_output, spec.learning_rate, spec.hidden_units)
     model.fit(train_ds, steps_per_epoch=spec.train_steps, verbose=0)
     metrics = model.evaluate(eval_ds, steps=spec.eval_steps, return_dict=True, verbose=0)
     signatures = _serving_signatures(model, tf_transform_output)
@@ -235,6 +236,8 @@ def run_fn(fn_args) -> None:
             eval_steps=fn_args.eval_steps,
             batch_size=int(custom.get("batch_size", 64)),
             strategy=str(custom.get("strategy", "auto")),
+            learning_rate=float(custom.get("learning_rate", LEARNING_RATE)),
+            hidden_units=tuple(int(u) for u in custom.get("hidden_units", HIDDEN_UNITS)),
         )
     )
 

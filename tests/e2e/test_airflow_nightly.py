@@ -25,6 +25,7 @@ import pytest
 
 from serving import versions
 from pipelines import airflow_env
+from pipelines.taxi.model_options import hyperparameters
 from tests import prepared
 from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, SMALL_ROWS, make_home, mlops, readonly_store
 
@@ -301,6 +302,7 @@ def test_lineage_of_the_served_version_is_the_rollback_down_to_the_first_span_fi
     assert training["run"]["run_id"] == first_night and training["execution"]["airflow"]["task_id"] == "Trainer"
     assert training["train_steps"] == int(FAST_RUN_ARGS[FAST_RUN_ARGS.index("--train-steps") + 1])
     assert training["strategy"] == "auto" and training["run"]["code_version"].startswith(("git:", "package:"))
+    assert training["hyperparameters"] == {"batch_size": 64, **hyperparameters()}, training["hyperparameters"]
     assert training["run"]["config"]["gates"]["auc_floor"] == 0.5  # the first night's --auc-floor
     assert chain["blessing"]["blessed"] and chain["blessing"]["execution"]["run_id"] == first_night
     assert chain["evaluation"]["metrics"]["overall"]["example_count"] > 0
