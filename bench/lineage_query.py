@@ -90,6 +90,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as pb
 
 from components.util.spans import span_date, span_number
+from components.util.statistics import statistics_rows
 from pipelines import lineage
 from pipelines.config import MetadataConfig
 from serving.versions import list_versions
@@ -723,7 +724,7 @@ class Naive:
             "slices": len(slices), "trainer": trainer, "transform_graph": graph_id, "schema": schema_id,
             "schema_file": schema_file, "examples": examples_id,
             "span": span_date(examples.custom_properties["span"].int_value), "statistics": statistics_id,
-            "rows": _statistics_rows(statistics_uri),
+            "rows": statistics_rows(statistics_uri),
             "gates": [[lineage.SPAN_CHECK_GATE, report.id, report.custom_properties["blocked"].int_value == 1],
                       [lineage.DRIFT_GATE, verdict.id, verdict.custom_properties["blocked"].int_value == 1]],
             "input_files": len(input_files),
@@ -734,21 +735,6 @@ class Naive:
     def diff(self, left: int, right: int) -> dict:
         a, b = self.chain(left), self.chain(right)
         return {"left": a, "right": b, "differing": sorted(k for k in a if a[k] != b[k])}
-
-
-def _statistics_rows(uri: str) -> Dict[str, int]:
-    """{split: examples} of a statistics artifact, from its FeatureStats.pb files."""
-    from tensorflow_metadata.proto.v0 import statistics_pb2
-
-    rows = {}
-    for split in ("train", "eval"):
-        path = os.path.join(uri, f"Split-{split}", "FeatureStats.pb")
-        if os.path.isfile(path):
-            stats = statistics_pb2.DatasetFeatureStatisticsList()
-            with open(path, "rb") as handle:
-                stats.ParseFromString(handle.read())
-            rows[split] = int(sum(d.num_examples for d in stats.datasets))
-    return rows
 
 
 # ------------------------------------------------------------------------------- agreement

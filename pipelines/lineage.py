@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -301,23 +300,6 @@ def _run_context(store, run_id: str) -> Json:
             "config": _json_prop(props, "run_config", {})}
 
 
-def _statistics_rows(uri: str) -> Dict[str, int]:
-    """{split: examples} from StatisticsGen's files (the proto only: no TensorFlow)."""
-    rows = {}
-    try:
-        from tensorflow_metadata.proto.v0 import statistics_pb2
-    except ImportError:
-        return rows
-    for split in ("train", "eval"):
-        path = os.path.join(uri, f"Split-{split}", "FeatureStats.pb")
-        if os.path.isfile(path):
-            stats = statistics_pb2.DatasetFeatureStatisticsList()
-            with open(path, "rb") as handle:
-                stats.ParseFromString(handle.read())
-            rows[split] = int(sum(d.num_examples for d in stats.datasets))
-    return rows
-
-
 def gate_of(artifact, run_id: str = "", execution_id: Optional[int] = None) -> Json:
     """A data gate's recorded verdict (components/verdict.py) and report."""
     props = _props(artifact)
@@ -455,9 +437,11 @@ def chain(store, push: Json, served_version: Optional[int]) -> Json:
                               trainer or 0)
     statistics_id = _first(down.outputs(statistics_gen, "statistics"))
     if statistics_id:
+        from components.util.statistics import statistics_rows
+
         statistics = down.artifacts[statistics_id]
         out["statistics"] = {"artifact_id": statistics_id, "uri": statistics.uri,
-                             "rows": _statistics_rows(statistics.uri)}
+                             "rows": statistics_rows(statistics.uri)}
         drift = _closest(down.consumers(statistics_id, "statistics", DRIFT_VALIDATOR), down, training_run,
                          trainer or 0)
         verdict = _first(down.outputs(drift, "anomalies"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Dict, List, Optional
 
 
@@ -114,15 +113,9 @@ def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool)
 
         summary.span = span_date(props["span"].int_value)
     elif type_name == "ExampleStatistics":
-        from tensorflow_metadata.proto.v0 import statistics_pb2
+        from components.util.statistics import statistics_rows
 
-        for split in ("train", "eval"):
-            path = os.path.join(artifact.uri, f"Split-{split}", "FeatureStats.pb")
-            if os.path.exists(path):
-                stats = statistics_pb2.DatasetFeatureStatisticsList()
-                with open(path, "rb") as handle:
-                    stats.ParseFromString(handle.read())
-                summary.rows[split] = int(sum(d.num_examples for d in stats.datasets))
+        summary.rows.update(statistics_rows(artifact.uri))
     elif type_name == "ExampleAnomalies" and "findings" in props:  # a data gate (components/verdict.py)
         import json
 
