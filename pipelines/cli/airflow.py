@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import shlex
 import sys
 from typing import List
 
@@ -39,6 +40,9 @@ def cmd_airflow(args) -> int:
     if run_id:
         print()
         print_summary(config, f"{airflow_env.NIGHTLY_DAG}__{run_id}", as_json=False)
+        home = shlex.quote(str(paths.home))
+        print(f"  lineage:   mlops --home {home} lineage --run {shlex.quote(run_id)}  "
+              f"(what made the model serving now: mlops --home {home} lineage)")
     if code:
         print(f"the DAG run failed (exit {code}); see the failed task above and {log_path}", file=sys.stderr)
     return 1 if code else 0

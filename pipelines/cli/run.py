@@ -22,7 +22,11 @@ def cmd_run(args) -> int:
         print("\n".join(failed.summary.lines()))
         print(f"run stopped at {failed.node_id}: {failed.cause}", file=sys.stderr)
         return EXIT_BLOCKED if isinstance(failed.cause, DataError) else EXIT_FAILED
-    print(summary.to_json() if args.json else "\n".join(summary.lines()))
+    if args.json:
+        print(summary.to_json())
+    else:
+        print("\n".join(summary.lines()))
+        print(f"  lineage:   mlops lineage --run {summary.run_id}")
     return 0
 
 
