@@ -651,11 +651,16 @@ def diff_lineage(store, left: int, right: int, served_version: Optional[int], on
     """Two versions side by side: spans, input files, schema, code version, config, metrics per slice."""
     on_disk = list(on_disk)
     chains = [chain(store, push_for_version(store, v, on_disk, base), served_version) for v in (left, right)]
-    a, b = _flat(chains[0]), _flat(chains[1])
+    a, b = ({k: _scalar(v) for k, v in _flat(c).items()} for c in chains)
     rows = [{"field": key, "left": a.get(key), "right": b.get(key), "differs": a.get(key) != b.get(key)}
             for key in sorted(set(a) | set(b), key=_field_order)]
     return _document("diff", {"diff": [left, right]}, left=chains[0], right=chains[1], fields=rows,
                      differing=[r["field"] for r in rows if r["differs"]])
+
+
+def _scalar(value):
+    """A diff cell: lists and objects (e.g. hidden_units) as their JSON text."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
 
 
 def _field_order(key: str) -> Tuple[int, str]:
