@@ -48,7 +48,7 @@ def _metric_lines(evaluation: Optional[Json]) -> List[str]:
     if not evaluation:
         return ["  evaluation  none (skipped: the candidate was the model being served)"]
     metrics, baseline = evaluation["metrics"], evaluation["baseline_metrics"]
-    against = "against the served model" if baseline else "no baseline (no model was served)"
+    against = "against the served model" if baseline else "no baseline: no model was served"
     out = [f"  evaluation  {evaluation['artifact_id']} ({against}): metrics per slice"
            + (" (baseline in brackets)" if baseline else "")]
     hidden = 0
