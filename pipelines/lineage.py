@@ -341,8 +341,8 @@ def _span_check_report(store, span: str, run_id: str, before_artifact: int) -> O
     return gate_of(found[-1], run_id if run_id else "")
 
 
-def _schema_import(store, schema_id: int) -> Optional[int]:
-    """The first ImportSchemaGen execution that wrote the schema artifact (every later run's cached
+def _schema_import(store, schema_id: int):
+    """The first ImportSchemaGen execution (or None) that wrote the schema artifact (every later run's cached
     ImportSchemaGen writes it again: the lineage walk stops at the schema instead of visiting them)."""
     from ml_metadata.metadata_store import metadata_store
 
