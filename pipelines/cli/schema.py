@@ -1,4 +1,4 @@
-"""`mlops schema history|accept|diff|prune`: what changed in schemas/taxi/schema.pbtxt, and accepting a span."""
+"""`mlops schema history|accept|diff|prune|lint`: what changed in schemas/taxi/schema.pbtxt, and accepting a span."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import difflib
 import json
 import os
 import re
+from pathlib import Path
 from typing import Optional, Tuple
 
 from pipelines.cli.common import date_arg, project_paths
@@ -130,6 +131,42 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_lint(args) -> int:
+    from pipelines import schema_lint
+
+    paths = project_paths(args)
+    schema_path = Path(args.schema) if args.schema else paths.schema_path
+    if not schema_path.is_file():
+        raise ConfigError(f"schema file {schema_path} does not exist", "pass --schema PATH or run in the project home")
+    rows = schema_lint.lint_file(schema_path)
+    if args.date:
+        folder = paths.data_root / args.date.isoformat()
+        columns = schema_lint.span_columns(paths.data_root, args.date.isoformat())
+        if not columns:
+            raise ConfigError(f"span {args.date}: no CSV file with a header in {folder}",
+                              "pick a date that has data under data/incoming/ (`mlops data seed`)")
+        rows += schema_lint.unknown_columns(rows, columns)
+    unguarded = [row for row in rows if not row.guarded]
+    if args.json:
+        print(json.dumps({"schema": str(schema_path), "span": args.date.isoformat() if args.date else None,
+                          "ok": not unguarded, "unguarded": [row.name for row in unguarded],
+                          "features": [dataclasses.asdict(row) for row in rows]}, indent=2, sort_keys=True))
+    else:
+        print(f"{schema_path}" + (f", span {args.date}" if args.date else ""))
+        print(schema_lint.table(rows))
+    if unguarded:
+        names = ", ".join(f"{row.name} ({row.presence})" if row.presence == schema_lint.NOT_IN_SCHEMA else row.name
+                          for row in unguarded)
+        raise ConfigError(f"{len(unguarded)} unguarded feature(s), no value range/domain and no drift comparator: "
+                          f"{names}",
+                          f"add a value range/domain (int_domain, float_domain, string domain) or a "
+                          f"drift_comparator for each to {schema_path}; a column not in the schema needs a "
+                          f"feature there first")
+    if not args.json:
+        print(f"every feature is guarded ({len(rows)} features)")
+    return 0
+
+
 def _duration(text: str) -> dt.timedelta:
     match = re.fullmatch(r"(\d+)([wdhm])", text.strip())
     if not match:
@@ -142,10 +179,11 @@ def register(commands) -> None:
     """Adds `mlops schema ...` to the CLI's subparsers (argument definitions only, no TFX)."""
 
     schema = commands.add_parser(
-        "schema", help="history of schemas/taxi/schema.pbtxt: accept a span, diff, prune snapshots",
+        "schema", help="history of schemas/taxi/schema.pbtxt: accept a span, diff, prune snapshots, lint",
         description="Every pipeline run snapshots the schema it uses under var/schemas/taxi/ and notes in "
         "history.jsonl when it changed. These commands list that history, change the schema so a span "
-        "passes (recording who and why), compare schemas over time and prune old snapshots.",
+        "passes (recording who and why), compare schemas over time, prune old snapshots and lint the "
+        "schema (every feature guarded by a range/domain or a drift check).",
     )
     actions = schema.add_subparsers(dest="schema_command", metavar="ACTION", required=True)
 
@@ -196,3 +234,17 @@ def register(commands) -> None:
     )
     prune.add_argument("--keep-days", type=int, default=KEEP_DAYS, help="days to keep (default: 30)")
     prune.set_defaults(handler=cmd_prune)
+
+    lint = actions.add_parser(
+        "lint", help="list what guards each feature; fail on a feature with no range/domain and no drift check",
+        description="One row per feature of the schema: type, presence (required: min_fraction 1.0, or "
+        "optional), value range or domain (int/float min..max, a string domain with its value count and "
+        "min_domain_mass), drift comparator and threshold, and a verdict. A feature with neither a range/domain "
+        "nor a drift comparator is unguarded: any value passes validation. With --date, the span's CSV columns "
+        "the schema does not know are listed as unguarded too. Exit 0 when every feature is guarded, 2 when "
+        "one is not (the error names each and the fix).",
+    )
+    lint.add_argument("--schema", metavar="PATH", help="schema file (default: schemas/taxi/schema.pbtxt of the home)")
+    lint.add_argument("--date", type=date_arg, help="also check span DATE's CSV columns (data/incoming/DATE/*.csv)")
+    lint.add_argument("--json", action="store_true", help="print JSON")
+    lint.set_defaults(handler=cmd_lint)

@@ -163,7 +163,8 @@ def test_describe_changes_names_each_kind_of_change(tmp_path):
         ("max: 23", "max: 30"),
         ('name: "trip_start_timestamp"\n  type: INT', 'name: "trip_start_timestamp"\n  type: FLOAT'),
         ('name: "dropoff_community_area"\n', 'name: "dropoff_community_area"\nlifecycle_stage: DEPRECATED\n'),
-        ('feature {\n  name: "pickup_latitude"\n  type: FLOAT\n  presence {\n    min_count: 0\n  }\n}\n', ""),
+        ('feature {\n  name: "pickup_latitude"\n  type: FLOAT\n  float_domain {\n    min: 41.6\n    max: 42.1\n  }\n'
+         '  presence {\n    min_count: 0\n  }\n}\n', ""),
     ]:
         assert before in new_text
         new_text = new_text.replace(before, after, 1)
