@@ -11,7 +11,9 @@ reports 0 there; the share of positive labels, `mean_label`, tells it apart).
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 from typing import Dict, Optional, Tuple
 
 SLICE_METRICS = "slice_metrics"  # custom property of the ModelEvaluation artifact
@@ -73,7 +75,11 @@ def recorded_slice_metrics(artifact_properties, evaluation_uri: str) -> Tuple[Sl
     there are none, e.g. an evaluation skipped because the candidate was the served model)."""
     if SLICE_METRICS in artifact_properties:
         return from_property(artifact_properties[SLICE_METRICS].string_value)
+    # A skipped evaluation (the candidate was the served model) wrote no metrics: do not import TFMA
+    # (seconds) to find that out.
+    if not glob.glob(os.path.join(evaluation_uri, "metrics*")):
+        return {}, {}
     try:
         return read_slice_metrics(evaluation_uri)
-    except Exception:  # noqa: BLE001 -- a skipped evaluation has no metrics file
+    except Exception:  # noqa: BLE001 -- unreadable metrics: none
         return {}, {}

@@ -22,6 +22,20 @@ def test_the_recorded_property_is_read_back_without_tfma():
     assert metrics.recorded_slice_metrics(metadata_store_pb2.Artifact().custom_properties, "/nonexistent") == ({}, {})
 
 
+def test_a_skipped_evaluation_is_empty_without_importing_tfma(tmp_path):
+    """The evaluation of a rerun whose candidate is the served model has no metrics files: reading it
+    must not import TFMA (seconds in every summary of such a run)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ml_metadata.proto import metadata_store_pb2 as pb; "
+            "from components.evaluator import metrics; "
+            f"assert metrics.recorded_slice_metrics(pb.Artifact().custom_properties, {str(tmp_path)!r}) == ({{}}, {{}}); "
+            "assert 'tensorflow_model_analysis' not in sys.modules and 'tensorflow' not in sys.modules, 'imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_the_slice_guard_names_slices_that_lost_more_than_the_margin_and_skips_small_or_undefined_ones():
     candidate = {
         "overall": {"auc": 0.5, "example_count": 1000.0},  # gated by TFMA's thresholds, not here
