@@ -136,14 +136,16 @@ class Graph:
         self.executions = {e.id: e for e in graph.executions}
         self.events = list(graph.events)
         self._runs: Dict[int, str] = {}  # execution id -> pipeline_run context name
+        self._run_type: Optional[int] = None
 
     def run_of(self, execution_id: Optional[int]) -> str:
         if execution_id is None:
             return ""
         if execution_id not in self._runs:
-            run_type = _run_type_id(self.store)
+            if self._run_type is None:
+                self._run_type = _run_type_id(self.store)
             self._runs[execution_id] = next((c.name for c in self.store.get_contexts_by_execution(execution_id)
-                                             if c.type_id == run_type), "")
+                                             if c.type_id == self._run_type), "")
         return self._runs[execution_id]
 
     def artifact_type(self, artifact_id: int) -> str:
@@ -179,8 +181,13 @@ class Graph:
 
 
 def _run_type_id(store) -> int:
-    run_type = store.get_context_type("pipeline_run")
-    return run_type.id if run_type is not None else -1
+    """The id of the pipeline_run context type; -1 in a store no pipeline ran against yet."""
+    from ml_metadata import errors as mlmd_errors
+
+    try:
+        return store.get_context_type("pipeline_run").id
+    except mlmd_errors.NotFoundError:
+        return -1
 
 
 def _first(ids: List[int]) -> Optional[int]:
@@ -203,20 +210,14 @@ def _closest(candidates: Iterable[int], graph: Graph, run: str, before: int) -> 
 
 
 def push_of(artifact) -> Json:
-    """The push facts of a PushedModel artifact (as `mlops models list` shows them)."""
-    props = _props(artifact)
-    kind = str(props.get("push_kind") or "nightly")
+    """The push facts of a PushedModel artifact, read as `mlops models list` and rollbacks read them."""
+    from pipelines.rollback import PushRecord
+
+    push = PushRecord.from_artifact(artifact)
     return {
-        "artifact_id": artifact.id,
-        "version": int(props.get("pushed_version", 0)),
-        "kind": kind,
-        "trigger": (str(props.get("rollback_trigger") or "manual")) if kind == "rollback" else "",
-        "requested_by": str(props.get("requested_by", "")),
-        "reason": str(props.get("reason", "")),
-        "pushed_at": str(props.get("pushed_at", "")),
-        "replaced_version": int(props.get("replaced_version", 0)) or None,
-        "model_id": int(props.get("source_model_id", 0)),
-        "fingerprint": str(props.get("model_fingerprint", "")),
+        "artifact_id": push.artifact_id, "version": push.version, "kind": push.kind, "trigger": push.trigger,
+        "requested_by": push.requested_by, "reason": push.reason, "pushed_at": push.pushed_at,
+        "replaced_version": push.replaced_version or None, "model_id": push.model_id, "fingerprint": push.fingerprint,
     }
 
 
@@ -258,12 +259,12 @@ GRAPH_FIELDS = ["artifacts", "executions", "events", "artifact_types", "executio
 
 
 def _subgraph(store, direction: str, start_filter: str, hops: int, end_executions: str = "",
-              end_artifacts: str = "", start_executions: bool = False) -> Graph:
+              end_artifacts: str = "") -> Graph:
     from ml_metadata.proto import metadata_store_pb2 as pb
 
     options = pb.LineageSubgraphQueryOptions(
         max_num_hops=hops, direction=getattr(pb.LineageSubgraphQueryOptions, direction))
-    (options.starting_executions if start_executions else options.starting_artifacts).filter_query = start_filter
+    options.starting_artifacts.filter_query = start_filter
     if end_executions:
         options.ending_executions.filter_query = end_executions
         options.ending_executions.include_ending_nodes = True
@@ -278,7 +279,6 @@ def _execution(graph: Graph, execution_id: Optional[int]) -> Optional[Json]:
         return None
     execution = graph.executions[execution_id]
     props = _props(execution)
-    airflow = {key[len("airflow_"):]: str(value) for key, value in props.items() if key.startswith("airflow_")}
     return {
         "execution_id": execution_id,
         "node": graph.execution_type(execution_id).rsplit(".", 1)[-1],
@@ -286,8 +286,14 @@ def _execution(graph: Graph, execution_id: Optional[int]) -> Optional[Json]:
         "state": graph.pb.Execution.State.Name(execution.last_known_state).lower(),
         "started_at": _time(execution.create_time_since_epoch),
         "code_version": str(props.get("code_version", "")),
-        "airflow": airflow or None,
+        "airflow": _airflow(props),
     }
+
+
+def _airflow(props: Dict[str, object]) -> Optional[Dict[str, str]]:
+    """The Airflow task an execution recorded (pipelines/run_context.py), or None outside Airflow."""
+    found = {key[len("airflow_"):]: str(value) for key, value in props.items() if key.startswith("airflow_")}
+    return found or None
 
 
 def _run_context(store, run_id: str) -> Json:
@@ -495,7 +501,7 @@ def span_lineage(store, day: dt.date, served_version: Optional[int]) -> Json:
         raise ConfigError(f"ML Metadata records nothing for span {span}",
                           f"run it (`mlops run --date {span}`), or ask about a span it knows: "
                           + (", ".join(k for k in known if k) or "none yet"))
-    run_type = store.get_context_type("pipeline_run").id
+    run_type = _run_type_id(store)
     gates = []
     for report in sorted(reports, key=lambda a: a.id):
         runs = [c.name for c in store.get_contexts_by_artifact(report.id) if c.type_id == run_type]
@@ -547,7 +553,7 @@ def find_run(store, run_id: str):
         return context, ""
     executions = store.get_executions(list_options=metadata_store.ListOptions(
         filter_query=f"custom_properties.airflow_run_id.string_value = {_quoted(run_id)}"))
-    run_type = store.get_context_type("pipeline_run").id
+    run_type = _run_type_id(store)
     for execution in executions:
         for context in store.get_contexts_by_execution(execution.id):
             if context.type_id == run_type:
@@ -577,8 +583,7 @@ def run_lineage(store, run_id: str, served_version: Optional[int]) -> Json:
         rows.append({"execution_id": execution.id, "node": node,
                      "state": pb.Execution.State.Name(execution.last_known_state).lower(),
                      "started_at": _time(execution.create_time_since_epoch),
-                     "airflow": {k[len("airflow_"):]: str(v) for k, v in props.items() if k.startswith("airflow_")}
-                     or None})
+                     "airflow": _airflow(props)})
         outputs = [e.artifact_id for e in store.get_events_by_execution_ids([execution.id])
                    if e.type == pb.Event.OUTPUT]
         for artifact in store.get_artifacts_by_id(outputs) if outputs else []:

@@ -49,6 +49,32 @@ class PushRecord:
         return f"{self.kind} (alert)" if self.kind == "rollback" and self.trigger == "alert" else self.kind
 
     @classmethod
+    def from_artifact(cls, artifact) -> "PushRecord":
+        """The push a PushedModel artifact records (components/pusher's custom properties)."""
+        props = artifact.custom_properties
+
+        def text(key: str) -> str:
+            return props[key].string_value if key in props else ""
+
+        def number(key: str) -> int:
+            return props[key].int_value if key in props else 0
+
+        return cls(
+            artifact_id=artifact.id,
+            version=number("pushed_version"),
+            model_id=number("source_model_id"),
+            kind=text("push_kind") or "nightly",
+            reason=text("reason"),
+            requested_by=text("requested_by"),
+            pushed_at=text("pushed_at"),
+            replaced_version=number("replaced_version"),
+            fingerprint=text("model_fingerprint"),
+            pruned_versions=tuple(int(v) for v in text("pruned_versions").split(",") if v),
+            # A rollback recorded before triggers existed was started by hand.
+            trigger=(text("rollback_trigger") or "manual") if text("push_kind") == "rollback" else "",
+        )
+
+    @classmethod
     def unrecorded(cls, version: int, fingerprint: str = "") -> "PushRecord":
         """A version directory no push in ML Metadata records (copied in by hand)."""
         return cls(artifact_id=0, version=version, model_id=0, kind="unrecorded",
@@ -61,34 +87,8 @@ def list_pushes(connection_config) -> List[PushRecord]:
     from ml_metadata import metadata_store
 
     store = metadata_store.MetadataStore(connection_config)
-    out = []
-    for artifact in store.get_artifacts_by_type("PushedModel"):
-        props = artifact.custom_properties
-        if "pushed" not in props or props["pushed"].int_value != 1:
-            continue
-
-        def text(key: str) -> str:
-            return props[key].string_value if key in props else ""
-
-        def number(key: str) -> int:
-            return props[key].int_value if key in props else 0
-
-        out.append(
-            PushRecord(
-                artifact_id=artifact.id,
-                version=number("pushed_version"),
-                model_id=number("source_model_id"),
-                kind=text("push_kind") or "nightly",
-                reason=text("reason"),
-                requested_by=text("requested_by"),
-                pushed_at=text("pushed_at"),
-                replaced_version=number("replaced_version"),
-                fingerprint=text("model_fingerprint"),
-                pruned_versions=tuple(int(v) for v in text("pruned_versions").split(",") if v),
-                # A rollback recorded before triggers existed was started by hand.
-                trigger=(text("rollback_trigger") or "manual") if text("push_kind") == "rollback" else "",
-            )
-        )
+    out = [PushRecord.from_artifact(artifact) for artifact in store.get_artifacts_by_type("PushedModel")
+           if "pushed" in artifact.custom_properties and artifact.custom_properties["pushed"].int_value == 1]
     return sorted(out, key=lambda p: p.artifact_id)
 
 

@@ -62,3 +62,6 @@ def test_a_served_version_no_push_explains_and_nothing_served_are_refused(tmp_pa
     assert "version 4 is in" in result.stderr and "no push in ML Metadata explains it" in result.stderr
     result = mlops(home, "lineage", "--span", "2026-11-20", check=False)
     assert result.returncode == 2 and "records nothing for span 2026-11-20" in result.stderr
+    # A store no pipeline ran against has no run types yet: still a clear answer, not a traceback.
+    result = mlops(home, "lineage", "--run", "manual__2026-11-20", check=False)
+    assert result.returncode == 2 and "no pipeline run 'manual__2026-11-20'" in result.stderr, result.stderr
