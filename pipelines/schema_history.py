@@ -4,8 +4,9 @@
 Every pipeline run calls `snapshot_for_run`: the schema in force is copied to a content-addressed
 file under var/schemas/taxi/ and `history.jsonl` gets a line whenever the schema changed, so
 `mlops schema diff` can say what changed since a date. `mlops schema accept` relaxes the schema
-for one span (TFDV's `update_schema` plus drift thresholds from ML Metadata) and records who
-accepted what and why. Importing this module imports neither TensorFlow, TFX nor TFDV.
+for one span (TFDV's `update_schema` plus drift thresholds from ML Metadata), proposes value
+ranges from the spans that passed (pipelines/schema_ranges.py) and records who accepted what, why,
+and which spans the ranges came from. Importing this module imports neither TensorFlow, TFX nor TFDV.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from pipelines.errors import ConfigError
 from serving.files import write_atomic
 from pipelines.schema_diff import COMPARATOR_FIELDS, describe_changes, parse_schema
+from pipelines.schema_ranges import (HISTORY_DAYS, PAST_LIMIT, gather_evidence, merge_changes, open_metadata,
+                                     propose_ranges)
 
 KEEP_DAYS = 30
 HISTORY_FILE = "history.jsonl"
@@ -186,16 +189,13 @@ def raised_threshold(distance: float) -> float:
 
 def read_drift_distances(metadata_path: Path, span: str) -> Dict[str, dict]:
     """`drift_distances` of the newest ExampleAnomalies artifact of the span ({} without a store)."""
-    if not metadata_path.is_file():
+    store = open_metadata(metadata_path)
+    if store is None:
         return {}
-    from ml_metadata import errors, metadata_store
-    from ml_metadata.proto import metadata_store_pb2
+    from ml_metadata import errors
 
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = str(metadata_path)
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
     try:
-        artifacts = metadata_store.MetadataStore(config).get_artifacts_by_type("ExampleAnomalies")
+        artifacts = store.get_artifacts_by_type("ExampleAnomalies")
     except errors.NotFoundError:
         return {}
     except errors.MetadataStoreError as err:
@@ -249,10 +249,15 @@ class Acceptance:
     to_sha: str
     changes: List[str]
     new_text: str
+    # Value ranges from history: source (one line), spans (what the history entry records),
+    # changes (the range lines among `changes`), offered (narrowing not applied) and notes.
+    ranges: dict = dataclasses.field(default_factory=dict)
 
 
-def plan_accept(paths, span_day: dt.date) -> Acceptance:
-    """What the schema must become for the span to pass; writes nothing."""
+def plan_accept(paths, span_day: dt.date, history_days: int = HISTORY_DAYS, tighten: bool = False) -> Acceptance:
+    """What the schema must become for the span to pass, with value ranges proposed from the spans
+    that passed in the `history_days` days before it (narrowing applied only with `tighten`);
+    writes nothing."""
     from pipelines.config import PipelineConfig, check_span_dir
 
     folder = check_span_dir(paths.data_root, span_day)
@@ -270,16 +275,23 @@ def plan_accept(paths, span_day: dt.date) -> Acceptance:
     relaxed = schema
     if tfdv.validate_statistics(statistics, schema).anomaly_info:
         relaxed = tfdv.update_schema(schema, statistics)
+    relaxed = type(schema).FromString(relaxed.SerializeToString())
+    raise_drift_thresholds(relaxed, read_drift_distances(paths.metadata_path, span_day.isoformat()))
+    evidence = gather_evidence(paths.metadata_path, span_day, statistics, history_days)
+    proposals = propose_ranges(relaxed, schema, evidence, tighten)
     remaining = tfdv.validate_statistics(statistics, relaxed)
     if remaining.anomaly_info:
         found = "; ".join(f"{k}: {v.short_description}" for k, v in sorted(remaining.anomaly_info.items()))
         raise ConfigError(f"span {span_day} still fails after relaxing the schema: {found}",
                           f"edit {paths.schema_path} by hand")
-    relaxed = type(schema).FromString(relaxed.SerializeToString())
-    raise_drift_thresholds(relaxed, read_drift_distances(paths.metadata_path, span_day.isoformat()))
     new_text = render_schema(relaxed, original.decode())
+    ranges = {"source": evidence.source(), **evidence.record(), "changes": proposals.changes,
+              "offered": proposals.offered, "notes": proposals.notes}
     return Acceptance(span_day.isoformat(), _sha(original), _sha(new_text.encode()),
-                      describe_changes(schema, relaxed), new_text)
+                      merge_changes(describe_changes(schema, relaxed), proposals), new_text, ranges)
+
+
+RANGES_RECORDED = ("spans", "history_days", "blocked", "missing")  # the calibration, in the history entry
 
 
 def apply_accept(paths, plan: Acceptance, by: str, reason: str, now: Optional[dt.datetime] = None) -> Path:
@@ -292,7 +304,9 @@ def apply_accept(paths, plan: Acceptance, by: str, reason: str, now: Optional[dt
         write_atomic(paths.schema_path, plan.new_text.encode(), paths.schema_path.stat().st_mode & 0o777)
         _append(history_dir(paths), {"event": "accept", "time": now.isoformat(timespec="seconds"),
                                      "span": plan.span, "by": by, "reason": reason, "from_sha": plan.from_sha,
-                                     "to_sha": plan.to_sha, "changes": plan.changes})
+                                     "to_sha": plan.to_sha, "changes": plan.changes,
+                                     "ranges_from": {key: plan.ranges[key] for key in RANGES_RECORDED
+                                                     if key in plan.ranges}})
         return _snapshot_locked(paths, now)
 
 
@@ -316,8 +330,9 @@ def entry_summary(entry: dict, previous: Optional[dict], directory: Path) -> str
 
 
 def is_risky(change: str) -> bool:
-    """A change after which a feature is no longer checked, or checked as something else."""
-    return any(word in change for word in (": deprecated", ": feature removed", ": type "))
+    """A change after which a feature is no longer checked, or checked as something else, or lets
+    through values no real trip has (a range past a physical limit)."""
+    return any(word in change for word in (": deprecated", ": feature removed", ": type ", PAST_LIMIT))
 
 
 def schema_in_force(paths, entries: List[dict], when: dt.datetime) -> Tuple[Period, List[str]]:

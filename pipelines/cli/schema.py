@@ -18,6 +18,7 @@ from pipelines.schema_diff import describe_changes, parse_schema
 from pipelines.schema_history import (KEEP_DAYS, apply_accept, entry_sha, entry_summary, history_dir, is_risky,
                                       plan_accept, prune_snapshots, read_history, read_schema_bytes, schema_in_force,
                                       snapshot_path, utc_now)
+from pipelines.schema_ranges import HISTORY_DAYS, SPANS_TO_NARROW
 
 
 def cmd_history(args) -> int:
@@ -44,7 +45,7 @@ def cmd_history(args) -> int:
 
 def cmd_accept(args) -> int:
     paths = project_paths(args)
-    plan = plan_accept(paths, args.date)
+    plan = plan_accept(paths, args.date, history_days=args.history_days, tighten=args.tighten)
     by = args.by or os.environ.get("USER") or "unknown"
     result = dataclasses.asdict(plan)
     del result["new_text"]
@@ -59,15 +60,29 @@ def cmd_accept(args) -> int:
         result["written"] = True
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
-    elif not plan.changes:
+        return 0
+    if not plan.changes:
         print(f"nothing to change: span {plan.span} already passes the schema")
     else:
         verb = "would change" if args.dry_run else "changed"
         print(f"span {plan.span}: {verb} {paths.schema_path} ({plan.from_sha[:12]} -> {plan.to_sha[:12]})")
         for line in plan.changes:
             print(f"  {line}")
+    _print_ranges(plan.ranges)
+    if plan.changes:
         print("dry run: nothing written" if args.dry_run else "recorded in `mlops schema history`")
     return 0
+
+
+def _print_ranges(ranges: dict) -> None:
+    """Where the proposed ranges came from, the narrowing offered and the notes (nothing when no range moved)."""
+    if ranges["changes"] or ranges["offered"]:
+        print(ranges["source"])
+    if ranges["offered"]:
+        print("offered, not applied (--tighten applies them):")
+        print("\n".join(f"  {line}" for line in ranges["offered"]))
+    for note in ranges["notes"]:
+        print(f"note: {note}")
 
 
 def _window(args) -> Tuple[dt.datetime, Optional[dt.datetime]]:
@@ -175,6 +190,12 @@ def _duration(text: str) -> dt.timedelta:
     return dt.timedelta(**{unit: int(match.group(1))})
 
 
+def _days(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days (0 or more)")
+    return int(text)
+
+
 def register(commands) -> None:
     """Adds `mlops schema ...` to the CLI's subparsers (argument definitions only, no TFX)."""
 
@@ -196,20 +217,34 @@ def register(commands) -> None:
     history.set_defaults(handler=cmd_history)
 
     accept = actions.add_parser(
-        "accept", help="update the schema so that a span passes validation, and record why",
+        "accept", help="update the schema so that a span passes validation, propose ranges, and record why",
         description="Computes the span's statistics with TFDV, relaxes the schema for its anomalies "
         "(new features, domain values, ranges, presence) and raises the drift threshold of each feature "
         "whose drift blocked the span (from the drift validator's findings in ML Metadata) to 10% above "
-        "the measured distance. The schema's leading comments are kept; the change is recorded in the "
-        "history. Running it again for the same span changes nothing.",
+        "the measured distance. Every INT/FLOAT feature without a string domain gets a value range "
+        "proposed from the min/max of the spans that passed the data gates in the --history-days days "
+        "before (their statistics in ML Metadata; blocked spans left out) and of the span itself, widened "
+        "by 10% of the spread on each side, never past zero for a feature never seen on the other side "
+        "or past its physical limit: a feature with no range gets one, a bound the history exceeds is "
+        "widened, open bounds stay open, and a narrower range is only offered (--tighten applies it, "
+        "given a week of passed spans). Without a passed span it uses the span alone and says so. The "
+        "schema's leading comments are kept; the change and the spans the ranges came from are recorded "
+        "in the history. Running it again for the same span changes nothing.",
     )
     accept.add_argument("--date", type=date_arg, required=True, help="span date, YYYY-MM-DD (data/incoming/DATE/)")
     accept.add_argument("--reason", help="why the change is acceptable (recorded in the history)")
     accept.add_argument("--by", help="who accepts it (default: $USER)")
     accept.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
     accept.add_argument("--force", action="store_true",
-                        help="also write changes that stop validating a feature (deprecated, removed, new type)")
-    accept.add_argument("--json", action="store_true", help="print the result as JSON")
+                        help="also write changes that stop validating a feature (deprecated, removed, new type) "
+                        "or let a range pass a physical limit")
+    accept.add_argument("--history-days", type=_days, default=HISTORY_DAYS, metavar="N",
+                        help=f"read the passed spans of the N days before DATE for ranges (default: {HISTORY_DAYS}; "
+                        "0: the span alone)")
+    accept.add_argument("--tighten", action="store_true",
+                        help=f"also apply the narrower ranges history supports (needs {SPANS_TO_NARROW} passed spans)")
+    accept.add_argument("--json", action="store_true",
+                        help="print the result as JSON (with the range proposals, offers and their spans)")
     accept.set_defaults(handler=cmd_accept)
 
     diff = actions.add_parser(

@@ -219,7 +219,11 @@ def test_accept_adds_a_new_column_records_why_and_is_idempotent(tmp_path, capsys
     accept = history[-1]
     assert accept["event"] == "accept" and accept["span"] == SPAN
     assert (accept["by"], accept["reason"]) == ("alice", "surge pricing launched")
-    assert accept["changes"] == ["surge_multiplier: new feature (FLOAT)"]
+    # the new column is guarded from the start: a range from the span (no passed span in ML Metadata)
+    assert accept["changes"][0] == "surge_multiplier: new feature (FLOAT)"
+    assert re.fullmatch(rf"surge_multiplier: range added \[[0-9.]+, [0-9.]+\] \(from span {SPAN} alone\)",
+                        accept["changes"][1]) and len(accept["changes"]) == 2
+    assert accept["ranges_from"] == {"spans": [SPAN], "history_days": 30, "blocked": [], "missing": []}
     assert accept["from_sha"] == hashlib.sha256(before.encode()).hexdigest() == history[0]["sha"]
     assert accept["to_sha"] == sha(paths.schema_path)
     assert (paths.var / "schemas" / "taxi" / f"{accept['to_sha'][:12]}.pbtxt").read_text() == after
