@@ -78,6 +78,7 @@ RUN_OPTIONS = (
     " --train-steps {{ params.train_steps }} --eval-steps {{ params.eval_steps }}"
     " --auc-floor {{ params.auc_floor }} --min-improvement {{ params.min_improvement }}"
     " --slice-margin {{ params.slice_margin }} --keep-versions {{ params.keep_versions }}"
+    " --window-days {{ params.window_days }}"
 )
 
 
@@ -120,6 +121,9 @@ with DAG(
     params={
         "date": Param(None, type=["null", "string"], format="date",
                       description="span to ingest, YYYY-MM-DD (default: the day of the logical date)"),
+        "window_days": Param(7, type="integer", minimum=1, maximum=90,
+                             description="train on the newest N days that passed the data gates; "
+                                         "this span is held out for evaluation (1: this span alone)"),
         "train_steps": Param(300, type="integer", minimum=1, description="training steps"),
         "eval_steps": Param(50, type="integer", minimum=1, description="Trainer evaluation steps"),
         "auc_floor": Param(0.6, type="number", minimum=0, maximum=1, description="bless only if AUC >= this"),

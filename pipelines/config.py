@@ -21,6 +21,8 @@ BEAM_MODES = ("in_memory", "multi_processing", "multi_threading")
 # Beam flags that tell TFX the workers already have their Python dependencies.
 _BEAM_DEPENDENCY_FLAGS = ("extra_package", "extra_packages", "setup_file", "requirements_file",
                           "sdk_container_image", "worker_harness_container_image")
+DEFAULT_WINDOW_DAYS = 7
+MAX_WINDOW_DAYS = 90
 DIRECT_RUNNER_IMAGE = "unused-by-the-direct-runner"
 
 
@@ -175,6 +177,12 @@ class PipelineConfig:
     # Name, size and mtime of the span's files (`span_fingerprint()`, read at the edge): a changed
     # file gives the span check a new cache key.
     span_fingerprint: str = ""
+    # Training window: the newest N days that passed the data gates (the newest is held out for
+    # evaluation). 1: train and evaluate on this span's own train/eval splits.
+    window_days: int = DEFAULT_WINDOW_DAYS
+    # Digest of what an analyzer cache depends on (schema, preprocessing code, tf.Transform
+    # version; `transform_fingerprint()`, read at the edge): a cache written under another is unused.
+    transform_fingerprint: str = ""
 
     @classmethod
     def for_project(cls, paths: ProjectPaths, span_date: dt.date, **overrides) -> "PipelineConfig":
@@ -228,6 +236,9 @@ class PipelineConfig:
                 f"schema file {self.schema_path} does not exist",
                 "restore schemas/taxi/schema.pbtxt from git or pass --schema PATH",
             )
+        if not 1 <= self.window_days <= MAX_WINDOW_DAYS:
+            raise ConfigError(f"window of {self.window_days} days is outside [1, {MAX_WINDOW_DAYS}]",
+                              f"pass --window-days N with 1 <= N <= {MAX_WINDOW_DAYS} (1: train on this span alone)")
         if self.train_steps < 1 or self.eval_steps < 1:
             raise ConfigError(
                 f"train_steps={self.train_steps} and eval_steps={self.eval_steps} must be positive",
@@ -257,6 +268,24 @@ def span_fingerprint(data_root: Path, day: dt.date) -> str:
     for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def transform_fingerprint(schema_path: str) -> str:
+    """Digest of what tf.Transform's analyzer cache depends on: the schema, the preprocessing code
+    and tf.Transform's version. Read from files (no TensorFlow import)."""
+    import hashlib
+    import importlib.metadata
+
+    package = Path(__file__).resolve().parent / "taxi"
+    digest = hashlib.sha256()
+    for path in (Path(schema_path), package / "preprocessing.py", package / "features.py"):
+        digest.update(path.read_bytes() if path.is_file() else b"")
+        digest.update(b"\0")
+    try:
+        digest.update(importlib.metadata.version("tensorflow-transform").encode())
+    except importlib.metadata.PackageNotFoundError:
+        pass
     return digest.hexdigest()[:16]
 
 

@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from components.window.properties import ANALYZED_SPANS, CACHED_SPANS
 from pipelines.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -372,7 +373,10 @@ def chain(store, push: Json, served_version: Optional[int]) -> Json:
     graph_id = _first(up.inputs(trainer, "transform_graph"))
     schema_id = _first(up.inputs(trainer, "schema"))
     transform = up.producer(graph_id) if graph_id else None
-    examples_id = _first(up.inputs(transform, "examples"))
+    # A window model read several spans' Examples: the chain follows the newest (the span the run
+    # ingested and gated, held out for evaluation); `window` lists the others.
+    examples_id = max(up.inputs(transform, "examples"), key=lambda a: (_props(up.artifacts[a]).get("span", 0), a),
+                      default=None)
     example_gen = up.producer(examples_id) if examples_id else None
     schema_gen = _schema_import(store, schema_id) if schema_id else None
     training_run = up.run_of(trainer)
@@ -384,11 +388,14 @@ def chain(store, push: Json, served_version: Optional[int]) -> Json:
                  "first_pushed_as": next((p["version"] for p in pushes_of_model(store, push["model_id"])),
                                          push["version"])},
         "model": None, "blessing": None, "evaluation": None, "training": None, "transform": None,
-        "schema": None, "examples": None, "statistics": None, "gates": [], "input_files": [],
+        "schema": None, "examples": None, "statistics": None, "gates": [], "input_files": [], "window": None,
     }
     if model_id:
+        from pipelines.window import describe
+
         model = up.artifacts[model_id]
         out["model"] = {"artifact_id": model_id, "uri": model.uri, "created_at": _time(model.create_time_since_epoch)}
+        out["window"] = describe(store, model)
     if blessing_id:
         props = _props(up.artifacts[blessing_id])
         out["blessing"] = {"artifact_id": blessing_id, "blessed": props.get("blessed") == 1,
@@ -409,9 +416,14 @@ def chain(store, push: Json, served_version: Optional[int]) -> Json:
         }
     if graph_id:
         props = _props(up.executions[transform])
+        graph = _props(up.artifacts[graph_id])
         out["transform"] = {"artifact_id": graph_id, "uri": up.artifacts[graph_id].uri,
                             "preprocessing_fn": str(props.get("preprocessing_fn", "")),
-                            "execution": _execution(up, transform)}
+                            "execution": _execution(up, transform),
+                            # Window runs: the spans whose analysis came from the analyzer cache
+                            # and those analyzed in this run (None before windows).
+                            "cached_spans": _json_prop(graph, CACHED_SPANS, None),
+                            "analyzed_spans": _json_prop(graph, ANALYZED_SPANS, None)}
     if schema_id:
         props = _props(schema_gen) if schema_gen else {}
         schema_file = str(props.get("schema_file", ""))
@@ -514,9 +526,12 @@ def span_lineage(store, day: dt.date, served_version: Optional[int]) -> Json:
         down = _subgraph(store, "DOWNSTREAM", f"id IN ({ids})", DOWNSTREAM_HOPS,
                          end_artifacts="type = 'Model' OR type = 'ModelBlessing' OR type = 'ModelEvaluation' "
                                        "OR type = 'ExampleAnomalies'")
-        trained = sorted({m for ex in examples for t in down.consumers(ex.id, "examples", TRANSFORM)
-                          for g in down.outputs(t, "transformed_examples")
-                          for tr in down.consumers(g, "examples", TRAINER) for m in down.outputs(tr, "model")})
+        # The Trainer reads the window's raw Examples (models trained before windows read
+        # Transform's transformed copy of them).
+        trainers = {tr for ex in examples for tr in down.consumers(ex.id, "examples", TRAINER)}
+        trainers |= {tr for ex in examples for t in down.consumers(ex.id, "examples", TRANSFORM)
+                     for g in down.outputs(t, "transformed_examples") for tr in down.consumers(g, "examples", TRAINER)}
+        trained = sorted({m for tr in trainers for m in down.outputs(tr, "model")})
         blessings = [a for a in down.artifacts.values() if down.artifact_type(a.id) == "ModelBlessing"]
         for model_id in trained:
             trainer = down.producer(model_id)
@@ -575,6 +590,7 @@ def run_lineage(store, run_id: str, served_version: Optional[int]) -> Json:
 
     rows = []
     pushed = None
+    window = None
     gates: List[Json] = []
     for execution in executions:
         node = next((c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id)
@@ -592,6 +608,10 @@ def run_lineage(store, run_id: str, served_version: Optional[int]) -> Json:
                 pushed = artifact
             if aprops.get("gate") in GATE_ORDER:
                 gates.append(gate_of(artifact, context.name, execution.id))
+            if "eval_span" in aprops and "train_spans" in aprops:  # the Model the run trained
+                from pipelines.window import describe
+
+                window = describe(store, artifact)
     recorded = _run_context(store, context.name)
     # A rollback run records no config; its executions still say which code ran.
     code = recorded["code_version"] or next((str(_props(e).get("code_version")) for e in executions
@@ -600,7 +620,7 @@ def run_lineage(store, run_id: str, served_version: Optional[int]) -> Json:
         (r["airflow"]["run_id"] for r in rows if r["airflow"] and "run_id" in r["airflow"]), ""),
         "code_version": code, "config": recorded["config"],
         "executions": rows, "gates": gates, "blocked_by": next((g for g in gates if g["blocked"]), None),
-        "pushed_version": None, "chain": None}
+        "pushed_version": None, "chain": None, "window": window}
     if pushed is not None:
         push = push_of(pushed)
         body["pushed_version"] = push["version"]
@@ -623,6 +643,7 @@ def _flat(item: Json) -> Dict[str, object]:
         "model": (item.get("model") or {}).get("artifact_id"),
         "span": (item.get("examples") or {}).get("span"),
         "span.input_fingerprint": (item.get("examples") or {}).get("input_fingerprint"),
+        "span.trained_on": (item.get("window") or {}).get("train_spans"),
         "schema": (item.get("schema") or {}).get("snapshot"),
         "schema.sha256": (item.get("schema") or {}).get("sha256"),
         "code_version": run.get("code_version") or ((training.get("execution") or {}).get("code_version")),

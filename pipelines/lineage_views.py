@@ -107,9 +107,13 @@ def chain_lines(item: Json) -> List[str]:
         run = training.get("run") or {}
         if run.get("code_version"):
             out.append(f"      code {run['code_version']}")
+    out += _window_lines(item.get("window"))
     transform = item.get("transform")
     if transform:
         out.append(f"  transform   graph {transform['artifact_id']} ({transform['preprocessing_fn']}): {transform['uri']}")
+        if transform.get("analyzed_spans") is not None:
+            out.append(f"      analyzed {', '.join(transform['analyzed_spans']) or 'nothing'}; from the analyzer cache: "
+                       f"{', '.join(transform['cached_spans'] or []) or 'nothing'}")
     schema = item.get("schema")
     if schema:
         out.append(f"  schema      {schema['artifact_id']}: snapshot {schema['snapshot'] or '?'}"
@@ -146,6 +150,15 @@ def span_lines(span: Json) -> List[str]:
     return out
 
 
+def _window_lines(window: Optional[Json]) -> List[str]:
+    if not window:
+        return []
+    trained = ", ".join(window["train_spans"])
+    out = [f"  window      {window['days']} days: trained on {trained}; evaluated on {window['eval_span']}"
+           + (" (held out)" if window["train_spans"] != [window["eval_span"]] else " (its eval split)")]
+    return out + [f"      skipped {skip['span']}: {skip['reason']}" for skip in window["skipped"]]
+
+
 def run_lines(run: Json) -> List[str]:
     out = [f"run {run['run_id']}" + (f" (Airflow run {run['airflow_run_id']})" if run["airflow_run_id"] else "")]
     if run["code_version"]:
@@ -162,6 +175,7 @@ def run_lines(run: Json) -> List[str]:
     if run["chain"]:
         out += ["", *chain_lines(run["chain"])]
     elif not run["blocked_by"]:
+        out += _window_lines(run.get("window"))
         out.append("  pushed nothing")
     return out
 

@@ -159,8 +159,34 @@ def create_validation_pipeline(config: PipelineConfig):
     )
 
 
+def window_resolvers(config: PipelineConfig):
+    """(window, analyzer cache) resolvers: the raw Examples of the newest `window_days` days that
+    passed the data gates, and an earlier night's tf.Transform analyzer cache for the same schema
+    and preprocessing."""
+    from tfx.dsl.components.common.resolver import Resolver
+    from tfx.types import standard_artifacts
+    from tfx.types.channel import Channel
+
+    from pipelines.resolvers import AnalyzerCacheStrategy, WindowExamplesStrategy
+
+    span = span_number(config.span_date)
+    window = Resolver(
+        strategy_class=WindowExamplesStrategy,
+        config={"current_span": span, "window_days": config.window_days},
+        examples=Channel(type=standard_artifacts.Examples),
+        verdicts=Channel(type=standard_artifacts.ExampleAnomalies),
+    ).with_id("training_window")
+    analyzer_cache = Resolver(
+        strategy_class=AnalyzerCacheStrategy,
+        config={"current_span": span, "fingerprint": config.transform_fingerprint},
+        cache=Channel(type=standard_artifacts.TransformCache),
+    ).with_id("analyzer_cache")
+    return window, analyzer_cache
+
+
 def create_pipeline(config: PipelineConfig):
-    """Builds the nightly pipeline for the single span `config.span_date`."""
+    """Builds the nightly pipeline: ingest and gate `config.span_date`, then train on the window of
+    good spans ending with it and evaluate on it."""
     from tfx.components import Trainer, Transform
     from tfx.dsl.components.common.resolver import Resolver
     from tfx.orchestration.pipeline import Pipeline
@@ -168,32 +194,52 @@ def create_pipeline(config: PipelineConfig):
     from tfx.types import standard_artifacts
     from tfx.types.channel import Channel
 
+    from tfx.dsl.components.base import executor_spec
+
     from components.evaluator.component import GatedEvaluator
     from components.pusher.component import AtomicPusher
+    from components.window.executor import WindowTrainerExecutor, WindowTransformExecutor
+    from components.window.properties import CUSTOM_CACHE_FINGERPRINT, CUSTOM_WINDOW_DAYS
     from pipelines.resolvers import ServedModelStrategy
 
     gate = data_gate_components(config)
     schema_gen, example_gen, drift_validator = gate[0], gate[2], gate[-1]
+    window, analyzer_cache = window_resolvers(config)
+    # A resolver node resolves when it runs: after the gates recorded this span's verdict.
+    window.add_upstream_node(drift_validator)
+    cached = config.window_days > 1  # one span a night: nothing would ever read the cache (~6 s saved)
+    # --no-cache: Transform analyzes every span of the window again (and writes a fresh cache).
+    read_cache = cached and config.enable_cache
     transform = Transform(
-        examples=example_gen.outputs["examples"],
+        examples=window.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
+        analyzer_cache=analyzer_cache.outputs["cache"] if read_cache else None,
+        disable_analyzer_cache=not cached,
         disable_statistics=True,
-        # Nothing reads the analyzer cache (one span per run): ~6 s of Transform CPU saved.
-        disable_analyzer_cache=True,
+        # Nothing reads a transformed copy of the window: run_fn transforms its batches itself.
+        materialize=False,
+        # Recorded on the analyzer cache it writes; tells the next night's cache resolver whether
+        # that cache fits its schema and preprocessing. preprocessing_fn takes no custom_config.
+        custom_config={CUSTOM_CACHE_FINGERPRINT: config.transform_fingerprint, CUSTOM_WINDOW_DAYS: config.window_days},
     )
+    transform.executor_spec = executor_spec.BeamExecutorSpec(WindowTransformExecutor)
     # Data that failed validation never reaches Transform, Trainer or Pusher.
     transform.add_upstream_node(drift_validator)
     trainer = Trainer(
         run_fn=RUN_FN,
-        examples=transform.outputs["transformed_examples"],
+        # The window's raw Examples: run_fn applies the transform graph per batch (no transformed copy).
+        examples=window.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=trainer_pb2.TrainArgs(num_steps=config.train_steps),
         eval_args=trainer_pb2.EvalArgs(num_steps=config.eval_steps),
         # Recorded by ML Metadata with the training: `mlops lineage` shows them as its hyperparameters.
-        custom_config={"strategy": config.strategy, "batch_size": config.batch_size, **hyperparameters()},
+        custom_config={"strategy": config.strategy, "batch_size": config.batch_size, **hyperparameters(),
+                       CUSTOM_WINDOW_DAYS: config.window_days},
     )
+    # Trains on the window's older spans and evaluates on the newest (components/window).
+    trainer.executor_spec = executor_spec.ExecutorClassSpec(WindowTrainerExecutor)
     served_model = Resolver(
         strategy_class=ServedModelStrategy,
         model=Channel(type=standard_artifacts.Model),
@@ -219,6 +265,8 @@ def create_pipeline(config: PipelineConfig):
         pipeline_root=config.pipeline_root,
         components=[
             *gate,
+            window,
+            analyzer_cache,  # resolved even when unused: every window size has the same nodes (DAG tasks)
             transform,
             trainer,
             served_model,

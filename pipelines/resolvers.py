@@ -8,15 +8,21 @@
   found through lineage: newest push -> model -> Trainer -> (Transform ->) ExampleGen's examples
   -> the StatisticsGen run on those examples.
 - `ModelByIdStrategy`: one model by id, with its blessing (what a rollback pushes again).
+- `WindowExamplesStrategy`: the raw Examples of the newest N days that passed every data gate
+  (the training window; a blocked or never-validated day is left out).
+- `AnalyzerCacheStrategy`: tf.Transform's analyzer cache from an earlier night, when it was built
+  for the same schema and preprocessing.
 """
 
-from typing import Dict, List, Optional
+import json
+from typing import Dict, Iterable, List, Optional
 
 from tfx import types
 from tfx.dsl.components.common import resolver
 
 from components.verdict import BLOCKED, GATE, SPAN_DATE
-from components.util.spans import span_date
+from components.util.spans import span_date, span_of
+from components.window.properties import CACHE_FINGERPRINT, TRAIN_SPANS, WINDOW_END_SPAN
 
 # Kept equal to components.pusher.executor's names; importing it here would pull TFX's
 # Pusher dependencies into the compile step.
@@ -79,8 +85,14 @@ class ServedTrainingStatisticsStrategy(resolver.ResolverStrategy):
         found = []
         if model is not None:
             wanted = training_statistics_ids(store, model.id)
-            found = sorted((s for s in input_dict["statistics"] if s.id in wanted), key=lambda s: s.id)[-1:]
+            found = [s for s in input_dict["statistics"] if s.id in wanted]
             set_statistics_spans(store, found)
+            # A window model trained on older spans and was evaluated on the newest: compare with
+            # the newest span it trained on.
+            trained = set(json.loads(model.get_string_custom_property(TRAIN_SPANS) or "[]"))
+            if trained:
+                found = [s for s in found if span_date(s.span) in trained] or found
+            found = sorted(found, key=lambda s: (s.span, s.id))[-1:]
         # A resolver answers for every input key; only `statistics` is read downstream.
         return {"statistics": found, "model": [], "pushed_model": []}
 
@@ -160,3 +172,77 @@ class ModelByIdStrategy(resolver.ResolverStrategy):
             and b.get_int_custom_property("blessed") == 1
         ]
         return {"model": models, "blessing": sorted(blessings, key=lambda b: b.id)[-1:]}
+
+
+def newest_gate_verdicts(verdicts: Iterable[types.Artifact]) -> Dict[str, types.Artifact]:
+    """{span date: the newest data-gate report on it} (SpanCheck's or DriftValidator's, whichever
+    ran last): the day's standing verdict."""
+    newest: Dict[str, types.Artifact] = {}
+    for report in verdicts:
+        if not report.get_string_custom_property(GATE):
+            continue  # ExampleValidator's anomalies: DriftValidator's verdict covers them
+        day = report.get_string_custom_property(SPAN_DATE)
+        if day not in newest or report.id > newest[day].id:
+            newest[day] = report
+    return newest
+
+
+def passed_gates(report: Optional[types.Artifact]) -> bool:
+    """The span went through every gate and none blocked it (DriftValidator is the last gate)."""
+    return (report is not None and report.get_string_custom_property(GATE) == DRIFT_GATE
+            and report.get_int_custom_property(BLOCKED) != 1)
+
+
+def window_examples(examples: Iterable[types.Artifact], verdicts: Iterable[types.Artifact], current_span: int,
+                    window_days: int) -> List[types.Artifact]:
+    """ExampleGen's newest Examples of each day in [current - window + 1, current] that passed the
+    gates, oldest first. Transform's outputs are Examples too: only ExampleGen's carry an
+    `input_fingerprint`."""
+    standing = newest_gate_verdicts(verdicts)
+    newest: Dict[int, types.Artifact] = {}
+    for artifact in examples:
+        span = span_of(artifact)
+        if not artifact.get_string_custom_property("input_fingerprint"):
+            continue
+        if not current_span - window_days < span <= current_span:
+            continue
+        if span not in newest or artifact.id > newest[span].id:
+            newest[span] = artifact
+    return [newest[span] for span in sorted(newest) if passed_gates(standing.get(span_date(span)))]
+
+
+class WindowExamplesStrategy(resolver.ResolverStrategy):
+    """Transform's input: the rolling window of good spans ending with the one this run ingested."""
+
+    def __init__(self, current_span: int, window_days: int):
+        self._current_span = current_span
+        self._window_days = window_days
+
+    def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]) -> Optional[Dict]:
+        chosen = window_examples(input_dict["examples"], input_dict.get("verdicts") or [], self._current_span,
+                                 self._window_days)
+        if not chosen or span_of(chosen[-1]) != self._current_span:
+            # Transform runs after the gates passed this span: its Examples must be here.
+            raise RuntimeError(
+                f"the training window has no passed Examples for span {span_date(self._current_span)} "
+                "(the data gates did not record a pass for it): rerun the night, or run `mlops validate "
+                f"--date {span_date(self._current_span)}` to see why")
+        # A resolver answers for every input key; only `examples` is read downstream.
+        return {"examples": chosen, "verdicts": []}
+
+
+class AnalyzerCacheStrategy(resolver.ResolverStrategy):
+    """The newest analyzer cache an earlier night's Transform wrote for the same schema and
+    preprocessing (`fingerprint`), or none. Never one from this span's own runs: a rerun of the
+    night then resolves the same inputs as the first try, and TFX's cache can skip it."""
+
+    def __init__(self, current_span: int, fingerprint: str):
+        self._current_span = current_span
+        self._fingerprint = fingerprint
+
+    def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]) -> Optional[Dict]:
+        usable = [c for c in input_dict["cache"]
+                  if c.get_string_custom_property(CACHE_FINGERPRINT) == self._fingerprint
+                  and 0 < c.get_int_custom_property(WINDOW_END_SPAN) < self._current_span]
+        newest = max(usable, key=lambda c: (c.get_int_custom_property(WINDOW_END_SPAN), c.id), default=None)
+        return {"cache": [newest] if newest is not None else []}

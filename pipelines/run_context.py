@@ -76,6 +76,7 @@ def run_config(config) -> Dict[str, object]:
         "keep_versions": config.keep_versions,
         "schema_sha256": digest,
         "beam_mode": config.beam_mode,
+        "window_days": config.window_days,
     }
 
 

@@ -30,6 +30,9 @@ class RunSummary:
     metrics: Dict[str, Dict[str, Optional[float]]] = dataclasses.field(default_factory=dict)
     # The same for the baseline (the served model the candidate was compared with), when there was one.
     baseline_metrics: Dict[str, Dict[str, Optional[float]]] = dataclasses.field(default_factory=dict)
+    # The spans the model trained on and was evaluated on, and the window's skipped days with
+    # reasons (pipelines/window.py); None when no model was trained.
+    window: Optional[dict] = None
     blessed: Optional[bool] = None
     blessing_reason: str = ""
     pushed_version: Optional[int] = None
@@ -46,6 +49,9 @@ class RunSummary:
             out.append("  drift:     " + ", ".join(
                 f"{feature} {row['distance']:.2f}/{row['threshold']:.2f}" + (" OVER" if row["distance"] > row["threshold"] else "")
                 for feature, row in sorted(self.drift.items())) + " (distance/threshold)")
+        from pipelines.window import lines as window_lines
+
+        out.extend(window_lines(self.window))
         small = 0
         for slice_name, values in sorted(self.metrics.items(), key=lambda kv: (kv[0] != "overall", kv[0])):
             if slice_name != "overall" and values.get("example_count", 0) < MIN_SHOWN_SLICE_EXAMPLES:
@@ -126,6 +132,10 @@ def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool)
             summary.blocked = True
         if "drift_distances" in props:
             summary.drift = json.loads(props["drift_distances"].string_value or "{}")
+    elif type_name == "Model":
+        from pipelines.window import describe
+
+        summary.window = describe(store, artifact)
     elif type_name == "ModelBlessing":
         summary.blessed = props["blessed"].int_value == 1 if "blessed" in props else None
         summary.blessing_reason = props["reason"].string_value if "reason" in props else ""

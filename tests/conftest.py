@@ -53,7 +53,8 @@ FIXTURE_MARKERS: Dict[str, Tuple[str, ...]] = {
     "airflow_python": ("airflow",),  # runs code with .venv-airflow's Python (tests/dags)
     # shared sequences of real runs (each module says what it runs)
     "runs": ("pipeline",),  # tests/e2e/conftest.py: 5 `mlops run`s of two spans
-    "gated": ("pipeline",),  # tests/e2e/test_data_gates.py: one good run, then a run per fault kind
+    "gated": ("pipeline",),
+    "windowed": ("pipeline",),  # tests/e2e/test_window.py: nights over a rolling window of spans  # tests/e2e/test_data_gates.py: one good run, then a run per fault kind
     "nightly": ("pipeline", "airflow"),  # tests/e2e/test_airflow_nightly.py: `airflow dags test` runs
     "airflow_services": ("pipeline", "airflow"),  # tests/e2e/test_airflow_ui.py: `make up`, a backfill
     "taxi_model": ("pipeline",),  # tests/serving/conftest.py: the model a pipeline run pushed

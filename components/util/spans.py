@@ -22,3 +22,11 @@ def span_date_of(artifact) -> str:
     """The date (ISO) of an artifact's `span` property, or "?" when it has none."""
     span = artifact.span if artifact.has_property("span") else -1
     return span_date(span) if span >= 0 else "?"
+
+
+def span_of(artifact) -> int:
+    """The span number of a TFX artifact: its `span` property, else its `span` custom property
+    (ExampleGen records it there when the Examples type in ML Metadata has no such property)."""
+    if artifact.has_property("span") and artifact.span > 0:
+        return artifact.span
+    return artifact.get_int_custom_property("span")

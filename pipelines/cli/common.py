@@ -58,8 +58,8 @@ def require_metadata(config):
 def pipeline_config(args):
     import dataclasses
 
-    from pipelines.config import (DEFAULT_KEEP_VERSIONS, DataGateConfig, GateConfig, PipelineConfig,
-                                  span_fingerprint)
+    from pipelines.config import (DEFAULT_KEEP_VERSIONS, DEFAULT_WINDOW_DAYS, DataGateConfig, GateConfig,
+                                  PipelineConfig, span_fingerprint, transform_fingerprint)
     from pipelines.data import latest_span
 
     paths = project_paths(args)
@@ -82,6 +82,7 @@ def pipeline_config(args):
         keep_versions=getattr(args, "keep_versions", DEFAULT_KEEP_VERSIONS),
         data_gates=data_gates,
         span_fingerprint=span_fingerprint(paths.data_root, span_date),
+        window_days=getattr(args, "window_days", DEFAULT_WINDOW_DAYS),
     )
     config = PipelineConfig.for_project(paths, span_date, **overrides)
     if args.schema:
@@ -93,7 +94,7 @@ def pipeline_config(args):
         # history), and a changed schema is a new path, so ImportSchemaGen's cache cannot serve
         # yesterday's schema.
         config = dataclasses.replace(config, schema_path=str(snapshot_for_run(paths)))
-    return config
+    return dataclasses.replace(config, transform_fingerprint=transform_fingerprint(config.schema_path))
 
 
 def in_warm_worker(args, what: str) -> Optional[int]:
@@ -137,9 +138,15 @@ def project_serving(args, config):
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
+    from pipelines.config import DEFAULT_WINDOW_DAYS  # standard library only at import
     from serving.retention import DEFAULT_KEEP  # standard library only
 
     parser.add_argument("--date", type=date_arg, help="span to run, YYYY-MM-DD (default: the latest seeded span)")
+    parser.add_argument(
+        "--window-days", type=int, default=DEFAULT_WINDOW_DAYS, metavar="N",
+        help=f"train on the newest N days that passed the data gates, evaluate on this span, held out "
+             f"(a blocked or missing day is skipped and said; 1: this span alone; default: {DEFAULT_WINDOW_DAYS})",
+    )
     parser.add_argument("--train-steps", type=int, default=300, help="training steps (default: 300)")
     parser.add_argument("--eval-steps", type=int, default=50, help="Trainer evaluation steps (default: 50)")
     parser.add_argument(
@@ -164,7 +171,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warn-drift", action="append", metavar="FEATURE",
                         help="let this feature's drift through with a warning (repeatable; adds to "
                         "[drift] warn in schemas/taxi/gates.toml)")
-    parser.add_argument("--no-cache", action="store_true", help="rerun every node even if cached")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="rerun every node even if cached; Transform analyzes every span of the window again "
+                             "instead of reading its analyzer cache")
     parser.add_argument(
         "--keep-versions", type=non_negative, default=DEFAULT_KEEP, metavar="N",
         help="after a push, delete pushed versions older than the newest N, except those the models.config "

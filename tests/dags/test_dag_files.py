@@ -209,7 +209,7 @@ def test_span_date_and_run_id_macros(airflow_python, tmp_path):
 
 def test_committed_manifest_matches_the_pipeline(tmp_path):
     result = mlops_here(tmp_path, "dags", "manifest", "--check")
-    assert "matches the pipeline (13 nodes)" in result.stdout
+    assert "matches the pipeline (15 nodes)" in result.stdout
 
 
 def test_manifest_check_names_what_differs(tmp_path):

@@ -1,7 +1,7 @@
 """A 2-worker MultiWorkerMirroredStrategy run on localhost: two processes, each with TF_CONFIG.
 
-Uses the Transform outputs of a real pipeline run (the e2e fixture's first span) and the same
-training code as the Trainer (`pipelines.taxi.model`).
+Uses the raw Examples and the transform graph of a real pipeline run (the e2e fixture's first
+span) and the same training code as the Trainer (`pipelines.taxi.model`).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ def _free_ports(count: int):
     return ports
 
 
-def _latest(pattern_root: Path) -> Path:
+def _oldest(pattern_root: Path) -> Path:
     candidates = sorted((p for p in pattern_root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     return candidates[0]
 
 
 def test_two_worker_training_exports_a_model_that_predicts_on_raw_examples(runs, tmp_path):
-    transform_root = runs["home"] / "var" / "pipeline_root" / "Transform"
-    graph = _latest(transform_root / "transform_graph")
-    examples = _latest(transform_root / "transformed_examples")
+    root = runs["home"] / "var" / "pipeline_root"
+    graph = _oldest(root / "Transform" / "transform_graph")
+    examples = _oldest(root / "CsvExampleGen" / "examples")
     train_files = sorted(str(p) for p in (examples / "Split-train").glob("*.gz"))
     eval_files = sorted(str(p) for p in (examples / "Split-eval").glob("*.gz"))
     assert train_files and eval_files
