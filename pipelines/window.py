@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 from components.window.properties import EVAL_SPAN, TRAIN_SPANS, WINDOW_DAYS
 
 BLOCKED_GATE = "blocked by {gate}: {problem}"
-NOT_GATED = "no span recorded: no data that day, or it never ran through the data gates"
+NOT_GATED = "no span recorded: no data that day, or never gated (`mlops validate --date DAY` gates it)"
 NOT_FINISHED = "its data gates did not finish (the span check passed; run it again to gate it)"
 
 
