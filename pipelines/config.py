@@ -18,6 +18,11 @@ from serving.retention import DEFAULT_KEEP as DEFAULT_KEEP_VERSIONS  # pushed ve
 
 PIPELINE_NAME = "taxi"
 BEAM_MODES = ("in_memory", "multi_processing", "multi_threading")
+AUTO = "auto"  # --beam-mode auto: `beam_mode_for()` picks one of BEAM_MODES from the span's size
+# Above this many bytes of CSV a span runs on the multi-processing DirectRunner (one worker per
+# core): the in-memory runner holds every element of a stage in this process, so its memory grows
+# with the span. About 125 bytes a taxi row: 64 MB is roughly 500k rows.
+MULTI_PROCESSING_BYTES = 64 * 1024 * 1024
 # Beam flags that tell TFX the workers already have their Python dependencies.
 _BEAM_DEPENDENCY_FLAGS = ("extra_package", "extra_packages", "setup_file", "requirements_file",
                           "sdk_container_image", "worker_harness_container_image")
@@ -287,6 +292,16 @@ def transform_fingerprint(schema_path: str) -> str:
     except importlib.metadata.PackageNotFoundError:
         pass
     return digest.hexdigest()[:16]
+
+
+def beam_mode_for(data_root: Path, day: dt.date, threshold: int = MULTI_PROCESSING_BYTES) -> Tuple[str, int]:
+    """(mode, workers) for `--beam-mode auto`: in-memory for a small span, multi-processing with a
+    worker per core for a large one (the span's CSV bytes against `threshold`)."""
+    folder = span_dir(Path(data_root), day)
+    size = sum(p.stat().st_size for p in folder.glob("*.csv")) if folder.is_dir() else 0
+    if size >= threshold:
+        return "multi_processing", os.cpu_count() or 1
+    return "in_memory", 1
 
 
 def span_dir(data_root: Path, day: dt.date) -> Path:

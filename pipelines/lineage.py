@@ -38,7 +38,7 @@ PUSHER = "components.pusher.component.AtomicPusher"
 EVALUATOR = "components.evaluator.component.GatedEvaluator"
 TRAINER = "tfx.components.trainer.component.Trainer"
 TRANSFORM = "tfx.components.transform.component.Transform"
-EXAMPLE_GEN = "tfx.components.example_gen.csv_example_gen.component.CsvExampleGen"
+EXAMPLE_GEN = "components.example_gen.component.FastCsvExampleGen"
 SCHEMA_GEN = "tfx.components.schema_gen.import_schema_gen.component.ImportSchemaGen"
 STATISTICS_GEN = "tfx.components.statistics_gen.component.StatisticsGen"
 DRIFT_VALIDATOR = "components.drift_validator.component.DriftValidator"
@@ -410,7 +410,8 @@ def chain(store, push: Json, served_version: Optional[int]) -> Json:
             "train_steps": _json_prop(props, "train_args", {}).get("num_steps"),
             "eval_steps": _json_prop(props, "eval_args", {}).get("num_steps"),
             "strategy": custom.get("strategy"),
-            "hyperparameters": {k: v for k, v in custom.items() if k != "strategy"},
+            # The window is its own section (`window`), the strategy its own field.
+            "hyperparameters": {k: v for k, v in custom.items() if k not in ("strategy", "window_days")},
             "run_fn": str(props.get("run_fn", "")),
             "run": _run_context(store, training_run),
         }

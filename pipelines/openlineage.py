@@ -445,7 +445,7 @@ def _read_execution(connection_config, pipeline: str, pipeline_run_id: str, node
         if direction == "out" and _text(artifact.custom_properties, "input_files"):
             facts._inputs.extend(_span_files(_text(props, "input_base"), facts.span_date,
                                              _text(artifact.custom_properties, "input_files")))
-    if facts.component == "CsvExampleGen":
+    if facts.component in ("CsvExampleGen", "FastCsvExampleGen"):
         facts._inputs.extend(_example_gen_files(store, pipeline_run_id, props, facts.span_date))
     return facts
 

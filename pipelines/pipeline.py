@@ -69,7 +69,7 @@ def data_gate_components(config: PipelineConfig) -> list:
     Shared by the nightly pipeline and `mlops validate` (same pipeline name, so both read and
     write the same ML Metadata baselines)."""
     # Not `tfx.v1`: it also imports the Google Cloud extensions, ~4 s per process for nothing.
-    from tfx.components import CsvExampleGen, ExampleValidator, StatisticsGen
+    from tfx.components import ExampleValidator, StatisticsGen
     from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
     from tfx.dsl.components.common.resolver import Resolver
     from tfx.proto import example_gen_pb2, range_config_pb2
@@ -77,6 +77,7 @@ def data_gate_components(config: PipelineConfig) -> list:
     from tfx.types.channel import Channel
 
     from components.drift_validator.component import DriftValidator
+    from components.example_gen.component import FastCsvExampleGen
     from components.span_check.component import SpanCheck
     from pipelines.resolvers import PreviousSpanStatisticsStrategy, ServedTrainingStatisticsStrategy
 
@@ -89,7 +90,9 @@ def data_gate_components(config: PipelineConfig) -> list:
         max_duplicate_fraction=config.data_gates.max_duplicate_fraction,
         fingerprint=config.span_fingerprint,
     )
-    example_gen = CsvExampleGen(
+    # CsvExampleGen's contract (driver, span/version properties, split layout, the same tf.Examples
+    # in the same splits) at ~20x its speed: components/example_gen. Same node id as before.
+    example_gen = FastCsvExampleGen(
         input_base=config.data_root,
         input_config=example_gen_pb2.Input(
             splits=[example_gen_pb2.Input.Split(name="single_split", pattern="{YYYY}-{MM}-{DD}/*.csv")]
@@ -105,7 +108,7 @@ def data_gate_components(config: PipelineConfig) -> list:
         range_config=range_config_pb2.RangeConfig(
             static_range=range_config_pb2.StaticRange(start_span_number=span, end_span_number=span)
         ),
-    )
+    ).with_id("CsvExampleGen")
     # Files the span check blocked never reach ExampleGen (a malformed row would crash it).
     example_gen.add_upstream_node(span_check)
     import tensorflow_data_validation as tfdv  # StatisticsGen imports it anyway

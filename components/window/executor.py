@@ -7,12 +7,13 @@ this night ingested.
 - `WindowTransformExecutor` runs tf.Transform unchanged (one analyzer-cache dataset per span and
   split, so the next night re-analyzes only its new span; nothing materialized), then stamps on
   its outputs what ML Metadata should say: the transform graph records which spans were read
-  from the input cache and which were analyzed; the updated cache records the window's newest span and the
-  fingerprint of the schema and preprocessing it is valid for (the cache resolver matches both).
-- `WindowTrainerExecutor` (given the same raw Examples; run_fn applies the transform graph)
-  trains on every split of the older spans and evaluates on the newest
-  (held out); with one span it keeps stock behaviour (its train split trains, its eval split
-  evaluates). The model records the spans it trained and evaluated on.
+  from the input cache and which were analyzed; the updated cache records the window's newest
+  span and the fingerprint of the schema and preprocessing it is valid for (the cache resolver
+  matches both).
+- `WindowTrainerExecutor` (given the same raw Examples; run_fn applies the transform graph) trains
+  on every split of the older spans and evaluates on the newest (held out); with one span it keeps
+  stock behaviour (its train split trains, its eval split evaluates). The model records the spans
+  it trained and evaluated on.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from components.util.spans import span_date, span_of
 from components.window.properties import (ANALYZED_SPANS, CACHE_FINGERPRINT, CACHED_SPANS, CUSTOM_CACHE_FINGERPRINT,
                                          CUSTOM_WINDOW_DAYS, EVAL_SPAN, TRAIN_SPANS, WINDOW_DAYS, WINDOW_END_SPAN,
                                          WINDOW_SPANS)
-
 
 
 def _custom_config(exec_properties: Dict[str, Any]) -> dict:

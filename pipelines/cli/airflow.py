@@ -50,7 +50,7 @@ def cmd_airflow(args) -> int:
 
 
 # Run options nightly_retrain has no param for: its tasks use the defaults and read schemas/taxi/.
-_NOT_DAG_PARAMS = ("strategy", "beam_mode", "schema", "warn_drift", "no_cache")
+_NOT_DAG_PARAMS = ("strategy", "beam_mode", "beam_workers", "schema", "warn_drift", "no_cache")
 
 
 def _flag(name: str) -> str:

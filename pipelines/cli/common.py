@@ -55,6 +55,20 @@ def require_metadata(config):
     return config
 
 
+def _beam(args, data_root, span_date) -> dict:
+    """The Beam DirectRunner mode and workers, `auto` resolved from the span's size."""
+    import os
+
+    from pipelines.config import AUTO, beam_mode_for
+
+    mode = getattr(args, "beam_mode", AUTO)
+    workers = getattr(args, "beam_workers", 0) or 0
+    if mode == AUTO:
+        mode, auto_workers = beam_mode_for(data_root, span_date)
+        workers = workers or auto_workers
+    return {"beam_mode": mode, "beam_workers": workers or os.cpu_count() or 1}
+
+
 def pipeline_config(args):
     import dataclasses
 
@@ -77,7 +91,7 @@ def pipeline_config(args):
             min_relative_improvement=args.min_improvement,
             slice_margin=args.slice_margin,
         ),
-        beam_mode=args.beam_mode,
+        **_beam(args, paths.data_root, span_date),
         enable_cache=not args.no_cache,
         keep_versions=getattr(args, "keep_versions", DEFAULT_KEEP_VERSIONS),
         data_gates=data_gates,
@@ -137,6 +151,19 @@ def project_serving(args, config):
         raise ConfigError(str(err), "fix the models.config file or pass another --model-config-file") from err
 
 
+def add_beam_options(parser: argparse.ArgumentParser) -> None:
+    from pipelines.config import AUTO, BEAM_MODES, MULTI_PROCESSING_BYTES
+
+    parser.add_argument(
+        "--beam-mode", default=AUTO, choices=(AUTO, *BEAM_MODES),
+        help=f"Beam DirectRunner mode; auto: in_memory for a span under {MULTI_PROCESSING_BYTES >> 20} MB of CSV, "
+             "multi_processing (a worker per core, memory that does not grow with the span) from there "
+             "(default: auto)",
+    )
+    parser.add_argument("--beam-workers", type=non_negative, default=0, metavar="N",
+                        help="workers of the multi_processing/multi_threading modes (default: 0 = one per core)")
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     from pipelines.config import DEFAULT_WINDOW_DAYS  # standard library only at import
     from serving.retention import DEFAULT_KEEP  # standard library only
@@ -163,10 +190,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--slice-margin", type=float, default=0.05,
         help="largest AUC loss allowed on any trip_start_hour/payment_type slice (default: 0.05)",
     )
-    parser.add_argument(
-        "--beam-mode", default="in_memory",
-        help="Beam DirectRunner mode: in_memory, multi_processing, multi_threading (default: in_memory)",
-    )
+    add_beam_options(parser)
     parser.add_argument("--schema", help="schema.pbtxt to import (default: schemas/taxi/schema.pbtxt)")
     parser.add_argument("--warn-drift", action="append", metavar="FEATURE",
                         help="let this feature's drift through with a warning (repeatable; adds to "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from pipelines.cli.common import (COLD_HELP, add_run_options, date_arg, in_warm_worker, pipeline_config,
+from pipelines.cli.common import (COLD_HELP, add_beam_options, add_run_options, date_arg, in_warm_worker, pipeline_config,
                                   project_config, require_metadata)
 from pipelines.errors import EXIT_BLOCKED, EXIT_FAILED, ConfigError, DataError
 
@@ -90,9 +90,10 @@ def register(commands) -> None:
     validate.add_argument("--warn-drift", action="append", metavar="FEATURE",
                           help="let this feature's drift through with a warning (repeatable)")
     validate.add_argument("--no-cache", action="store_true", help="recompute even if cached")
+    add_beam_options(validate)
     validate.add_argument("--cold", action="store_true", help=COLD_HELP)
     validate.set_defaults(handler=cmd_validate, train_steps=300, eval_steps=50, strategy="auto", auc_floor=0.6,
-                          min_improvement=0.01, slice_margin=0.05, beam_mode="in_memory")
+                          min_improvement=0.01, slice_margin=0.05)
 
     run = commands.add_parser(
         "run",

@@ -326,9 +326,11 @@ def test_lineage_of_the_served_version_is_the_rollback_down_to_the_first_span_fi
 
 def test_lineage_of_spans_names_the_models_they_trained_and_the_gates_that_blocked_them(nightly):
     first = lineage(nightly, "--span", DAY1.isoformat())["span"]
-    [model] = first["models"]
+    # DAY1's own night's model, then DAY2's: its window trained on DAY1 (DAY2 held out).
+    model, window_model = first["models"]
     assert [(v["version"], v["kind"]) for v in model["pushed_versions"]] == [(1, "nightly"), (3, "rollback")]
     assert model["serving"] and model["blessed"] and not first["blocked"]
+    assert [(v["version"], v["kind"]) for v in window_model["pushed_versions"]] == [(2, "nightly")]
     missing = lineage(nightly, "--span", DAY3.isoformat())["span"]
     assert missing["models"] == [] and missing["examples"] == [] and missing["blocked"]
     assert missing["gates"][-1]["gate"] == "span_check" and "tips: required column missing" in missing["gates"][-1]["problem"]
