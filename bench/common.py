@@ -98,3 +98,33 @@ def publish(results: Path, heading: str, section: str, tmp: Path, keep: bool) ->
         log(f"kept {tmp}")
     else:
         shutil.rmtree(tmp)
+
+
+def publish_sections(results: Path, sections: list, tmp: Path, keep: bool) -> None:
+    """publish() for several (heading, section) pairs of one benchmark run; the temp dir goes last."""
+    for heading, section in sections:
+        write_section(results, heading, section)
+        print(section, flush=True)
+    log(f"wrote {', '.join(heading for heading, _ in sections)} to {results}")
+    if keep:
+        log(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp)
+
+
+def seed_span(home: Path, rows: int, date: str, seed: int = 42) -> Path:
+    """One span of `rows` rows on `date` (`mlops data seed --days 1 --seed`), in a home made like
+    seed_home's if it is new; checks that span's row count and returns its CSV. Spans of different
+    sizes in one home take one call each (a different `seed` keeps their rows apart)."""
+    schema = home / "schemas" / "taxi" / "schema.pbtxt"
+    if not schema.exists():
+        schema.parent.mkdir(parents=True)
+        shutil.copy(REPO / "schemas" / "taxi" / "schema.pbtxt", schema)
+    cmd = [str(MLOPS), "--home", str(home), "data", "seed", "--days", "1", "--rows-per-day", str(rows),
+           "--end", date, "--seed", str(seed)]
+    subprocess.run(cmd, check=True, env=CHILD_ENV)
+    span_csv = home / "data" / "incoming" / date / "data.csv"
+    found = count_rows(span_csv)
+    if found != rows:
+        raise SystemExit(f"seeded {found} rows in {span_csv}, expected {rows}")
+    return span_csv

@@ -1,19 +1,26 @@
-"""Benchmark (issue 3): our nightly pipeline against the stock TFX Chicago taxi example.
+"""Benchmark (issues 3 and 23): our nightly pipeline against the stock TFX Chicago taxi example.
 
-Same rows, same Beam mode (DirectRunner in_memory), both in-process in a fresh child process per
-run. Measures full run and no-change rerun (wall time, peak RSS, whether a new model version was
-pushed), optionally one bigger span of ours, and writes the "Pipeline vs stock TFX (issue 3)"
-section of bench/RESULTS.md. A benchmark reports: a missed target does not fail it (exit 0);
-exit 1 only when a run itself crashed.
+    .venv/bin/python bench/pipeline_vs_stock.py [--scenarios base,window] [--window-rows 150000] ...
+
+Same rows, same Beam mode (DirectRunner, --beam-mode, default in_memory), both in-process in a fresh
+child process per run. Scenarios (`--scenarios`, default both, one section of bench/RESULTS.md each):
+
+- base (issue 3): one span; full run and no-change rerun (wall time, peak RSS, whether a new model
+  version was pushed), optionally one bigger span of ours: "Pipeline vs stock TFX (issue 3)".
+- window (issue 23, bench/window_vs_stock.py): a rolling window of `--window-days` seeded days of
+  `--window-rows` rows; ours cold, then the next night with the analyzer cache, vs stock on the
+  same days at equal train steps; both final models' AUC on the newest span: "Rolling window vs
+  stock TFX (issue 23)".
+
+A benchmark reports: a missed target does not fail it (exit 0); exit 1 only when a run itself
+crashed (the scenarios that ran through are still written; the temp dir is kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,76 +28,12 @@ import tempfile
 from pathlib import Path
 
 import psutil
-from common import MLOPS, REPO, log, measure, publish, seed_home
-from pipelines.data import bundled_csv_path
-from serving.versions import list_versions
+import window_vs_stock
+from common import MLOPS, REPO, log, publish_sections, seed_home
+from pipeline_runs import BEAM, STOCK_CHILD, STOCK_TRAIN_STEPS, fmt, outside, run_ours, run_stock
 
-# The example inside the installed wheel, found without importing tfx (TensorFlow costs seconds).
-TAXI = bundled_csv_path().parents[2]  # .../examples/chicago_taxi_pipeline
-PYTHON = REPO / ".venv" / "bin" / "python"
 SECTION = "## Pipeline vs stock TFX (issue 3)"
-STOCK_TRAIN_STEPS = 1000  # hard-coded in the stock example's Trainer
 OURS_TRAIN_STEPS = 300  # `mlops run` default, left as is
-BEAM = "in_memory"
-
-# Runs the unmodified stock example in-process with LocalDagRunner. The only addition is a timer
-# around Launcher.launch (measurement only) so stock per-node seconds can be compared with ours.
-STOCK_CHILD = """\
-import importlib.util, sys, time
-from tfx.orchestration.local.local_dag_runner import LocalDagRunner
-from tfx.orchestration.portable import launcher
-example, module_file, root, beam_mode = sys.argv[1:5]
-spec = importlib.util.spec_from_file_location('taxi_pipeline_native_keras', example)
-taxi = importlib.util.module_from_spec(spec); spec.loader.exec_module(taxi)
-launch = launcher.Launcher.launch
-def timed_launch(self):
-    start = time.monotonic()
-    try: return launch(self)
-    finally: print(f'[stock] {self._pipeline_node.node_info.id} in {time.monotonic() - start:.1f}s', flush=True)
-launcher.Launcher.launch = timed_launch
-LocalDagRunner().run(taxi._create_pipeline(
-    pipeline_name=taxi._pipeline_name, pipeline_root=root + '/pipeline_root', data_root=root + '/data',
-    module_file=module_file, serving_model_dir=root + '/serving_model',
-    metadata_path=root + '/metadata.db', beam_pipeline_args=['--direct_running_mode=' + beam_mode]))
-"""
-
-
-def run_ours(name: str, home: Path, date: str, logs: Path, cold: bool = True) -> dict:
-    """`mlops run`: --cold is a fresh process like stock's (peak RSS visible); warm runs in the
-    home's warm worker, the product's default (the worker is started untimed beforehand)."""
-    if not cold:
-        subprocess.run([str(MLOPS), "--home", str(home), "worker", "start"], check=True, capture_output=True)
-    cmd = [str(MLOPS), "--home", str(home), "run", "--date", date, "--beam-mode", BEAM, "--json",
-           *(["--cold"] if cold else [])]
-    result = measure(name, cmd, logs / f"{name}.log", echo=lambda l: l.startswith(("[", "run ")))
-    lines = result["lines"]
-    start = next((i for i, l in enumerate(lines) if l == "{"), None)  # JSON summary follows progress
-    result["summary"] = json.loads("\n".join(lines[start:])) if start is not None else {}
-    result["nodes"] = {m[1]: float(m[3]) for m in (re.match(r"\[\d+/\d+\] (\S+) (\w+) in ([\d.]+)s$", l) for l in lines) if m}
-    result["versions"] = list_versions(home / "serving" / "models" / "taxi")
-    return result
-
-
-def run_stock(name: str, root: Path, logs: Path) -> dict:
-    cmd = [str(PYTHON), "-c", STOCK_CHILD, str(TAXI / "taxi_pipeline_native_keras.py"),
-           str(TAXI / "taxi_utils_native_keras.py"), str(root), BEAM]
-    result = measure(name, cmd, logs / f"{name}.log", echo=lambda l: l.startswith("[stock]"))
-    result["nodes"] = {m[1]: float(m[2]) for m in (re.match(r"\[stock\] (\S+) in ([\d.]+)s$", l) for l in result["lines"]) if m}
-    result["versions"] = list_versions(root / "serving_model")
-    return result
-
-
-def fmt(result: dict | None, key: str) -> str:
-    if result is None:
-        return "not run"
-    if result["code"] != 0:
-        return f"FAILED (exit {result['code']})"
-    return f"{result[key]:.1f}" if key == "seconds" else f"{result[key]:.0f}"
-
-
-def outside(result: dict) -> str:
-    """Wall seconds not spent in any node: the fixed cost of a run, which bounds the rerun."""
-    return "-" if result["code"] else f"{result['seconds'] - sum(result['nodes'].values()):.1f}"
 
 
 def render(args, rows: int, r: dict, commands: list, load: tuple) -> str:
@@ -131,7 +74,7 @@ def render(args, rows: int, r: dict, commands: list, load: tuple) -> str:
         f"Date: {dt.datetime.now().isoformat(timespec='minutes')}. Machine: {os.cpu_count()} CPUs (nproc), "
         f"{mem:.1f} GiB RAM; load average {load[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end. Other work may "
         "have run on this machine at the same time, so treat single-run seconds as +-10-20%.",
-        f"Both pipelines: Beam DirectRunner `--direct_running_mode={BEAM}`, in-process (stock: LocalDagRunner; "
+        f"Both pipelines: Beam DirectRunner `--direct_running_mode={args.beam_mode}`, in-process (stock: LocalDagRunner; "
         "ours: `mlops run`, the portable Launcher per node), SQLite ML Metadata, a fresh Python process per full run "
         "(ours: `--cold`), "
         f"the same {rows}-row CSV (our seeded span, copied for stock). Train steps differ: stock's example hard-codes "
@@ -149,57 +92,107 @@ def render(args, rows: int, r: dict, commands: list, load: tuple) -> str:
     ])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=15000, help="rows in the span both pipelines run (default: 15000)")
-    parser.add_argument("--big-rows", type=int, default=150000, help="rows in the ours-only growth span (default: 150000)")
-    parser.add_argument("--skip-150k", action="store_true", help="skip the ours-only big span")
-    parser.add_argument("--date", default="2026-11-22", help="span date to seed and run (default: 2026-11-22)")
-    parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md", help="results file to update")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, homes) for inspection")
-    args = parser.parse_args()
-
-    load = os.getloadavg()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-vs-stock-"))
-    logs, home, stock = tmp / "logs", tmp / "home", tmp / "stock"
-    logs.mkdir()
-    log(f"temp dir {tmp}; seeding {args.rows} rows for {args.date}")
-    span_csv = seed_home(home, args.rows, args.date)
+def run_base(args, tmp: Path, logs: Path, load: tuple):
+    """One span, both pipelines: full run and no-change rerun; ours also on a bigger span.
+    Returns (the section, or None when a core run failed; the names of the runs that failed)."""
+    home, stock, date, beam = tmp / "home", tmp / "stock", args.date.isoformat(), args.beam_mode
+    log(f"base: seeding {args.rows} rows for {date}")
+    span_csv = seed_home(home, args.rows, date)
     (stock / "data").mkdir(parents=True)
     shutil.copy(span_csv, stock / "data" / "data.csv")  # identical rows for stock
 
     # Stock first, then ours; each rerun reuses the state (MLMD, pipeline root) of its full run.
-    results = {name: run_stock(name, stock, logs) for name in ("stock_full", "stock_rerun")}
-    results["ours_full"] = run_ours("ours_full", home, args.date, logs)
-    results["ours_rerun_cold"] = run_ours("ours_rerun_cold", home, args.date, logs)
-    results["ours_rerun"] = run_ours("ours_rerun", home, args.date, logs, cold=False)
+    results = {name: run_stock(name, stock, logs, beam=beam) for name in ("stock_full", "stock_rerun")}
+    results["ours_full"] = run_ours("ours_full", home, date, logs, beam=beam)
+    results["ours_rerun_cold"] = run_ours("ours_rerun_cold", home, date, logs, beam=beam)
+    results["ours_rerun"] = run_ours("ours_rerun", home, date, logs, cold=False, beam=beam)
     subprocess.run([str(MLOPS), "--home", str(home), "worker", "stop"], capture_output=True)
     if not args.skip_150k:
         big_home = tmp / "home_big"
-        log(f"seeding {args.big_rows} rows for {args.date}")
-        seed_home(big_home, args.big_rows, args.date)
-        results["ours_big"] = run_ours("ours_big", big_home, args.date, logs)
+        log(f"base: seeding {args.big_rows} rows for {date}")
+        seed_home(big_home, args.big_rows, date)
+        results["ours_big"] = run_ours("ours_big", big_home, date, logs, beam=beam)
 
     commands = [
-        f"mlops --home H data seed --days 1 --rows-per-day {args.rows} --end {args.date}",
-        "cp H/data/incoming/{date}/data.csv S/data/   # stock data_root".format(date=args.date),
+        f"mlops --home H data seed --days 1 --rows-per-day {args.rows} --end {date}",
+        f"cp H/data/incoming/{date}/data.csv S/data/   # stock data_root",
         f"python -c \"$STOCK_CHILD\" <tfx>/examples/chicago_taxi_pipeline/taxi_pipeline_native_keras.py "
-        f"<tfx>/examples/chicago_taxi_pipeline/taxi_utils_native_keras.py S {BEAM}   # twice: full run, rerun",
-        f"mlops --home H run --date {args.date} --beam-mode {BEAM} --json --cold   # twice: full run, cold rerun",
+        f"<tfx>/examples/chicago_taxi_pipeline/taxi_utils_native_keras.py S {beam}   # twice: full run, rerun",
+        f"mlops --home H run --date {date} --beam-mode {beam} --json --cold   # twice: full run, cold rerun",
         "mlops --home H worker start   # untimed",
-        f"mlops --home H run --date {args.date} --beam-mode {BEAM} --json   # no-change rerun in the warm worker",
-        *([f"mlops --home H2 data seed --days 1 --rows-per-day {args.big_rows} --end {args.date} && "
-           f"mlops --home H2 run --date {args.date} --beam-mode {BEAM} --json"] if not args.skip_150k else []),
+        f"mlops --home H run --date {date} --beam-mode {beam} --json   # no-change rerun in the warm worker",
+        *([f"mlops --home H2 data seed --days 1 --rows-per-day {args.big_rows} --end {date} && "
+           f"mlops --home H2 run --date {date} --beam-mode {beam} --json --cold"] if not args.skip_150k else []),
         "# STOCK_CHILD (imports the unmodified example, runs _create_pipeline with LocalDagRunner):",
         *STOCK_CHILD.splitlines(),
     ]
     failed = [name for name, r in results.items() if r["code"] != 0]
     if {"stock_full", "stock_rerun", "ours_full", "ours_rerun"} & set(failed):
-        log(f"runs failed: {', '.join(failed)}; RESULTS.md not updated (logs in {tmp})")
-        return 1
-    section = render(args, args.rows, results, commands, load)
-    publish(args.results, SECTION, section, tmp, args.keep or bool(failed))
-    return 0
+        log(f"base: runs failed: {', '.join(failed)}; its section not written (logs in {tmp})")
+        return None, failed
+    return render(args, args.rows, results, commands, load), failed
+
+
+def run_window(args, tmp: Path, logs: Path, load: tuple):
+    """The rolling window, cold and the next night, vs stock on the same days (bench/window_vs_stock.py).
+    Returns (the section, or None when a night or stock's run failed; the names of the runs that failed)."""
+    out = window_vs_stock.run_window(args, tmp, logs)
+    failed = window_vs_stock.failed_runs(out)
+    if {"window_cold", "window_next", "stock_window"} & set(failed):
+        log(f"window: runs failed: {', '.join(failed)}; its section not written (logs in {tmp})")
+        return None, failed
+    return window_vs_stock.render(args, out, load), failed
+
+
+SCENARIOS = {"base": (SECTION, run_base), "window": (window_vs_stock.SECTION, run_window)}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default="base,window",
+                        help=f"comma-separated scenarios to run: {', '.join(SCENARIOS)} (default: base,window)")
+    parser.add_argument("--rows", type=int, default=15000, help="base: rows in the span both pipelines run (default: 15000)")
+    parser.add_argument("--big-rows", type=int, default=150000,
+                        help="base: rows in the ours-only growth span (default: 150000)")
+    parser.add_argument("--skip-150k", action="store_true", help="base: skip the ours-only big span")
+    parser.add_argument("--window-days", type=int, default=7, help="window: days in the training window (default: 7)")
+    parser.add_argument("--window-rows", type=int, default=150000, help="window: rows per seeded day (default: 150000)")
+    parser.add_argument("--window-train-steps", type=int, default=STOCK_TRAIN_STEPS,
+                        help=f"window: train steps of both pipelines (default: stock's own {STOCK_TRAIN_STEPS}; "
+                             "another value runs stock from a copy of its pipeline file with that constant changed)")
+    parser.add_argument("--date", type=dt.date.fromisoformat, default=dt.date(2026, 11, 22),
+                        help="base: the span; window: the cold window night (the next night is the day after) "
+                             "(default: 2026-11-22)")
+    parser.add_argument("--beam-mode", default=BEAM, help=f"Beam DirectRunner mode of both pipelines (default: {BEAM})")
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md", help="results file to update")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, homes) for inspection")
+    args = parser.parse_args(argv)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown or not args.scenarios:
+        parser.error(f"--scenarios: unknown {unknown or 'none given'}; choose from {', '.join(SCENARIOS)}")
+    if args.window_days < 2:
+        parser.error(f"--window-days {args.window_days}: the window scenario needs at least 2 days (older + newest)")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-vs-stock-"))
+    logs = tmp / "logs"
+    logs.mkdir()
+    log(f"temp dir {tmp}; scenarios {', '.join(args.scenarios)}")
+    sections, failed = [], []
+    for name in args.scenarios:
+        heading, run = SCENARIOS[name]
+        section, failed_runs = run(args, tmp, logs, os.getloadavg())  # the load as this scenario starts
+        failed += failed_runs
+        sections += [(heading, section)] if section else []
+    if sections:
+        publish_sections(args.results, sections, tmp, keep=args.keep or bool(failed))
+    if failed:
+        log(f"runs failed: {', '.join(failed)} (logs in {tmp})")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
