@@ -91,13 +91,7 @@ def write_section(path: Path, heading: str, section: str) -> None:
 
 def publish(results: Path, heading: str, section: str, tmp: Path, keep: bool) -> None:
     """Writes the section to RESULTS.md, prints it, and removes the temp dir unless asked to keep it."""
-    write_section(results, heading, section)
-    print(section, flush=True)
-    log(f"wrote {results}")
-    if keep:
-        log(f"kept {tmp}")
-    else:
-        shutil.rmtree(tmp)
+    publish_sections(results, [(heading, section)], tmp, keep)
 
 
 def publish_sections(results: Path, sections: list, tmp: Path, keep: bool) -> None:

@@ -32,7 +32,8 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 CACHE_ENTRIES_PER_FEATURE = 4096
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative integer below 2**64 (components/example_gen shares it)."""
     if n < 128:
         return _ONE_BYTE[n]
     out = bytearray()
@@ -44,7 +45,7 @@ def _varint(n: int) -> bytes:
 
 
 def _length_delimited(field_tag: bytes, payload: bytes) -> bytes:
-    return field_tag + _varint(len(payload)) + payload
+    return field_tag + varint(len(payload)) + payload
 
 
 class ExampleEncoder:
@@ -59,16 +60,16 @@ class ExampleEncoder:
             key = _length_delimited(b"\x0a", name.encode("utf-8", "surrogatepass"))
             if kind == FLOAT:
                 # entry = key + value(Feature{float_list{value: [4 bytes]}}): a fixed length.
-                self._float_head[name] = b"\x0a" + _varint(len(key) + 10) + key + b"\x12\x08\x12\x06\x0a\x04"
+                self._float_head[name] = b"\x0a" + varint(len(key) + 10) + key + b"\x12\x08\x12\x06\x0a\x04"
             elif kind == INT:
                 # entry = key + value(Feature{int64_list{value: [varint]}}): everything before the
                 # varint depends only on its length (1 to 10 bytes), so it is built once here.
                 heads = [b""]
                 for size in range(1, 11):
-                    feature_head = b"\x1a" + _varint(size + 2) + b"\x0a" + _varint(size)
+                    feature_head = b"\x1a" + varint(size + 2) + b"\x0a" + varint(size)
                     value = len(feature_head) + size
-                    heads.append(b"\x0a" + _varint(len(key) + 1 + len(_varint(value)) + value) + key + b"\x12"
-                                 + _varint(value) + feature_head)
+                    heads.append(b"\x0a" + varint(len(key) + 1 + len(varint(value)) + value) + key + b"\x12"
+                                 + varint(value) + feature_head)
                 self._int_heads[name] = heads
                 self._cache[name] = {}
             else:
@@ -81,7 +82,7 @@ class ExampleEncoder:
     def _int_entry(self, name: str, value: int) -> Optional[bytes]:
         if not _INT64_MIN <= value <= _INT64_MAX:
             return None
-        packed = _varint(value + (1 << 64) if value < 0 else value)
+        packed = varint(value + (1 << 64) if value < 0 else value)
         return self._int_heads[name][len(packed)] + packed
 
     def _bytes_entry(self, name: str, value: str) -> bytes:
@@ -120,7 +121,7 @@ class ExampleEncoder:
                     cache[value] = entry
             parts.append(entry)
         body = b"".join(parts)
-        return b"\x0a" + _varint(len(body)) + body
+        return b"\x0a" + varint(len(body)) + body
 
     def encode_all(self, instances: Iterable[Any]) -> Optional[List[bytes]]:
         """Every instance encoded, or None as soon as one needs the protobuf path."""

@@ -33,23 +33,13 @@ import pyarrow.compute as pc
 
 from components.example_gen.arrays import byte_values
 from components.example_gen.column_types import ColumnType
+from serving.example_encoder import varint  # the model server's request encoder writes the same wire format
 
 _PACK_FLOAT32 = struct.Struct("<f").pack
 _UINT64 = 1 << 64
 # A column's cache of encoded cells is dropped when it grows past this, so memory stays bounded
 # for columns whose every value is distinct (timestamps, coordinates).
 MAX_CACHED_CELLS = 50_000
-
-
-def varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative integer below 2**64."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
 
 _SHORT_VARINTS = [varint(size) for size in range(1 << 14)]  # every length up to 16 KiB: one lookup
 
