@@ -191,13 +191,12 @@ def create_pipeline(config: PipelineConfig):
     """Builds the nightly pipeline: ingest and gate `config.span_date`, then train on the window of
     good spans ending with it and evaluate on it."""
     from tfx.components import Trainer, Transform
+    from tfx.dsl.components.base import executor_spec
     from tfx.dsl.components.common.resolver import Resolver
     from tfx.orchestration.pipeline import Pipeline
     from tfx.proto import trainer_pb2
     from tfx.types import standard_artifacts
     from tfx.types.channel import Channel
-
-    from tfx.dsl.components.base import executor_spec
 
     from components.evaluator.component import GatedEvaluator
     from components.pusher.component import AtomicPusher
