@@ -223,7 +223,7 @@ def create_pipeline(config: PipelineConfig):
         materialize=False,
         # Recorded on the analyzer cache it writes; tells the next night's cache resolver whether
         # that cache fits its schema and preprocessing. preprocessing_fn takes no custom_config.
-        custom_config={CUSTOM_CACHE_FINGERPRINT: config.transform_fingerprint, CUSTOM_WINDOW_DAYS: config.window_days},
+        custom_config={CUSTOM_CACHE_FINGERPRINT: config.transform_fingerprint},
     )
     transform.executor_spec = executor_spec.BeamExecutorSpec(WindowTransformExecutor)
     # Data that failed validation never reaches Transform, Trainer or Pusher.

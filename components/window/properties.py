@@ -9,5 +9,5 @@ CACHED_SPANS = "cached_spans"  # TransformGraph: spans whose analysis came from 
 ANALYZED_SPANS = "analyzed_spans"  # TransformGraph: spans analyzed in this run
 WINDOW_END_SPAN = "window_end_span"  # TransformCache: newest span number of the window it was built on
 CACHE_FINGERPRINT = "cache_fingerprint"  # TransformCache, from custom_config
-CUSTOM_CACHE_FINGERPRINT = "cache_fingerprint"  # key in Transform's and Trainer's custom_config
-CUSTOM_WINDOW_DAYS = "window_days"
+CUSTOM_CACHE_FINGERPRINT = "cache_fingerprint"  # key in Transform's custom_config
+CUSTOM_WINDOW_DAYS = "window_days"  # key in the Trainer's custom_config
