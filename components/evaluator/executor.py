@@ -119,15 +119,16 @@ class Executor(tfx_evaluator_executor.Executor):
             io_utils.write_string_file(os.path.join(blessing.uri, constants.NOT_BLESSED_FILE_NAME), "")
             return
 
-        # TFMA computes the loss through a Keras metric inside tf.function: keep AutoGraph out of
-        # Keras' own code there too (a few seconds per model otherwise).
-        from components.util.keras import skip_autograph_of_tf_keras
-
-        skip_autograph_of_tf_keras()
-        tfma_properties = {k: v for k, v in exec_properties.items() if k not in SLICE_GUARD_KEYS}
-        super().Do(input_dict, output_dict, tfma_properties)
-
         import tensorflow_model_analysis as tfma
+
+        tfma_properties = {k: v for k, v in exec_properties.items() if k not in SLICE_GUARD_KEYS}
+        if not self._fast_evaluation(input_dict, output_dict, tfma_properties):
+            # TFMA computes the loss through a Keras metric inside tf.function: keep AutoGraph out
+            # of Keras' own code there too (a few seconds per model otherwise).
+            from components.util.keras import skip_autograph_of_tf_keras
+
+            skip_autograph_of_tf_keras()
+            super().Do(input_dict, output_dict, tfma_properties)
 
         evaluation = artifact_utils.get_single_instance(output_dict[standard_component_specs.EVALUATION_KEY])
         evaluation_uri = evaluation.uri
@@ -151,3 +152,63 @@ class Executor(tfx_evaluator_executor.Executor):
             return
         against = f"model {baselines[0].id}" if baselines else "the absolute thresholds (no model served yet)"
         blessing.set_string_custom_property(REASON, f"passed every threshold against {against}")
+
+    def _fast_evaluation(self, input_dict, output_dict, exec_properties) -> bool:
+        """Runs components/evaluator/fast.py instead of TFMA's Beam pipeline when it covers the eval
+        config, and writes the blessing exactly as TFX's executor does; False when it does not
+        (then TFMA runs, as in stock TFX)."""
+        import tensorflow_model_analysis as tfma
+        from tfx.utils import json_utils, path_utils, proto_utils
+
+        from components.evaluator import fast
+
+        text = exec_properties.get(standard_component_specs.EVAL_CONFIG_KEY)
+        if not text or exec_properties.get(standard_component_specs.MODULE_FILE_KEY) or exec_properties.get(
+                standard_component_specs.MODULE_PATH_KEY):
+            return False
+        eval_config = tfma.EvalConfig()
+        proto_utils.json_to_proto(text, eval_config)
+        reason = fast.unsupported_reason(eval_config)
+        if reason:
+            log.info("evaluating with TFMA's Beam pipeline: the fast evaluation does not cover %s", reason)
+            return False
+        candidate = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+        baselines = input_dict.get(standard_component_specs.BASELINE_MODEL_KEY) or []
+        eval_config = tfma.utils.update_eval_config_with_defaults(eval_config, has_baseline=bool(baselines),
+                                                                  rubber_stamp=True)
+        tfma.utils.verify_eval_config(eval_config)
+        model_paths = {}
+        for spec in eval_config.model_specs:
+            artifact = baselines[0] if spec.is_baseline else candidate
+            model_paths[spec.name] = path_utils.serving_model_path(
+                artifact.uri, path_utils.is_old_model_artifact(artifact))
+        splits = json_utils.loads(exec_properties.get(standard_component_specs.EXAMPLE_SPLITS_KEY, "null")) or ["eval"]
+        files = []
+        for split in splits:
+            for uri in artifact_utils.get_split_uris(input_dict[standard_component_specs.EXAMPLES_KEY], split):
+                files.extend(_files_under(uri))
+        output_uri = artifact_utils.get_single_uri(output_dict[standard_component_specs.EVALUATION_KEY])
+        # TFX's executor never rubber-stamps (its shared models are built without it).
+        result = fast.evaluate(eval_config, model_paths, files, output_uri, rubber_stamp=False)
+
+        blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
+        blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, candidate.uri)
+        blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, candidate.id)
+        if baselines:
+            blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baselines[0].uri)
+            blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baselines[0].id)
+        if "current_component_id" in exec_properties:
+            blessing.set_string_custom_property("component_id", exec_properties["current_component_id"])
+        name = constants.BLESSED_FILE_NAME if result.validation_ok else constants.NOT_BLESSED_FILE_NAME
+        io_utils.write_string_file(os.path.join(blessing.uri, name), "")
+        blessing.set_int_custom_property(
+            constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+            constants.BLESSED_VALUE if result.validation_ok else constants.NOT_BLESSED_VALUE)
+        return True
+
+
+def _files_under(uri: str) -> List[str]:
+    """The data files of one split directory (what TFX's `all_files_pattern` matches)."""
+    import tensorflow as tf
+
+    return sorted(tf.io.gfile.glob(os.path.join(uri, "*")))
