@@ -181,7 +181,7 @@ def _table(args, out: dict) -> list:
         f"| {scored(models, 'stock', 'auc')} | {scored(models, 'ours', 'auc')} | - |",
         f"| AUC on the {report.get('held_out', 0):,} rows of {days[-2]} neither model trained on (stock's eval split) "
         f"| {scored(models, 'stock', 'auc_held_out')} | {scored(models, 'ours', 'auc_held_out')} | - |",
-        f"| AUC in the run's own evaluation (TFMA, its span's eval split) | - (its eval config has BinaryAccuracy only) "
+        f"| AUC in the run's own evaluation (GatedEvaluator, TFMA's AUC, its span's eval split) | - (its eval config has BinaryAccuracy only) "
         f"| {own_auc(cold)} | {own_auc(nxt)} |",
         f"| pushed a model version? | {'yes' if stock.get('versions') else 'no'} "
         "| " + " | ".join(pushed(r) for r in (cold, nxt)) + " |",

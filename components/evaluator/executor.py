@@ -188,8 +188,12 @@ class Executor(tfx_evaluator_executor.Executor):
             for uri in artifact_utils.get_split_uris(input_dict[standard_component_specs.EXAMPLES_KEY], split):
                 files.extend(_files_under(uri))
         output_uri = artifact_utils.get_single_uri(output_dict[standard_component_specs.EVALUATION_KEY])
-        # TFX's executor never rubber-stamps (its shared models are built without it).
-        result = fast.evaluate(eval_config, model_paths, files, output_uri, rubber_stamp=False)
+        try:
+            # TFX's executor never rubber-stamps (its shared models are built without it).
+            result = fast.evaluate(eval_config, model_paths, files, output_uri, rubber_stamp=False)
+        except fast.NotCovered as reason:
+            log.info("evaluating with TFMA's Beam pipeline: the fast evaluation does not cover %s", reason)
+            return False
 
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
         blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, candidate.uri)

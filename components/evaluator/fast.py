@@ -22,6 +22,7 @@ executor falls back to TFMA for anything else.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -44,6 +45,10 @@ _EPSILON = 1e-7  # TFMA's threshold epsilon and tf.keras' backend epsilon (both 
 BATCH_SIZE = 8192
 
 Slice = Tuple[Tuple[str, object], ...]
+
+
+class NotCovered(Exception):
+    """The data needs something only TFMA's pipeline does (found before anything is written)."""
 
 
 def unsupported_reason(eval_config) -> Optional[str]:
@@ -69,6 +74,8 @@ def unsupported_reason(eval_config) -> Optional[str]:
     for slicing in eval_config.slicing_specs:
         if slicing.feature_values or slicing.slice_keys_sql:
             return "slicing by feature values or SQL"
+        if len(slicing.feature_keys) > 1:
+            return "slicing by a combination of features"
     for metrics_spec in eval_config.metrics_specs:
         if (metrics_spec.model_names or metrics_spec.output_names or metrics_spec.HasField("binarize")
                 or metrics_spec.HasField("aggregate") or metrics_spec.query_key or metrics_spec.output_weights
@@ -96,6 +103,7 @@ def metric_names(eval_config) -> Dict[str, str]:
 # --- the metrics: numpy versions of TFMA's arithmetic -------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
 def _rebin_index() -> np.ndarray:
     """Calibration bucket id (0 = below 0, 1..NUM_BUCKETS, NUM_BUCKETS + 1 = from 1 up) -> the
     bucket of TFMA's rebinned histogram for AUC (`calibration_histogram.rebin` with the
@@ -109,9 +117,6 @@ def _rebin_index() -> np.ndarray:
     return np.minimum(index, len(rebin_thresholds) - 1)
 
 
-_REBIN = None
-
-
 def _bucket_ids(predictions: np.ndarray) -> np.ndarray:
     """TFMA's `_bucket_index` (left 0, right 1): truncated, clipped to [0, NUM_BUCKETS + 1]."""
     index = predictions * NUM_BUCKETS + 1
@@ -121,10 +126,7 @@ def _bucket_ids(predictions: np.ndarray) -> np.ndarray:
 
 def auc(labels: np.ndarray, predictions: np.ndarray) -> float:
     """TFMA's AUC (ROC, interpolation, 10,000 thresholds) from its calibration histogram."""
-    global _REBIN
-    if _REBIN is None:
-        _REBIN = _rebin_index()
-    buckets = _REBIN[_bucket_ids(predictions)]
+    buckets = _rebin_index()[_bucket_ids(predictions)]
     size = NUM_BUCKETS
     positives = np.bincount(buckets, weights=labels, minlength=size)
     negatives = np.bincount(buckets, weights=1.0 - labels, minlength=size)
@@ -212,7 +214,8 @@ def predict(model_path: str, spec, serialized: List[bytes]) -> Tuple[np.ndarray,
 def slice_rows(eval_config, serialized: List[bytes]) -> Dict[Slice, np.ndarray]:
     """Slice key (TFMA's form: `()` overall, `(("feature", value),)`) -> the rows in it. A row with
     no value for a slicing feature is in no slice of that spec; one with several values is in one
-    slice per distinct value (as TFMA slices)."""
+    slice per distinct value (as TFMA slices). Integer and text features only (NotCovered: a float
+    feature, whose slice values TFMA formats its own way)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     from tfx_bsl.coders import example_coder
@@ -235,24 +238,17 @@ def slice_rows(eval_config, serialized: List[bytes]) -> Dict[Slice, np.ndarray]:
             parents = np.asarray(pc.list_parent_indices(array))
             flat = pc.list_flatten(array)
             is_bytes = pa.types.is_binary(flat.type) or pa.types.is_large_binary(flat.type)
+            if not (is_bytes or pa.types.is_integer(flat.type)):
+                raise NotCovered(f"slicing by {column}, a {flat.type} feature")
             uniques, inverse = np.unique(np.array(flat.to_pylist(), dtype=object), return_inverse=True)
             for position, value in enumerate(uniques):
                 key = value.decode("utf-8", "replace") if is_bytes else value
                 values[key] = np.unique(parents[inverse == position])
         per_column[column] = values
     for keys in keyed:
-        if not keys:
-            continue
-        if len(keys) == 1:
+        if keys:  # one feature per spec (unsupported_reason)
             for value, members in per_column[keys[0]].items():
                 out[((keys[0], value),)] = members
-            continue
-        # A crossed spec: rows holding every combination.
-        combos: Dict[Slice, np.ndarray] = {(): np.arange(rows)}
-        for column in keys:
-            combos = {k + ((column, v),): np.intersect1d(m, members)
-                      for k, m in combos.items() for v, members in per_column[column].items()}
-        out.update({k: m for k, m in combos.items() if len(m)})
     return out
 
 

@@ -86,6 +86,7 @@ def _examples(tmp_path):
             x = rng.gauss(0, 1) if row % 97 else rng.choice([-60.0, 60.0])
             label = int(x + rng.gauss(0, 1.2) > 0.3)
             feature = {"x": tf.train.Feature(float_list=tf.train.FloatList(value=[x])),
+                       "zone": tf.train.Feature(float_list=tf.train.FloatList(value=[float(row % 2)])),
                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}
             if row % 11:
                 feature["hour"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[rng.randrange(24)]))
@@ -178,6 +179,25 @@ def test_configs_it_does_not_cover_are_named_and_left_to_tfma():
     config = _eval_config()
     config.slicing_specs.add(feature_values={"payment": "Cash"})
     assert fast.unsupported_reason(config) == "slicing by feature values or SQL"
+    config = _eval_config()
+    config.slicing_specs.add(feature_keys=["hour", "payment"])
+    assert fast.unsupported_reason(config) == "slicing by a combination of features"
+
+
+def test_slicing_by_a_float_feature_is_left_to_tfma(models, caplog):
+    """Only the data says a slicing feature is a float: found before anything is written, then TFMA
+    runs as in stock TFX."""
+    import logging
+
+    tmp, examples, candidate, _ = models
+    config = _eval_config()
+    config.slicing_specs.add(feature_keys=["zone"])
+    caplog.set_level(logging.INFO, logger=executor.__name__)
+    evaluation, blessing = _run(executor.Executor, tmp / "float-slices", examples, candidate, None, config)
+    assert "the fast evaluation does not cover slicing by zone, a float feature" in caplog.text
+    slices = {key[0] for key in _metrics(evaluation.uri)}
+    assert (("zone", 0.0),) in slices and (("zone", 1.0),) in slices  # TFMA's run
+    assert os.listdir(blessing.uri) == [constants.BLESSED_FILE_NAME]
 
 
 def test_auc_is_tfmas_on_ties_one_class_and_saturated_predictions():
