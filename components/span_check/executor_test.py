@@ -76,3 +76,16 @@ def test_a_duplicate_limit_of_zero_is_kept_not_replaced_by_the_default():
     assert duplicate_limit({MAX_DUPLICATE_FRACTION_KEY: 0.0}) == 0.0
     assert duplicate_limit({MAX_DUPLICATE_FRACTION_KEY: 0.2}) == 0.2
     assert duplicate_limit({}) == 0.05
+
+
+@pytest.mark.parametrize("block_bytes", [7, 64, 1 << 20])
+def test_blocks_of_any_size_find_the_same(tmp_path, monkeypatch, block_bytes):
+    """Files are read a block of lines at a time: a block boundary changes no finding and no fact."""
+    import components.span_check.executor as executor
+
+    monkeypatch.setattr(executor, "BLOCK_BYTES", block_bytes)
+    rows = "".join(f"{i},0,A\r\n" for i in range(20)) + "1,0,A\r\n" * 3 + "x,0,B\r\n2,0,B,stray\r\n\r\n4,0,\"C,D\"\r\n"
+    findings, facts = _check(tmp_path, "fare,tips,company\r\n" + rows, max_duplicates=0.5)
+    assert (facts.rows, facts.duplicate_rows, facts.inputs[0]["rows"]) == (25, 3, 25)
+    assert _kinds(findings) == [("malformed_row", "(span)"), ("not_numeric", "fare")]
+    assert "first on line 26" in findings[0]["message"] and "'x'" in findings[1]["message"]
