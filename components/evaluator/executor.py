@@ -7,6 +7,9 @@
    than `slice_margin` of the headline metric against the served model. TFMA's per-slice
    thresholds cannot express "only slices with at least N examples".
 3. The blessing carries a readable `reason`: which thresholds failed on which slices.
+
+And it is faster: for the eval configs components/evaluator/fast.py covers (the pipeline's), TFMA's
+metrics are computed in batches instead of one example at a time (same numbers, same files).
 """
 
 from __future__ import annotations
@@ -93,8 +96,9 @@ class Executor(tfx_evaluator_executor.Executor):
     Do() reads the `model` input, the optional `baseline_model` and, unless the baseline is the
     candidate itself, everything stock TFX's Evaluator reads (`examples`, `eval_config`, ...),
     plus the `slice_margin` and `min_slice_examples` execution properties (which TFX's executor
-    does not get). It writes, as TFX's Evaluator does, the `evaluation` output (TFMA's results)
-    and the `blessing` output (BLESSED or NOT_BLESSED file and custom properties), then adds a
+    does not get). It writes, as TFX's Evaluator does, the `evaluation` output (TFMA's results:
+    computed in batches by components/evaluator/fast.py when it covers the eval config, by TFMA's
+    Beam pipeline otherwise) and the `blessing` output (BLESSED or NOT_BLESSED file and custom properties), then adds a
     `reason` custom property to the blessing. When the baseline is the candidate it skips TFMA,
     writes a NOT_BLESSED blessing with `evaluation_skipped` = 1, and leaves `evaluation` empty.
     """
@@ -195,6 +199,8 @@ class Executor(tfx_evaluator_executor.Executor):
             log.info("evaluating with TFMA's Beam pipeline: the fast evaluation does not cover %s", reason)
             return False
 
+        if not tfma.metrics.metric_thresholds_from_metrics_specs(eval_config.metrics_specs, eval_config=eval_config):
+            return True  # as TFX's executor: no threshold, no blessing
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
         blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, candidate.uri)
         blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, candidate.id)

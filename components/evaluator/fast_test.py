@@ -206,3 +206,13 @@ def test_auc_is_tfmas_on_ties_one_class_and_saturated_predictions():
     # Perfect ranking apart from one tie (0.5/0.5): TFMA's trapezoid gives 1 - 0.5 / 16.
     assert fast.auc(labels, predictions) == pytest.approx(1 - 0.5 / 16)
     assert fast.auc(np.ones(4), np.array([0.1, 0.2, 0.3, 0.4])) == 0.0  # one class: TFMA reports 0
+
+
+def test_without_thresholds_it_evaluates_and_blesses_nothing_as_tfx_does(models):
+    tmp, examples, candidate, baseline = models
+    config = _eval_config()
+    del config.metrics_specs[0].metrics[0].per_slice_thresholds[:]
+    evaluation, blessing = _run(executor.Executor, tmp / "no-thresholds", examples, candidate, baseline, config)
+    assert _metrics(evaluation.uri)[((), "auc", "candidate", True)] != 0  # evaluated, with the diff
+    assert os.listdir(blessing.uri) == []
+    assert constants.ARTIFACT_PROPERTY_BLESSED_KEY not in blessing.mlmd_artifact.custom_properties
