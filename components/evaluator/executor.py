@@ -98,8 +98,8 @@ class Executor(tfx_evaluator_executor.Executor):
     plus the `slice_margin` and `min_slice_examples` execution properties (which TFX's executor
     does not get). It writes, as TFX's Evaluator does, the `evaluation` output (TFMA's results:
     computed in batches by components/evaluator/fast.py when it covers the eval config, by TFMA's
-    Beam pipeline otherwise) and the `blessing` output (BLESSED or NOT_BLESSED file and custom properties), then adds a
-    `reason` custom property to the blessing. When the baseline is the candidate it skips TFMA,
+    Beam pipeline otherwise) and the `blessing` output (BLESSED or NOT_BLESSED file and custom
+    properties), then adds a `reason` custom property to the blessing. When the baseline is the candidate it skips TFMA,
     writes a NOT_BLESSED blessing with `evaluation_skipped` = 1, and leaves `evaluation` empty.
     """
 
@@ -162,7 +162,7 @@ class Executor(tfx_evaluator_executor.Executor):
         config, and writes the blessing exactly as TFX's executor does; False when it does not
         (then TFMA runs, as in stock TFX)."""
         import tensorflow_model_analysis as tfma
-        from tfx.utils import json_utils, path_utils, proto_utils
+        from tfx.utils import proto_utils
 
         from components.evaluator import fast
 
@@ -172,10 +172,24 @@ class Executor(tfx_evaluator_executor.Executor):
             return False
         eval_config = tfma.EvalConfig()
         proto_utils.json_to_proto(text, eval_config)
-        reason = fast.unsupported_reason(eval_config)
-        if reason:
+        try:
+            return self._evaluate_fast(eval_config, input_dict, output_dict, exec_properties)
+        except fast.NotCovered as reason:
             log.info("evaluating with TFMA's Beam pipeline: the fast evaluation does not cover %s", reason)
             return False
+
+    def _evaluate_fast(self, eval_config, input_dict, output_dict, exec_properties) -> bool:
+        """The fast evaluation and TFX's blessing; raises fast.NotCovered (before writing anything)
+        when the config or the data needs TFMA's pipeline."""
+        import tensorflow as tf
+        import tensorflow_model_analysis as tfma
+        from tfx.utils import json_utils, path_utils
+
+        from components.evaluator import fast
+
+        reason = fast.unsupported_reason(eval_config)
+        if reason:
+            raise fast.NotCovered(reason)
         candidate = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         baselines = input_dict.get(standard_component_specs.BASELINE_MODEL_KEY) or []
         eval_config = tfma.utils.update_eval_config_with_defaults(eval_config, has_baseline=bool(baselines),
@@ -190,14 +204,10 @@ class Executor(tfx_evaluator_executor.Executor):
         files = []
         for split in splits:
             for uri in artifact_utils.get_split_uris(input_dict[standard_component_specs.EXAMPLES_KEY], split):
-                files.extend(_files_under(uri))
+                files.extend(sorted(tf.io.gfile.glob(io_utils.all_files_pattern(uri))))
         output_uri = artifact_utils.get_single_uri(output_dict[standard_component_specs.EVALUATION_KEY])
-        try:
-            # TFX's executor never rubber-stamps (its shared models are built without it).
-            result = fast.evaluate(eval_config, model_paths, files, output_uri, rubber_stamp=False)
-        except fast.NotCovered as reason:
-            log.info("evaluating with TFMA's Beam pipeline: the fast evaluation does not cover %s", reason)
-            return False
+        # TFX's executor never rubber-stamps (its shared models are built without it).
+        result = fast.evaluate(eval_config, model_paths, files, output_uri, rubber_stamp=False)
 
         if not tfma.metrics.metric_thresholds_from_metrics_specs(eval_config.metrics_specs, eval_config=eval_config):
             return True  # as TFX's executor: no threshold, no blessing
@@ -216,9 +226,3 @@ class Executor(tfx_evaluator_executor.Executor):
             constants.BLESSED_VALUE if result.validation_ok else constants.NOT_BLESSED_VALUE)
         return True
 
-
-def _files_under(uri: str) -> List[str]:
-    """The data files of one split directory (what TFX's `all_files_pattern` matches)."""
-    import tensorflow as tf
-
-    return sorted(tf.io.gfile.glob(os.path.join(uri, "*")))
