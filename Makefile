@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: help venvs run test test-fast bench clean up down status browser monitoring
+.PHONY: help venvs run test test-fast bench clean up down status browser monitoring servers
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,13 +34,15 @@ $(TFX_STAMP): setup.py constraints/tfx-py310.txt
 	$(VENV)/bin/python -c "import tfx, tfx_bsl, dill; print('tfx', tfx.__version__, 'ready')"
 	touch $@
 
+# Extras: postgres (psycopg2: Airflow on PostgreSQL) and celery (the Celery provider with celery[redis]) for
+# `make up BACKEND=postgres`; their versions are pinned in the constraints file like the rest.
 $(AIRFLOW_STAMP): constraints/airflow-py311.txt
 	@test -x "$(PY311)" || { echo "error: no Python 3.11 under $(PYENV_ROOT)/versions (install one: pyenv install 3.11)" >&2; exit 1; }
 	@echo "building $(AIRFLOW_VENV) (Airflow $(AIRFLOW_VERSION), Python 3.11)"
 	rm -rf $(AIRFLOW_VENV)
 	$(PY311) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_VENV)/bin/pip install -q -U pip 2>&1 | $(PIP_FILTER)
-	$(AIRFLOW_VENV)/bin/pip install -q -c constraints/airflow-py311.txt apache-airflow==$(AIRFLOW_VERSION) 2>&1 | $(PIP_FILTER)
+	$(AIRFLOW_VENV)/bin/pip install -q -c constraints/airflow-py311.txt 'apache-airflow[celery,postgres]==$(AIRFLOW_VERSION)' 2>&1 | $(PIP_FILTER)
 	touch $@
 
 venvs: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## build both environments (only what changed)
@@ -49,14 +51,14 @@ run: $(TFX_STAMP) $(AIRFLOW_STAMP)  ## one nightly cycle through Airflow on the 
 	@test -n "$$(ls -d data/incoming/*/ 2>/dev/null)" || $(VENV)/bin/mlops data seed
 	$(VENV)/bin/mlops airflow run
 
-test: $(TFX_STAMP) $(AIRFLOW_STAMP) browser monitoring  ## the whole test suite, what CI runs (fails when no test ran)
+test: $(TFX_STAMP) $(AIRFLOW_STAMP) browser monitoring servers  ## the whole test suite, what CI runs (fails when no test ran)
 	status=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
 # The markers come from the fixtures a test uses (tests/conftest.py, FIXTURE_MARKERS; pytest.ini).
 FAST_MARKERS := not pipeline and not airflow and not browser
 
-test-fast: $(TFX_STAMP) monitoring  ## the tests that run no pipeline, no Airflow and no browser (needs only .venv; a few minutes)
+test-fast: $(TFX_STAMP) monitoring servers  ## the tests that run no pipeline, no Airflow and no browser (needs only .venv; a few minutes)
 	status=0; $(VENV)/bin/python -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
@@ -72,14 +74,18 @@ bench: $(TFX_STAMP) $(AIRFLOW_STAMP) /usr/bin/h2load  ## benchmarks side by side
 # webhook on 127.0.0.1 (9090, 9093, 9091, 9095 when free), state in var/monitoring/. AUTO_ROLLBACK=1 lets
 # a firing rollback alert trigger the model_rollback DAG, AUTO_ROLLBACK=0 stops that (unset: as the running
 # webhook does; off when it starts).
+# BACKEND=postgres: Airflow's database on PostgreSQL, the CeleryExecutor with Redis as broker and one
+# `airflow celery worker`, ML Metadata on MariaDB, the mlmd_writers pool widened (pipelines/db_servers.py;
+# state in var/db/). Default sqlite: LocalExecutor, SQLite, var/metadata.sqlite.
 MLOPS_HOME ?=
 AIRFLOW_PORT ?=
 UNPAUSE ?=
 AUTO_ROLLBACK ?=
+BACKEND ?=
 MLOPS_AT := $(VENV)/bin/mlops $(if $(MLOPS_HOME),--home $(MLOPS_HOME))
 
-up: $(TFX_STAMP) $(AIRFLOW_STAMP) monitoring  ## start Airflow (UI on 127.0.0.1:8080, login admin), the model server (REST 8501, gRPC 8500) and Prometheus/Alertmanager/Pushgateway/webhook in the background; AIRFLOW_PORT=, MLOPS_HOME=, UNPAUSE=1, AUTO_ROLLBACK=1
-	$(MLOPS_AT) airflow up $(if $(AIRFLOW_PORT),--port $(AIRFLOW_PORT)) $(if $(filter 1 yes true,$(UNPAUSE)),--unpause) $(if $(filter 1 yes true,$(AUTO_ROLLBACK)),--auto-rollback)$(if $(filter 0 no false,$(AUTO_ROLLBACK)),--no-auto-rollback)
+up: $(TFX_STAMP) $(AIRFLOW_STAMP) monitoring $(if $(filter postgres,$(BACKEND)),servers)  ## start Airflow (UI on 127.0.0.1:8080, login admin), the model server (REST 8501, gRPC 8500) and Prometheus/Alertmanager/Pushgateway/webhook in the background; AIRFLOW_PORT=, MLOPS_HOME=, UNPAUSE=1, AUTO_ROLLBACK=1, BACKEND=postgres
+	$(MLOPS_AT) airflow up $(if $(BACKEND),--backend $(BACKEND)) $(if $(AIRFLOW_PORT),--port $(AIRFLOW_PORT)) $(if $(filter 1 yes true,$(UNPAUSE)),--unpause) $(if $(filter 1 yes true,$(AUTO_ROLLBACK)),--auto-rollback)$(if $(filter 0 no false,$(AUTO_ROLLBACK)),--no-auto-rollback)
 
 down:  ## stop what `make up` started (and the warm worker); MLOPS_HOME=
 	@if [ -x $(VENV)/bin/mlops ]; then $(MLOPS_AT) airflow down; else echo "no $(VENV): nothing can be running"; fi
@@ -115,6 +121,18 @@ $(MONITORING_BINS) &:
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus prometheus-alertmanager prometheus-pushgateway
 
 monitoring: $(MONITORING_BINS)  ## Prometheus, Alertmanager, Pushgateway and their checkers (apt-get, once)
+
+# MariaDB (ML Metadata), PostgreSQL 15 (Airflow's database) and Redis (Celery's broker), Debian packages, for
+# `make up BACKEND=postgres` and its tests; nothing to do when their binaries are installed. No service starts
+# on install here (no service manager); pipelines/db_servers.py starts each as a plain process per home.
+SERVER_BINS := /usr/sbin/mariadbd /usr/bin/mariadb-install-db /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/postgres /usr/bin/redis-server
+
+$(SERVER_BINS) &:
+	@echo "installing Debian's mariadb-server, postgresql and redis-server (for make up BACKEND=postgres)"
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends mariadb-server postgresql redis-server
+
+servers: $(SERVER_BINS)  ## MariaDB, PostgreSQL 15 and Redis for make up BACKEND=postgres (apt-get, once)
 
 clean:  ## remove environments and all runtime state (var/, pushed models); keeps data/
 	rm -rf $(VENV) $(AIRFLOW_VENV) var serving/models .pytest_cache

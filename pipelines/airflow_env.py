@@ -4,6 +4,13 @@ Airflow and TFX cannot share a Python environment (design.md, section 2), so `ml
 runs Airflow's own CLI as a subprocess with a project-local configuration: AIRFLOW_HOME under
 `var/airflow`, the repository's `dags/` folder, no example DAGs, the ML Metadata pool. Imports
 nothing heavy.
+
+Two backends (`mlops airflow up --backend`): `sqlite` (the default: Airflow's database in
+var/airflow/airflow.db, ML Metadata in var/metadata.sqlite, the pool one slot wide) and `postgres`
+(Airflow's database on the home's PostgreSQL, Celery with Redis as broker, ML Metadata on the home's
+MariaDB: pipelines/db_servers.py; the pool POOL_SLOTS["postgres"] wide). The backend in use is the
+one the running services were started with (var/airflow/backend, written by `up`, removed by
+`down`), so that every Airflow CLI call of the home talks to the same database.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
 
+from pipelines import db_servers
 from pipelines.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +34,13 @@ PLUGINS_FOLDER = DAGS_FOLDER / "plugins"
 NIGHTLY_DAG = "nightly_retrain"
 ROLLBACK_DAG = "model_rollback"
 POOL = "mlmd_writers"
-POOL_DESCRIPTION = "TFX nodes that write ML Metadata; 1 slot while the store is SQLite"
+BACKENDS = ("sqlite", "postgres")
+# SQLite's ML Metadata takes one writer at a time ("database is locked", design.md section 4); on
+# MariaDB the nightly DAG's widest step (its 5 root nodes: ImportSchemaGen and 4 resolvers) can run
+# at once, less one: 2 cores here, and each node task costs a process. Its heavy nodes form a chain.
+POOL_SLOTS = {"sqlite": 1, "postgres": 4}
+POOL_DESCRIPTIONS = {"sqlite": "TFX nodes that write ML Metadata; 1 slot while the store is SQLite",
+                     "postgres": "TFX nodes that write ML Metadata (MariaDB: several writers at once)"}
 
 
 def airflow_bin() -> Path:
@@ -35,6 +49,51 @@ def airflow_bin() -> Path:
 
 def airflow_home(home: Path) -> Path:
     return Path(home) / "var" / "airflow"
+
+
+def backend_file(home: Path) -> Path:
+    return airflow_home(home) / "backend"
+
+
+def backend(home: Path) -> str:
+    """The backend the home's running Airflow services use: `postgres` while `up --backend postgres`
+    runs them, else `sqlite`."""
+    try:
+        chosen = backend_file(home).read_text().strip()
+    except OSError:
+        return "sqlite"
+    return chosen if chosen in BACKENDS else "sqlite"
+
+
+def set_backend(home: Path, chosen: Optional[str]) -> None:
+    """Records the backend of the services `up` starts; None (at `down`) returns to the default."""
+    path = backend_file(home)
+    if chosen in (None, "sqlite"):
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{chosen}\n")
+
+
+def describe_backend(chosen: str) -> str:
+    if chosen == "postgres":
+        return ("postgres: Airflow's database on PostgreSQL, CeleryExecutor (Redis broker, one worker), "
+                f"ML Metadata on MariaDB, pool {POOL} {POOL_SLOTS[chosen]} slots")
+    return f"sqlite: Airflow's database in SQLite, LocalExecutor, ML Metadata in var/metadata.sqlite, pool {POOL} 1 slot"
+
+
+def backend_environment(home: Path) -> Dict[str, str]:
+    """What the `postgres` backend adds for every Airflow process of the home: Airflow's database and
+    Celery's broker and result backend (the home's PostgreSQL and Redis), and ML Metadata on the home's
+    MariaDB (MLOPS_MLMD, MLOPS_MLMD_PASSWORD), which the node tasks inherit. These hold passwords:
+    never print them."""
+    database = db_servers.airflow_database_url(home)
+    return {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
+        "AIRFLOW__CELERY__BROKER_URL": db_servers.redis_url(home),
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + database,
+        **db_servers.mlmd_environment(home),
+    }
 
 
 def environment(home: Path, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
@@ -50,7 +109,9 @@ def environment(home: Path, base: Optional[Dict[str, str]] = None) -> Dict[str, 
         MLOPS_HOME=str(Path(home).resolve()),
         MLOPS_BIN=str(Path(sys.executable).parent / "mlops"),
     )
-    if not env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+    if backend(home) == "postgres":
+        env.update(backend_environment(home))
+    elif not env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
         # Airflow's default SQLite store, with a longer busy timeout: the scheduler, dag-processor,
         # api-server and CLI calls such as `airflow backfill create` all write to it, and Python's
         # default 5 s wait gave "database is locked" on a loaded 2-core machine (CI, session 3).
@@ -120,19 +181,26 @@ def init(home: Path, progress: Callable[[str], None] = print, force: bool = Fals
     the binary and its mtime), later calls return at once unless `force` (`mlops airflow init`)."""
     folder = airflow_home(home)
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = folder / ".migrated"
+    chosen = backend(home)
+    slots = POOL_SLOTS[chosen]
+    stamp = folder / (".migrated" if chosen == "sqlite" else f".migrated-{chosen}")
     binary = check_installed()
-    key = f"{binary}:{binary.resolve().stat().st_mtime_ns}:{POOL}=1"
-    default_db = not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
-    db_present = (folder / "airflow.db").exists() or not default_db
+    key = f"{binary}:{binary.resolve().stat().st_mtime_ns}:{POOL}={slots}"
+    if chosen == "postgres":  # a PostgreSQL data directory made anew needs the migration again
+        key += f":{db_servers.identity(home, 'postgresql')}"
+        db_present = True
+    else:
+        default_db = not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+        db_present = (folder / "airflow.db").exists() or not default_db
     if not force and db_present and stamp.exists() and stamp.read_text().strip() == key:
         return
     version = run_airflow(home, ["version"]).stdout.strip()
-    progress(f"airflow {version}: preparing its database under {folder}")
+    where = f"PostgreSQL ({db_servers.server_dir(home, 'postgresql')})" if chosen == "postgres" else folder
+    progress(f"airflow {version}: preparing its database in {where}")
     run_airflow(home, ["db", "migrate"])
     pools = run_airflow(home, ["pools", "list", "--output", "json"]).stdout
-    if not any(p.get("pool") == POOL and str(p.get("slots")) == "1" for p in _json_list(pools)):
-        run_airflow(home, ["pools", "set", POOL, "1", POOL_DESCRIPTION])
+    if not any(p.get("pool") == POOL and str(p.get("slots")) == str(slots) for p in _json_list(pools)):
+        run_airflow(home, ["pools", "set", POOL, str(slots), POOL_DESCRIPTIONS[chosen]])
     stamp.write_text(key + "\n")
 
 

@@ -21,6 +21,14 @@ Settings, and why:
   the api-server's execution API, not to the database). Parallelism is cut from 32 to 4: the
   LocalExecutor forks that many workers at start, and the ML Metadata pool (one slot) lets only
   one TFX node run at a time anyway.
+- `up --backend postgres` (`make up BACKEND=postgres`): first the home's PostgreSQL, MariaDB and
+  Redis (pipelines/db_servers.py, state in var/db/), then `mlops metadata init` (ML Metadata's
+  schema on MariaDB, made once before any task: several processes creating it at once fail), then
+  the same services on Airflow's database in PostgreSQL with the CeleryExecutor (Redis the broker,
+  PostgreSQL the result backend) and one `airflow celery worker` (PARALLELISM processes; it serves
+  the task logs on the worker log port); the ML Metadata pool is widened
+  (airflow_env.POOL_SLOTS). Every service gets MLOPS_MLMD and MLOPS_MLMD_PASSWORD, which the node
+  tasks inherit. `down` stops the worker with the other services and the database servers last.
 - Authentication: the SimpleAuthManager (Airflow 3's default and what `airflow standalone`
   uses) with one user, `admin` (role admin). The api-server generates its password into the
   password file the first time; `up` creates that file empty with mode 600 beforehand so the
@@ -42,14 +50,16 @@ Python 3.11 environment only through subprocesses and HTTP.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from monitoring import stack as monitoring_stack
-from pipelines import airflow_env, model_server
+from pipelines import airflow_env, db_servers, model_server
 from pipelines.errors import ConfigError
 from pipelines.http import free_port, http, port_free
 from serving import home as home_record
@@ -60,6 +70,8 @@ from serving.processes import live_pid, spawn_logged, stop_in_order
 DEFAULT_PORT = 8080
 ADMIN = "admin"
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+CELERY_WORKER = "celery-worker"  # the postgres backend's one Celery worker
+EXECUTORS = {"sqlite": "LocalExecutor", "postgres": "CeleryExecutor"}
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 PARALLELISM = 4
 WORKER_LOG_PORT = 8793
@@ -109,11 +121,19 @@ def base_url(port: int) -> str:
     return f"http://{HOST}:{port}"
 
 
-def service_environment(home: Path, port: int, worker_log_port: int, trigger_log_port: int) -> Dict[str, str]:
-    """What every service process of this home runs with."""
+def services_of(backend: str) -> tuple:
+    """The Airflow services `up` runs for `backend`, in start order."""
+    return SERVICES + ((CELERY_WORKER,) if backend == "postgres" else ())
+
+
+def service_environment(home: Path, port: int, worker_log_port: int, trigger_log_port: int,
+                        backend: str = "sqlite") -> Dict[str, str]:
+    """What every service process of this home runs with (`backend`'s database settings come from
+    airflow_env.environment, which reads the home's recorded backend)."""
     env = airflow_env.environment(home)
     env.update(
-        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+        AIRFLOW__CORE__EXECUTOR=EXECUTORS[backend],
+        AIRFLOW__CELERY__WORKER_CONCURRENCY=str(PARALLELISM),
         AIRFLOW__CORE__PARALLELISM=str(PARALLELISM),
         AIRFLOW__CORE__AUTH_MANAGER=SIMPLE_AUTH_MANAGER,
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{ADMIN}:admin",
@@ -130,11 +150,21 @@ def service_environment(home: Path, port: int, worker_log_port: int, trigger_log
     return env
 
 
-def _command(service: str, port: int) -> List[str]:
+def _command(service: str, port: int, home: Path) -> List[str]:
     binary = str(airflow_env.check_installed())
     if service == "api-server":
         return [binary, "api-server", "--host", HOST, "--port", str(port), "--workers", "1"]
+    if service == CELERY_WORKER:  # one worker: no peers to synchronise with at start or to gossip with
+        return [binary, "celery", "worker", "--celery-hostname", f"{celery_worker_name(home)}@%h", "--concurrency",
+                str(PARALLELISM), "--without-mingle", "--without-gossip"]
     return [binary, service]
+
+
+def celery_worker_name(home: Path) -> str:
+    """The worker's Celery node name before `@<host>`: one per home. Celery rewrites the worker's process
+    title ("[celeryd: <name>@<host>:MainProcess] ..."), so this name, not "airflow", is what its command
+    line keeps."""
+    return "mlops-" + hashlib.sha1(str(Path(home).resolve()).encode()).hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------------- processes
@@ -144,7 +174,8 @@ def running_pid(home: Path, service: str) -> Optional[int]:
     """The pid of `service` for this home if it runs; removes a stale pid file."""
     if service == MODEL_SERVER:
         return home_record.running_pid(home)
-    return live_pid(pid_file(home, service), b"airflow")
+    marker = f"{celery_worker_name(home)}@" if service == CELERY_WORKER else "airflow"
+    return live_pid(pid_file(home, service), marker.encode())
 
 
 def _read_state(home: Path) -> dict:
@@ -154,6 +185,15 @@ def _read_state(home: Path) -> dict:
 def health(url: str) -> Optional[dict]:
     status, answer = http(f"{url}/api/v2/monitor/health", timeout=5.0)
     return answer if status == 200 and isinstance(answer, dict) else None
+
+
+def celery_worker_ready(home: Path) -> bool:
+    """Has the Celery worker started this time said it is ready ("celery@<host> ready.")?"""
+    try:
+        text = log_file(home, CELERY_WORKER).read_text(errors="replace")
+    except OSError:
+        return False
+    return " ready." in text.rpartition("\n===== ")[2]  # after the banner of its latest start
 
 
 def _all_healthy(answer: Optional[dict]) -> bool:
@@ -181,8 +221,12 @@ class Services:
 
     # -- status
 
-    def pids(self) -> Dict[str, Optional[int]]:
-        return {service: running_pid(self.home, service) for service in SERVICES}
+    def backend(self) -> str:
+        return airflow_env.backend(self.home)
+
+    def pids(self, backend: Optional[str] = None) -> Dict[str, Optional[int]]:
+        """The services of `backend` (default: the home's recorded one), each with its pid or None."""
+        return {service: running_pid(self.home, service) for service in services_of(backend or self.backend())}
 
     def url(self) -> Optional[str]:
         return _read_state(self.home).get("url")
@@ -190,21 +234,28 @@ class Services:
     def status(self) -> int:
         """Prints each service and each part of the monitoring stack; returns 0 when all run and the
         api-server and the monitoring parts answer, else 3."""
-        pids = self.pids()
+        backend = self.backend()
+        pids = self.pids(backend)
         url = self.url()
         answer = health(url) if url and pids["api-server"] else None
+        self.emit(f"backend: {airflow_env.describe_backend(backend)}")
         for service, pid in pids.items():
             state = f"running (pid {pid})" if pid else "stopped"
             key = service.replace("-", "_")
             if answer and key in answer:
                 state += f", {answer[key].get('status')}"
             self.emit(f"{service:14} {state:28} log: {log_file(self.home, service)}")
+        servers = db_servers.status(self.home)
+        for line in db_servers.status_lines(servers):
+            if backend == "postgres" or "running" in line:
+                self.emit(line)
+        servers_ok = backend != "postgres" or all(server.pid and server.ready for server in servers)
         model_server.status(self.home, self.emit)
         parts = monitoring_stack.status(self.home)
         for line in monitoring_stack.status_lines(parts):
             self.emit(line)
         monitoring_ok = all(part.pid and part.ready for part in parts)
-        if all(pids.values()) and answer and monitoring_ok:
+        if all(pids.values()) and answer and monitoring_ok and servers_ok:
             self.emit(f"Airflow UI: {url}/  user: {ADMIN}  password: in {password_file(self.home)}")
             return 0
         if any(pids.values()) or any(part.pid for part in parts):
@@ -214,14 +265,18 @@ class Services:
     # -- up
 
     def up(self, port: Optional[int] = None, unpause: bool = False, auto_rollback: Optional[bool] = None,
-           timeout: float = START_TIMEOUT) -> int:
-        pids = self.pids()
+           timeout: float = START_TIMEOUT, backend: Optional[str] = None) -> int:
+        """`backend` None: the one the running services use, else `sqlite`."""
+        backend = self._settle_backend(backend)
+        pids = self.pids(backend)
         state = _read_state(self.home)
         if all(pids.values()):
             url = state.get("url") or base_url(port or default_port())
             if port and state.get("port") and int(state["port"]) != port:
                 raise ConfigError(f"Airflow for {self.home} already runs on {url}, not on port {port}",
                                   "`make down` first to move it to another port")
+            if backend == "postgres":
+                self._start_db_servers(fresh=False)
             self.emit(f"Airflow is already running for {self.home}: {url}/ (user {ADMIN}, password in "
                       f"{password_file(self.home)})")
             model_server.start(self.home, self.emit)
@@ -236,6 +291,12 @@ class Services:
         if not pids["api-server"] and not port_free(port):
             raise ConfigError(f"port {port} on {HOST} is already in use",
                               "stop what uses it, or pick another: `make up AIRFLOW_PORT=8093`")
+        if backend == "postgres":
+            try:
+                self._start_db_servers(fresh=True)
+            except ConfigError:
+                self.down(stop_worker=False, quiet=True)
+                raise
         airflow_env.init(self.home, progress=self.emit)
         new_password = self._prepare_password_file()
         worker_log_port, trigger_log_port = self._log_ports(state, pids)
@@ -245,17 +306,17 @@ class Services:
             home=str(self.home), port=port, url=url, worker_log_port=worker_log_port,
             trigger_log_port=trigger_log_port, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         ), indent=2) + "\n")
-        env = service_environment(self.home, port, worker_log_port, trigger_log_port)
+        env = service_environment(self.home, port, worker_log_port, trigger_log_port, backend)
         model_server.start(self.home, self.emit)
         started = []
-        for service in SERVICES:
+        for service in services_of(backend):
             if pids[service]:
                 continue
             self._start(service, port, env)
             started.append(service)
         self.emit(f"started {', '.join(started)} for {self.home}; waiting for {url} ...")
         try:
-            self._wait_ready(url, timeout)
+            self._wait_ready(url, timeout, backend)
             model_server.wait_ready(self.home, self.emit, timeout)
             monitoring = self._start_monitoring(auto_rollback)
         except ConfigError:
@@ -266,6 +327,41 @@ class Services:
         self._announce(url, new_password, unpause)
         self._announce_monitoring(monitoring)
         return 0
+
+    def _settle_backend(self, wanted: Optional[str]) -> str:
+        """The backend this `up` runs: the running services' one (asking for another is an error), else
+        `wanted` or sqlite, recorded for every Airflow call of the home (airflow_env.backend)."""
+        current = self.backend()
+        running = [service for service, pid in self.pids(current).items() if pid]
+        if running:
+            if wanted and wanted != current:
+                raise ConfigError(f"Airflow for {self.home} already runs with the {current} backend, not {wanted}",
+                                  f"`make down` first, then `make up BACKEND={wanted}`")
+            return current
+        chosen = wanted or "sqlite"
+        if chosen not in airflow_env.BACKENDS:
+            raise ConfigError(f"unknown backend {chosen!r}", f"choose one of {', '.join(airflow_env.BACKENDS)}")
+        airflow_env.set_backend(self.home, chosen)
+        return chosen
+
+    def _start_db_servers(self, fresh: bool) -> None:
+        """PostgreSQL, MariaDB and Redis (running ones are reused); with `fresh` (Airflow's services are
+        about to start) also ML Metadata's schema, before any task can open the empty store."""
+        db_servers.start(self.home, self.emit)
+        if fresh:
+            self._init_metadata()
+
+    def _init_metadata(self) -> None:
+        """`mlops metadata init` on the home's MariaDB (idempotent: creates or upgrades the schema)."""
+        env = dict(airflow_env.environment(self.home), **db_servers.mlmd_environment(self.home))
+        mlops = Path(env["MLOPS_BIN"])
+        result = subprocess.run([str(mlops), "--home", str(self.home), "metadata", "init"], env=env,
+                                capture_output=True, text=True, timeout=START_TIMEOUT)
+        if result.returncode != 0:
+            raise ConfigError(f"`mlops metadata init` on MariaDB failed (exit {result.returncode}): "
+                              f"{(result.stderr or result.stdout).strip()[-600:]}",
+                              f"read {db_servers.log_file(self.home, 'mariadb')}; then `make up BACKEND=postgres` again")
+        self.emit(f"ML Metadata: {result.stdout.strip().splitlines()[-1] if result.stdout.strip() else 'ready'}")
 
     def _start_monitoring(self, auto_rollback: Optional[bool]) -> dict:
         """The monitoring stack, after the model server (Prometheus scrapes it); its stack.json record.
@@ -293,7 +389,9 @@ class Services:
 
     def _log_ports(self, state: dict, pids: Dict[str, Optional[int]]) -> tuple:
         chosen = []
-        for key, preferred, owner in (("worker_log_port", WORKER_LOG_PORT, "scheduler"),
+        # The worker log server runs in the scheduler (LocalExecutor) or in the Celery worker.
+        for key, preferred, owner in (("worker_log_port", WORKER_LOG_PORT, "scheduler" if "scheduler" in pids and
+                                       CELERY_WORKER not in pids else CELERY_WORKER),
                                       ("trigger_log_port", TRIGGER_LOG_PORT, "triggerer")):
             if pids.get(owner) and state.get(key):
                 chosen.append(int(state[key]))  # its server runs: every service must agree on it
@@ -304,17 +402,18 @@ class Services:
         return tuple(chosen)
 
     def _start(self, service: str, port: int, env: Dict[str, str]) -> int:
-        pid = spawn_logged(_command(service, port), log_file(self.home, service), f"mlops airflow up: {service}",
+        pid = spawn_logged(_command(service, port, self.home), log_file(self.home, service), f"mlops airflow up: {service}",
                            self.home, env)
         pid_file(self.home, service).write_text(f"{pid}\n")
         return pid
 
-    def _wait_ready(self, url: str, timeout: float) -> None:
-        """Until every service is healthy and the project's DAGs are parsed (or one dies)."""
+    def _wait_ready(self, url: str, timeout: float, backend: str = "sqlite") -> None:
+        """Until every service is healthy (the Celery worker: says it is ready) and the project's DAGs
+        are parsed (or one dies)."""
         deadline = time.monotonic() + timeout
         last = None
         while True:
-            for service in SERVICES:
+            for service in services_of(backend):
                 if not running_pid(self.home, service):
                     raise ConfigError(
                         f"airflow {service} exited while starting; last lines of {log_file(self.home, service)}:\n"
@@ -322,10 +421,11 @@ class Services:
                         "fix the cause above, then `make up` again",
                     )
             last = health(url)
-            if _all_healthy(last):
+            if _all_healthy(last) and (backend != "postgres" or celery_worker_ready(self.home)):
                 break
             if time.monotonic() > deadline:
-                raise ConfigError(f"Airflow did not become healthy within {timeout:.0f}s (health: {last})",
+                worker = "" if backend != "postgres" or celery_worker_ready(self.home) else "; the Celery worker is not ready"
+                raise ConfigError(f"Airflow did not become healthy within {timeout:.0f}s (health: {last}{worker})",
                                   f"read the logs in {log_file(self.home, 'scheduler').parent}")
             time.sleep(1.0)
         password = admin_password(self.home)
@@ -371,7 +471,7 @@ class Services:
         emit = (lambda _: None) if quiet else self.emit
         # First, the webhook first of all: stopping the model server must not trigger a rollback.
         monitoring_stack.stop(self.home, emit)
-        pids = {service: pid for service, pid in self.pids().items() if pid}
+        pids = {service: pid for service, pid in self.pids("postgres").items() if pid}
         server = home_record.running_model_server(self.home)
         if server is not None and server.started_by != STARTED_BY_UP:
             emit(f"left the model server started by `{server.started_by}` running (pid {server.pid}): "
@@ -379,7 +479,9 @@ class Services:
         elif pid := running_pid(self.home, MODEL_SERVER):
             pids[MODEL_SERVER] = pid
         # The scheduler first (no new tasks), the api-server last (running tasks report to it).
-        order = [s for s in (MODEL_SERVER, "scheduler", "triggerer", "dag-processor", "api-server") if s in pids]
+        # The worker after the scheduler: it finishes (or, after the timeout, loses) the tasks it runs.
+        order = [s for s in (MODEL_SERVER, "scheduler", CELERY_WORKER, "triggerer", "dag-processor", "api-server")
+                 if s in pids]
         # Whatever is left in a service's session after the timeout (its own children) goes too.
         for service, forced in stop_in_order(pids, order, timeout, poll=0.2).items():
             emit(f"stopped {service} (pid {pids[service]}){' with SIGKILL after ' + str(int(timeout)) + 's' if forced else ''}")
@@ -392,6 +494,8 @@ class Services:
                 home_record.state_file(self.home).unlink()
         if not order:
             emit(f"Airflow is not running for {self.home}")
+        db_servers.stop(self.home, emit)  # after every Airflow process: they are its clients
+        airflow_env.set_backend(self.home, None)
         if stop_worker:
             self._stop_worker(emit)
         return 0

@@ -25,7 +25,9 @@ def cmd_airflow(args) -> int:
         return _airflow_backfill(args, paths)
     airflow_env.init(paths.home, force=args.airflow_command == "init")
     if args.airflow_command == "init":
-        print(f"Airflow home {airflow_env.airflow_home(paths.home)} ready (pool {airflow_env.POOL}: 1 slot)")
+        slots = airflow_env.POOL_SLOTS[airflow_env.backend(paths.home)]
+        print(f"Airflow home {airflow_env.airflow_home(paths.home)} ready (pool {airflow_env.POOL}: "
+              f"{slots} slot{'s' if slots > 1 else ''})")
         return 0
     config = pipeline_config(args).check()  # fail here, not in the first Airflow task
     span = config.span_date.isoformat()
@@ -50,7 +52,7 @@ def cmd_airflow(args) -> int:
 
 
 # Run options nightly_retrain has no param for: its tasks use the defaults and read schemas/taxi/.
-_NOT_DAG_PARAMS = ("strategy", "beam_mode", "beam_workers", "schema", "warn_drift", "no_cache")
+_NOT_DAG_PARAMS = ("strategy", "beam_mode", "beam_workers", "beam_arg", "schema", "warn_drift", "no_cache")
 
 
 def _flag(name: str) -> str:
@@ -64,7 +66,8 @@ def _refuse_options_the_dag_ignores(given: List[str]) -> None:
             f"{', '.join(ignored)} would be ignored: the nightly_retrain DAG has no such param (it takes --date, "
             "--window-days, --train-steps, --eval-steps, --auc-floor, --min-improvement, --slice-margin, --keep-versions)",
             "drift warnings go in schemas/taxi/gates.toml ([drift] warn) and the schema in "
-            "schemas/taxi/schema.pbtxt, which every DAG run reads; or run outside Airflow with `mlops run`",
+            "schemas/taxi/schema.pbtxt, which every DAG run reads; Beam arguments in $MLOPS_BEAM_ARGS of Airflow's "
+            "services; or run outside Airflow with `mlops run`",
         )
 
 
@@ -75,7 +78,7 @@ _DAG_PARAMS = ("window_days", "train_steps", "eval_steps", "auc_floor", "min_imp
 
 _AIRFLOW_OPTION_USERS = {
     "from_date": ("backfill",), "to_date": ("backfill",), "dry_run": ("backfill",), "keep_paused": ("backfill",),
-    "port": ("up",), "unpause": ("up",), "auto_rollback": ("up",), "dag": ("pause", "unpause"), "date": ("run",),
+    "port": ("up",), "unpause": ("up",), "backend": ("up",), "auto_rollback": ("up",), "dag": ("pause", "unpause"), "date": ("run",),
     **{name: ("run", "backfill") for name in _DAG_PARAMS},
 }
 
@@ -143,7 +146,7 @@ def _services(home, args) -> int:
     services = Services(home, emit=lambda line: print(line, flush=True))
     command = args.airflow_command
     if command == "up":
-        return services.up(port=args.port, unpause=args.unpause, auto_rollback=args.auto_rollback)
+        return services.up(port=args.port, unpause=args.unpause, auto_rollback=args.auto_rollback, backend=args.backend)
     if command == "down":
         return services.down()
     if command == "status":
@@ -165,8 +168,10 @@ def register(commands) -> None:
         "per TFX node, then the same summary as `mlops run`. `up` starts the api-server (UI), scheduler, "
         "dag-processor and triggerer in the background (`make up`; pid files and logs under var/), then the "
         "model server and the monitoring stack (Prometheus, Alertmanager, Pushgateway, the alert webhook; "
-        "`mlops monitoring --help`), `down` stops them all and the warm worker, `status` shows each with its "
-        "pid, URL and log; `pause`/`unpause` a DAG. "
+        "`mlops monitoring --help`); `up --backend postgres` first starts the home's PostgreSQL, MariaDB and Redis "
+        "(state in var/db/) and runs Airflow on PostgreSQL with the CeleryExecutor and one Celery worker, ML "
+        "Metadata on MariaDB. `down` stops them all and the warm worker, `status` shows each with its "
+        "pid, URL and log, and the backend; `pause`/`unpause` a DAG. "
         "`backfill --from-date D --to-date D` creates one nightly_retrain run per day (each ingests its "
         "own day's span), oldest first, one at a time, then unpauses the DAG so the scheduler runs them; "
         "days that already have a run are skipped.",
@@ -181,6 +186,10 @@ def register(commands) -> None:
     airflow.add_argument("--keep-paused", action="store_true",
                          help="`backfill`: do not unpause nightly_retrain (the runs wait until it is unpaused)")
     airflow.add_argument("--port", type=int, help="api-server port on 127.0.0.1 for `up` (default: $AIRFLOW_PORT or 8080)")
+    airflow.add_argument("--backend", choices=("sqlite", "postgres"),
+                         help="`up`: sqlite (default: Airflow's database in SQLite, LocalExecutor, ML Metadata in "
+                              "var/metadata.sqlite) or postgres (PostgreSQL, CeleryExecutor with Redis, ML Metadata "
+                              "on MariaDB, nodes in parallel; `make up BACKEND=postgres`); default: what runs")
     airflow.add_argument("--unpause", action="store_true", help="`up`: also unpause nightly_retrain (runs at 02:00)")
     airflow.add_argument("--auto-rollback", action=argparse.BooleanOptionalAction,
                          help="`up`: let a firing rollback alert trigger the model_rollback DAG through the alert "

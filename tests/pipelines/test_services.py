@@ -12,6 +12,7 @@ from monitoring import stack as monitoring_stack
 from pipelines import airflow_env, model_server, services
 from serving import home as home_record
 from serving import processes
+from serving.errors import ConfigError
 from tests.conftest import REPO, mlops
 
 
@@ -26,7 +27,7 @@ def test_service_environment_pins_executor_auth_and_the_port(tmp_path):
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8093/execution/"
     assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
     assert (env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"], env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"]) == ("8800", "8801")
-    assert services._command("api-server", 8093)[1:] == ["api-server", "--host", "127.0.0.1", "--port", "8093", "--workers", "1"]
+    assert services._command("api-server", 8093, tmp_path)[1:] == ["api-server", "--host", "127.0.0.1", "--port", "8093", "--workers", "1"]
 
 
 def test_stale_pid_files_are_not_running_services(tmp_path):
@@ -82,7 +83,7 @@ def test_down_and_status_when_nothing_runs(tmp_path):
 
 def test_make_help_lists_up_down_status():
     out = subprocess.run(["make", "-s", "-C", str(REPO), "help"], capture_output=True, text=True, check=True).stdout
-    for target in ("up", "down", "status", "browser", "monitoring"):
+    for target in ("up", "down", "status", "browser", "monitoring", "servers"):
         assert any(line.startswith(f"{target}\t") for line in out.splitlines()), target
     assert airflow_env.NIGHTLY_DAG in services.PROJECT_DAGS
 
@@ -228,3 +229,101 @@ def test_the_model_server_record_is_never_read_half_written(tmp_path):
         stop.set()
         writer.join()
     assert all(state.get("rest_port") == 8501 for state in states)
+
+
+# ----------------------------------------------------------------------------------- the postgres backend
+
+
+def test_the_default_backend_stays_sqlite_with_the_local_executor(tmp_path):
+    assert airflow_env.backend(tmp_path) == "sqlite"
+    assert services.services_of("sqlite") == services.SERVICES
+    env = services.service_environment(tmp_path, 8093, 8800, 8801)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:///")
+    assert "MLOPS_MLMD" not in env and "AIRFLOW__CELERY__BROKER_URL" not in env
+    assert airflow_env.POOL_SLOTS["sqlite"] == 1
+
+
+def test_the_postgres_backend_points_every_airflow_process_at_the_homes_servers(tmp_path):
+    from pipelines import db_servers
+
+    try:
+        record = db_servers.start(tmp_path, lambda _: None)
+        airflow_env.set_backend(tmp_path, "postgres")
+        assert airflow_env.backend(tmp_path) == "postgres"
+        env = services.service_environment(tmp_path, 8093, 8800, 8801, "postgres")
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        pg, redis, maria = (record[name]["port"] for name in ("postgresql", "redis", "mariadb"))
+        conn = f"postgresql+psycopg2://airflow:{db_servers.password(tmp_path, 'postgresql', 'airflow')}@127.0.0.1:{pg}/airflow"
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == conn
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+" + conn
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == f"redis://:{db_servers.password(tmp_path, 'redis', 'default')}@127.0.0.1:{redis}/0"
+        # ML Metadata's contract (pipelines/config.py): the URL without the password, the password apart.
+        assert env["MLOPS_MLMD"] == f"mysql://mlmd@127.0.0.1:{maria}/mlmd"
+        assert env["MLOPS_MLMD_PASSWORD"] == db_servers.password(tmp_path, "mariadb", "mlmd")
+        # Every Airflow CLI call of the home (pools, pause, backfill) talks to the same database.
+        assert airflow_env.environment(tmp_path)["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == conn
+        assert services.services_of("postgres") == (*services.SERVICES, services.CELERY_WORKER)
+        worker = services._command(services.CELERY_WORKER, 8093, tmp_path)
+        assert worker[1:4] == ["celery", "worker", "--celery-hostname"]
+        assert worker[4] == f"{services.celery_worker_name(tmp_path)}@%h"
+    finally:
+        db_servers.stop(tmp_path, lambda _: None)
+        airflow_env.set_backend(tmp_path, None)
+    assert airflow_env.backend(tmp_path) == "sqlite"
+
+
+def test_a_celery_worker_is_known_by_its_node_name_after_it_renames_itself(tmp_path):
+    # Celery rewrites the worker's process title to "[celeryd: <name>@<host>:MainProcess] ...": the word
+    # "airflow" is gone from its command line, the node name (one per home) is not.
+    services.run_dir(tmp_path).mkdir(parents=True)
+    name = services.celery_worker_name(tmp_path)
+    assert name != services.celery_worker_name(tmp_path / "other")
+    renamed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", f"[celeryd: {name}@vm:MainProcess]"])
+    another_homes = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "airflow", "celery", "worker",
+                                      "--celery-hostname", f"{services.celery_worker_name(tmp_path / 'other')}@%h"])
+    try:
+        services.pid_file(tmp_path, services.CELERY_WORKER).write_text(f"{renamed.pid}\n")
+        assert services.running_pid(tmp_path, services.CELERY_WORKER) == renamed.pid
+        services.pid_file(tmp_path, services.CELERY_WORKER).write_text(f"{another_homes.pid}\n")
+        assert services.running_pid(tmp_path, services.CELERY_WORKER) is None
+    finally:
+        for process in (renamed, another_homes):
+            process.kill()
+            process.wait()
+
+
+def test_the_celery_worker_is_ready_when_its_latest_start_says_so(tmp_path):
+    log = services.log_file(tmp_path, services.CELERY_WORKER)
+    log.parent.mkdir(parents=True)
+    assert not services.celery_worker_ready(tmp_path)
+    log.write_text("\n===== 2026-01-01T00:00:00 mlops airflow up: celery-worker =====\n... celery@vm ready. ...\n"
+                   "\n===== 2026-01-02T00:00:00 mlops airflow up: celery-worker =====\n[config] ...\n")
+    assert not services.celery_worker_ready(tmp_path)  # an earlier start's line does not count
+    with open(log, "a") as out:
+        out.write("2026-01-02T00:00:09Z [info] mlops-0123@vm ready. [celery.apps.worker]\n")
+    assert services.celery_worker_ready(tmp_path)
+
+
+def test_up_refuses_another_backend_while_services_run(tmp_path):
+    services.run_dir(tmp_path).mkdir(parents=True)
+    airflow_env.set_backend(tmp_path, "postgres")
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "airflow"])
+    try:
+        services.pid_file(tmp_path, "scheduler").write_text(f"{running.pid}\n")
+        manager = services.Services(tmp_path, emit=lambda _: None)
+        try:
+            manager.up(backend="sqlite")
+        except ConfigError as err:
+            assert "already runs with the postgres backend" in str(err) and "make down" in str(err)
+        else:
+            raise AssertionError("up switched the backend under running services")
+        assert airflow_env.backend(tmp_path) == "postgres"
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_backend_is_an_option_of_up_only(tmp_path):
+    refused = mlops(tmp_path, "airflow", "status", "--backend", "postgres", check=False)
+    assert refused.returncode == 2 and "--backend is for up" in refused.stderr
