@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Optional
+
 from components.util.spans import span_number
 from pipelines.config import PipelineConfig
 from pipelines.taxi import features as F
@@ -63,23 +66,110 @@ def _eval_config(config: PipelineConfig):
     )
 
 
-def data_gate_components(config: PipelineConfig) -> list:
+class Resolvers:
+    """The pipeline's resolver nodes, one method each: pipelines/resolvers.py's strategies, which
+    read ML Metadata the way this project needs (the served model, baselines that passed the gates,
+    the rolling window). A method may return None where a target has no such node: TFX's Kubeflow
+    V2 compiler takes stock strategies only (pipelines/kubeflow.py supplies those). `after_gate`
+    says how the nodes after a data gate wait for its verdict."""
+
+    def after_gate(self, verdict):
+        """The context the nodes downstream of a data gate are built in; `verdict`: the gate's output
+        channel (components/verdict.py). None here: the node runner stops the run when a gate blocks."""
+        return contextlib.nullcontext()
+
+    def previous_span_statistics(self, config: PipelineConfig):
+        from tfx.dsl.components.common.resolver import Resolver
+        from tfx.types import standard_artifacts
+        from tfx.types.channel import Channel
+
+        from pipelines.resolvers import PreviousSpanStatisticsStrategy
+
+        return Resolver(
+            strategy_class=PreviousSpanStatisticsStrategy,
+            config={"current_span": span_number(config.span_date)},
+            statistics=Channel(type=standard_artifacts.ExampleStatistics),
+            verdicts=Channel(type=standard_artifacts.ExampleAnomalies),
+        ).with_id("previous_span_statistics")
+
+    def served_training_statistics(self, config: PipelineConfig):
+        from tfx.dsl.components.common.resolver import Resolver
+        from tfx.types import standard_artifacts
+        from tfx.types.channel import Channel
+
+        from pipelines.resolvers import ServedTrainingStatisticsStrategy
+
+        return Resolver(
+            strategy_class=ServedTrainingStatisticsStrategy,
+            model=Channel(type=standard_artifacts.Model),
+            pushed_model=Channel(type=standard_artifacts.PushedModel),
+            statistics=Channel(type=standard_artifacts.ExampleStatistics),
+        ).with_id("served_training_statistics")
+
+    def training_window(self, config: PipelineConfig):
+        """The raw Examples of the newest `window_days` days that passed the data gates (None:
+        Transform and Trainer take this span's Examples from ExampleGen)."""
+        from tfx.dsl.components.common.resolver import Resolver
+        from tfx.types import standard_artifacts
+        from tfx.types.channel import Channel
+
+        from pipelines.resolvers import WindowExamplesStrategy
+
+        return Resolver(
+            strategy_class=WindowExamplesStrategy,
+            config={"current_span": span_number(config.span_date), "window_days": config.window_days},
+            examples=Channel(type=standard_artifacts.Examples),
+            verdicts=Channel(type=standard_artifacts.ExampleAnomalies),
+        ).with_id("training_window")
+
+    def analyzer_cache(self, config: PipelineConfig):
+        """An earlier night's tf.Transform analyzer cache for the same schema and preprocessing."""
+        from tfx.dsl.components.common.resolver import Resolver
+        from tfx.types import standard_artifacts
+        from tfx.types.channel import Channel
+
+        from pipelines.resolvers import AnalyzerCacheStrategy
+
+        return Resolver(
+            strategy_class=AnalyzerCacheStrategy,
+            config={"current_span": span_number(config.span_date), "fingerprint": config.transform_fingerprint},
+            cache=Channel(type=standard_artifacts.TransformCache),
+        ).with_id("analyzer_cache")
+
+    def served_model(self, config: PipelineConfig):
+        """The Evaluator's baseline: the model behind the newest successful push."""
+        from tfx.dsl.components.common.resolver import Resolver
+        from tfx.types import standard_artifacts
+        from tfx.types.channel import Channel
+
+        from pipelines.resolvers import ServedModelStrategy
+
+        return Resolver(
+            strategy_class=ServedModelStrategy,
+            model=Channel(type=standard_artifacts.Model),
+            pushed_model=Channel(type=standard_artifacts.PushedModel),
+        ).with_id("served_model")
+
+
+def _output(node, key: str):
+    return node.outputs[key] if node is not None else None
+
+
+def data_gate_components(config: PipelineConfig, resolvers: Optional[Resolvers] = None) -> list:
     """ImportSchemaGen ... DriftValidator: everything up to the gate before Transform, in order.
 
     Shared by the nightly pipeline and `mlops validate` (same pipeline name, so both read and
     write the same ML Metadata baselines)."""
+    resolvers = resolvers or Resolvers()
     # Not `tfx.v1`: it also imports the Google Cloud extensions, ~4 s per process for nothing.
     from tfx.components import ExampleValidator, StatisticsGen
     from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
-    from tfx.dsl.components.common.resolver import Resolver
     from tfx.proto import example_gen_pb2, range_config_pb2
-    from tfx.types import standard_artifacts
-    from tfx.types.channel import Channel
 
     from components.drift_validator.component import DriftValidator
     from components.example_gen.component import FastCsvExampleGen
     from components.span_check.component import SpanCheck
-    from pipelines.resolvers import PreviousSpanStatisticsStrategy, ServedTrainingStatisticsStrategy
+    from components.span_check.spec import REPORT_KEY
 
     span = span_number(config.span_date)
     schema_gen = ImportSchemaGen(schema_file=config.schema_path)
@@ -90,62 +180,57 @@ def data_gate_components(config: PipelineConfig) -> list:
         max_duplicate_fraction=config.data_gates.max_duplicate_fraction,
         fingerprint=config.span_fingerprint,
     )
-    # CsvExampleGen's contract (driver, span/version properties, split layout, the same tf.Examples
-    # in the same splits) at ~20x its speed: components/example_gen. Same node id as before.
-    example_gen = FastCsvExampleGen(
-        input_base=config.data_root,
-        input_config=example_gen_pb2.Input(
-            splits=[example_gen_pb2.Input.Split(name="single_split", pattern="{YYYY}-{MM}-{DD}/*.csv")]
-        ),
-        output_config=example_gen_pb2.Output(
-            split_config=example_gen_pb2.SplitConfig(
-                splits=[
-                    example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=4),
-                    example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=1),
-                ]
-            )
-        ),
-        range_config=range_config_pb2.RangeConfig(
-            static_range=range_config_pb2.StaticRange(start_span_number=span, end_span_number=span)
-        ),
-    ).with_id("CsvExampleGen")
-    # Files the span check blocked never reach ExampleGen (a malformed row would crash it).
-    example_gen.add_upstream_node(span_check)
-    import tensorflow_data_validation as tfdv  # StatisticsGen imports it anyway
+    # The nodes after a gate are built in resolvers.after_gate(its verdict): locally nothing (the node
+    # runner stops the run when a gate blocks), on Kubeflow a condition on the verdict. Not the
+    # resolvers: they only read ML Metadata, and KFP gives a resolver task no condition.
+    previous_statistics = resolvers.previous_span_statistics(config)
+    served_statistics = resolvers.served_training_statistics(config)
+    with resolvers.after_gate(span_check.outputs[REPORT_KEY]):
+        # CsvExampleGen's contract (driver, span/version properties, split layout, the same tf.Examples
+        # in the same splits) at ~20x its speed: components/example_gen. Same node id as before.
+        example_gen = FastCsvExampleGen(
+            input_base=config.data_root,
+            input_config=example_gen_pb2.Input(
+                splits=[example_gen_pb2.Input.Split(name="single_split", pattern="{YYYY}-{MM}-{DD}/*.csv")]
+            ),
+            output_config=example_gen_pb2.Output(
+                split_config=example_gen_pb2.SplitConfig(
+                    splits=[
+                        example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=4),
+                        example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=1),
+                    ]
+                )
+            ),
+            range_config=range_config_pb2.RangeConfig(
+                static_range=range_config_pb2.StaticRange(start_span_number=span, end_span_number=span)
+            ),
+        ).with_id("CsvExampleGen")
+        # Files the span check blocked never reach ExampleGen (a malformed row would crash it).
+        example_gen.add_upstream_node(span_check)
+        import tensorflow_data_validation as tfdv  # StatisticsGen imports it anyway
 
-    from components.drift_validator.executor import QUANTILE_BUCKETS
+        from components.drift_validator.executor import QUANTILE_BUCKETS
 
-    statistics_gen = StatisticsGen(
-        examples=example_gen.outputs["examples"],
-        # Fine quantile histograms: the drift gate's JS divergence reads its deciles off them.
-        stats_options=tfdv.StatsOptions(num_quantiles_histogram_buckets=QUANTILE_BUCKETS),
-    )
-    example_validator = ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
-    )
-    previous_statistics = Resolver(
-        strategy_class=PreviousSpanStatisticsStrategy,
-        config={"current_span": span},
-        statistics=Channel(type=standard_artifacts.ExampleStatistics),
-        verdicts=Channel(type=standard_artifacts.ExampleAnomalies),
-    ).with_id("previous_span_statistics")
-    served_statistics = Resolver(
-        strategy_class=ServedTrainingStatisticsStrategy,
-        model=Channel(type=standard_artifacts.Model),
-        pushed_model=Channel(type=standard_artifacts.PushedModel),
-        statistics=Channel(type=standard_artifacts.ExampleStatistics),
-    ).with_id("served_training_statistics")
-    drift_validator = DriftValidator(
-        statistics=statistics_gen.outputs["statistics"],
-        schema=schema_gen.outputs["schema"],
-        schema_anomalies=example_validator.outputs["anomalies"],
-        previous_statistics=previous_statistics.outputs["statistics"],
-        served_statistics=served_statistics.outputs["statistics"],
-        span_label=config.span_date.isoformat(),
-        warn_only_features=config.data_gates.warn_features,
-    )
-    return [schema_gen, span_check, example_gen, statistics_gen, example_validator,
-            previous_statistics, served_statistics, drift_validator]
+        statistics_gen = StatisticsGen(
+            examples=example_gen.outputs["examples"],
+            # Fine quantile histograms: the drift gate's JS divergence reads its deciles off them.
+            stats_options=tfdv.StatsOptions(num_quantiles_histogram_buckets=QUANTILE_BUCKETS),
+        )
+        example_validator = ExampleValidator(
+            statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+        )
+        drift_validator = DriftValidator(
+            statistics=statistics_gen.outputs["statistics"],
+            schema=schema_gen.outputs["schema"],
+            schema_anomalies=example_validator.outputs["anomalies"],
+            previous_statistics=_output(previous_statistics, "statistics"),
+            served_statistics=_output(served_statistics, "statistics"),
+            span_label=config.span_date.isoformat(),
+            warn_only_features=config.data_gates.warn_features,
+        )
+    nodes = [schema_gen, span_check, example_gen, statistics_gen, example_validator,
+             previous_statistics, served_statistics, drift_validator]
+    return [node for node in nodes if node is not None]
 
 
 def create_validation_pipeline(config: PipelineConfig):
@@ -162,118 +247,98 @@ def create_validation_pipeline(config: PipelineConfig):
     )
 
 
-def window_resolvers(config: PipelineConfig):
-    """(window, analyzer cache) resolvers: the raw Examples of the newest `window_days` days that
-    passed the data gates, and an earlier night's tf.Transform analyzer cache for the same schema
-    and preprocessing."""
-    from tfx.dsl.components.common.resolver import Resolver
-    from tfx.types import standard_artifacts
-    from tfx.types.channel import Channel
-
-    from pipelines.resolvers import AnalyzerCacheStrategy, WindowExamplesStrategy
-
-    span = span_number(config.span_date)
-    window = Resolver(
-        strategy_class=WindowExamplesStrategy,
-        config={"current_span": span, "window_days": config.window_days},
-        examples=Channel(type=standard_artifacts.Examples),
-        verdicts=Channel(type=standard_artifacts.ExampleAnomalies),
-    ).with_id("training_window")
-    analyzer_cache = Resolver(
-        strategy_class=AnalyzerCacheStrategy,
-        config={"current_span": span, "fingerprint": config.transform_fingerprint},
-        cache=Channel(type=standard_artifacts.TransformCache),
-    ).with_id("analyzer_cache")
-    return window, analyzer_cache
-
-
-def create_pipeline(config: PipelineConfig):
+def create_pipeline(config: PipelineConfig, resolvers: Optional[Resolvers] = None):
     """Builds the nightly pipeline: ingest and gate `config.span_date`, then train on the window of
-    good spans ending with it and evaluate on it."""
+    good spans ending with it and evaluate on it. `resolvers`: another set of resolver nodes for an
+    orchestrator that cannot run the project's own (pipelines/kubeflow.py); default: the project's."""
     from tfx.components import Trainer, Transform
     from tfx.dsl.components.base import executor_spec
-    from tfx.dsl.components.common.resolver import Resolver
     from tfx.orchestration.pipeline import Pipeline
     from tfx.proto import trainer_pb2
-    from tfx.types import standard_artifacts
-    from tfx.types.channel import Channel
+    from tfx.types.standard_component_specs import ANOMALIES_KEY
 
     from components.evaluator.component import GatedEvaluator
     from components.pusher.component import AtomicPusher
+    from components.span_check.spec import REPORT_KEY
     from components.window.executor import WindowTrainerExecutor, WindowTransformExecutor
     from components.window.properties import CUSTOM_CACHE_FINGERPRINT, CUSTOM_WINDOW_DAYS
-    from pipelines.resolvers import ServedModelStrategy
 
-    gate = data_gate_components(config)
-    schema_gen, example_gen, drift_validator = gate[0], gate[2], gate[-1]
-    window, analyzer_cache = window_resolvers(config)
-    # A resolver node resolves when it runs: after the gates recorded this span's verdict.
-    window.add_upstream_node(drift_validator)
-    cached = config.window_days > 1  # one span a night: nothing would ever read the cache (~6 s saved)
-    # --no-cache: Transform analyzes every span of the window again (and writes a fresh cache).
-    read_cache = cached and config.enable_cache
-    transform = Transform(
-        examples=window.outputs["examples"],
-        schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN,
-        analyzer_cache=analyzer_cache.outputs["cache"] if read_cache else None,
-        disable_analyzer_cache=not cached,
-        disable_statistics=True,
-        # Nothing reads a transformed copy of the window: run_fn transforms its batches itself.
-        materialize=False,
-        # Recorded on the analyzer cache it writes; tells the next night's cache resolver whether
-        # that cache fits its schema and preprocessing. preprocessing_fn takes no custom_config.
-        custom_config={CUSTOM_CACHE_FINGERPRINT: config.transform_fingerprint},
-    )
-    transform.executor_spec = executor_spec.BeamExecutorSpec(WindowTransformExecutor)
-    # Data that failed validation never reaches Transform, Trainer or Pusher.
-    transform.add_upstream_node(drift_validator)
-    trainer = Trainer(
-        run_fn=RUN_FN,
-        # The window's raw Examples: run_fn applies the transform graph per batch (no transformed copy).
-        examples=window.outputs["examples"],
-        transform_graph=transform.outputs["transform_graph"],
-        schema=schema_gen.outputs["schema"],
-        train_args=trainer_pb2.TrainArgs(num_steps=config.train_steps),
-        eval_args=trainer_pb2.EvalArgs(num_steps=config.eval_steps),
-        # Recorded by ML Metadata with the training: `mlops lineage` shows them as its hyperparameters.
-        custom_config={"strategy": config.strategy, "batch_size": config.batch_size, **hyperparameters(),
-                       CUSTOM_WINDOW_DAYS: config.window_days},
-    )
-    # Trains on the window's older spans and evaluates on the newest (components/window).
-    trainer.executor_spec = executor_spec.ExecutorClassSpec(WindowTrainerExecutor)
-    served_model = Resolver(
-        strategy_class=ServedModelStrategy,
-        model=Channel(type=standard_artifacts.Model),
-        pushed_model=Channel(type=standard_artifacts.PushedModel),
-    ).with_id("served_model")
-    evaluator = GatedEvaluator(
-        examples=example_gen.outputs["examples"],
-        model=trainer.outputs["model"],
-        baseline_model=served_model.outputs["model"],
-        eval_config=_eval_config(config),
-        slice_margin=config.gates.slice_margin,
-        min_slice_examples=config.gates.min_slice_examples,
-    )
-    pusher = AtomicPusher(
-        model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
-        push_base_directory=config.serving_model_dir,
-        keep_versions=config.keep_versions,
-        project_home=config.project_home,
-    )
+    resolvers = resolvers or Resolvers()
+    gate = data_gate_components(config, resolvers)
+    schema_gen, span_check, example_gen, drift_validator = gate[0], gate[1], gate[2], gate[-1]
+    window, analyzer_cache = resolvers.training_window(config), resolvers.analyzer_cache(config)
+    if window is not None:
+        # A resolver node resolves when it runs: after the gates recorded this span's verdict.
+        window.add_upstream_node(drift_validator)
+    served_model = resolvers.served_model(config)
+    # Nothing after the gates runs on a span either gate blocked (resolvers.after_gate).
+    with resolvers.after_gate(span_check.outputs[REPORT_KEY]), \
+            resolvers.after_gate(drift_validator.outputs[ANOMALIES_KEY]):
+        examples = window.outputs["examples"] if window is not None else example_gen.outputs["examples"]
+        cached = config.window_days > 1  # one span a night: nothing would ever read the cache (~6 s saved)
+        # --no-cache: Transform analyzes every span of the window again (and writes a fresh cache).
+        read_cache = cached and config.enable_cache
+        transform = Transform(
+            examples=examples,
+            schema=schema_gen.outputs["schema"],
+            preprocessing_fn=PREPROCESSING_FN,
+            analyzer_cache=_output(analyzer_cache, "cache") if read_cache else None,
+            disable_analyzer_cache=not cached,
+            disable_statistics=True,
+            # Nothing reads a transformed copy of the window: run_fn transforms its batches itself.
+            materialize=False,
+            # Recorded on the analyzer cache it writes; tells the next night's cache resolver whether
+            # that cache fits its schema and preprocessing. preprocessing_fn takes no custom_config.
+            custom_config={CUSTOM_CACHE_FINGERPRINT: config.transform_fingerprint},
+        )
+        transform.executor_spec = executor_spec.BeamExecutorSpec(WindowTransformExecutor)
+        # Data that failed validation never reaches Transform, Trainer or Pusher.
+        transform.add_upstream_node(drift_validator)
+        trainer = Trainer(
+            run_fn=RUN_FN,
+            # The window's raw Examples: run_fn applies the transform graph per batch (no transformed copy).
+            examples=examples,
+            transform_graph=transform.outputs["transform_graph"],
+            schema=schema_gen.outputs["schema"],
+            train_args=trainer_pb2.TrainArgs(num_steps=config.train_steps),
+            eval_args=trainer_pb2.EvalArgs(num_steps=config.eval_steps),
+            # Recorded by ML Metadata with the training: `mlops lineage` shows them as its hyperparameters.
+            custom_config={"strategy": config.strategy, "batch_size": config.batch_size, **hyperparameters(),
+                           CUSTOM_WINDOW_DAYS: config.window_days},
+        )
+        # Trains on the window's older spans and evaluates on the newest (components/window).
+        trainer.executor_spec = executor_spec.ExecutorClassSpec(WindowTrainerExecutor)
+        evaluator = GatedEvaluator(
+            examples=example_gen.outputs["examples"],
+            model=trainer.outputs["model"],
+            baseline_model=_output(served_model, "model"),
+            eval_config=_eval_config(config),
+            slice_margin=config.gates.slice_margin,
+            min_slice_examples=config.gates.min_slice_examples,
+        )
+        pusher = AtomicPusher(
+            model=trainer.outputs["model"],
+            model_blessing=evaluator.outputs["blessing"],
+            push_base_directory=config.serving_model_dir,
+            keep_versions=config.keep_versions,
+            project_home=config.project_home,
+        )
     return Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[
-            *gate,
-            window,
-            analyzer_cache,  # resolved even when unused: every window size has the same nodes (DAG tasks)
-            transform,
-            trainer,
-            served_model,
-            evaluator,
-            pusher,
+            node
+            for node in (
+                *gate,
+                window,
+                analyzer_cache,  # resolved even when unused: every window size has the same nodes (DAG tasks)
+                transform,
+                trainer,
+                served_model,
+                evaluator,
+                pusher,
+            )
+            if node is not None
         ],
         enable_cache=config.enable_cache,
         metadata_connection_config=config.metadata.to_proto(),
