@@ -14,7 +14,8 @@ setup(
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["pipelines*", "components*", "serving*", "monitoring*"]),
     install_requires=["tfx==1.16.0", "dill", "orjson", "tomli", "prometheus-client", "grafanalib",
-                      "openlineage-python"],
+                      "openlineage-python", "pymysql",  # mlops metadata migrate/init on MySQL/MariaDB
+                      "kfp-pipeline-spec==0.2.2"],  # mlops compile (Kubeflow V2): newer needs protobuf 6
     extras_require={"test": ["pytest>=8", "pytest-timeout"]},
     entry_points={"console_scripts": ["mlops=pipelines.cli:main"]},
 )

@@ -13,6 +13,12 @@ Settings are read from the environment when a DAG file is parsed (all optional):
 - MLOPS_MLMD_POOL            Airflow pool around ML Metadata writers (default: mlmd_writers, 1 slot)
 - MLOPS_TASK_RETRIES         retries per node (default: 2)
 - MLOPS_RETRY_DELAY_SECONDS  first retry delay; doubles each retry (default: 60)
+- MLOPS_MLMD                 ML Metadata store of every task: sqlite:PATH or mysql://USER@HOST:PORT/DATABASE
+                             with the password in MLOPS_MLMD_PASSWORD (default: the home's var/metadata.sqlite);
+                             tasks inherit both from the Airflow process
+- MLOPS_MLMD_CONN_ID         or: an Airflow connection (type mysql: host, port, login, password, schema = the
+                             database) that every task turns into MLOPS_MLMD + MLOPS_MLMD_PASSWORD when it runs,
+                             so the password lives in Airflow's connection store, not in files or logs
 
 Airflow assets (docs/orchestration.md#airflow-assets), their URIs under the project home:
 
@@ -50,6 +56,7 @@ TIMEZONE = os.environ.get("MLOPS_DAG_TIMEZONE") or "UTC"
 POOL = os.environ.get("MLOPS_MLMD_POOL") or "mlmd_writers"
 RETRIES = int(os.environ.get("MLOPS_TASK_RETRIES") or 2)
 RETRY_DELAY = dt.timedelta(seconds=float(os.environ.get("MLOPS_RETRY_DELAY_SECONDS") or 60))
+MLMD_CONN_ID = os.environ.get("MLOPS_MLMD_CONN_ID") or ""
 
 # `mlops node run` exit codes that retrying cannot fix (source: pipelines/errors.py, via the manifest).
 NO_RETRY_EXIT_CODES = {int(code): why for code, why in MANIFEST["no_retry_exit_codes"].items()}
@@ -97,7 +104,39 @@ def last_json_object(text: str) -> dict:
     raise ValueError(f"no JSON object in the output: {text[-500:]!r}")
 
 
-class TfxNodeOperator(BashOperator):
+def mlmd_environ(conn_id: str = MLMD_CONN_ID) -> dict:
+    """MLOPS_MLMD and MLOPS_MLMD_PASSWORD from the Airflow connection `conn_id` ({} without one).
+    Read when a task runs, never when a DAG file is parsed."""
+    if not conn_id:
+        return {}
+    from airflow.sdk import Connection
+
+    try:
+        conn = Connection.get(conn_id)
+    except Exception as err:  # noqa: BLE001 -- Airflow raises its own not-found type per version
+        raise AirflowFailException(
+            f"Airflow connection {conn_id!r} (MLOPS_MLMD_CONN_ID, the ML Metadata store) cannot be read: {err}; "
+            f"add it: airflow connections add {conn_id} --conn-type mysql --conn-host HOST --conn-port 3306 "
+            "--conn-login USER --conn-password ... --conn-schema DATABASE") from err
+    if (conn.conn_type or "mysql") != "mysql" or not (conn.host and conn.login and conn.schema):
+        raise AirflowFailException(f"Airflow connection {conn_id!r} must be of type mysql with host, login and schema "
+                                   f"(the database); it has type {conn.conn_type!r}, host {conn.host!r}, "
+                                   f"login {conn.login!r}, schema {conn.schema!r}")
+    return {"MLOPS_MLMD": f"mysql://{conn.login}@{conn.host}:{conn.port or 3306}/{conn.schema}",
+            "MLOPS_MLMD_PASSWORD": conn.password or ""}
+
+
+class MlopsBashOperator(BashOperator):
+    """A BashOperator running `mlops` commands: with MLOPS_MLMD_CONN_ID set, its command's environment
+    names the ML Metadata store of that Airflow connection (password in the environment only)."""
+
+    def get_env(self, context) -> dict:
+        env = super().get_env(context)
+        env.update(mlmd_environ())
+        return env
+
+
+class TfxNodeOperator(MlopsBashOperator):
     """Runs one `mlops` command (one TFX node); fails without retries when retrying cannot help
     (bad data, bad configuration).
 
@@ -172,7 +211,8 @@ class TfxPusherOperator(TfxNodeOperator):
         command = [MLOPS, "--home", HOME, "summary", "--run-id", self.tfx_run_id, "--json"]
         for attempt in range(1, self.SUMMARY_TRIES + 1):
             try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=self.SUMMARY_TIMEOUT)
+                done = subprocess.run(command, capture_output=True, text=True, timeout=self.SUMMARY_TIMEOUT,
+                                      env={**os.environ, **mlmd_environ()})
                 if done.returncode == 0:
                     return last_json_object(done.stdout)
                 problem = f"exit code {done.returncode}: {done.stderr.strip()[-1000:]}"
@@ -186,7 +226,7 @@ class TfxPusherOperator(TfxNodeOperator):
                                f"(`{' '.join(command)}`): {problem}")
 
 
-class RollbackOperator(BashOperator):
+class RollbackOperator(MlopsBashOperator):
     """Runs `mlops rollback ... --json` (the command in `bash_command` must print its JSON result to
     stdout and `tee` it into "$MLOPS_RESULT_FILE"). When the rollback pushed a version, adds an event
     on MODEL_ASSET through the MODEL_PUSHES outlet (kind "rollback"); a rollback that had nothing to

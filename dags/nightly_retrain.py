@@ -7,7 +7,8 @@ compiled pipeline by `mlops dags manifest`. Every task runs one node with
 A node that fails is retried with exponential back-off; a span that fails validation is not.
 
 Settings (MLOPS_HOME, MLOPS_BIN, MLOPS_DAG_TIMEZONE, MLOPS_MLMD_POOL, MLOPS_TASK_RETRIES,
-MLOPS_RETRY_DELAY_SECONDS) are read from the environment at parse time: see mlops_common.py.
+MLOPS_RETRY_DELAY_SECONDS, MLOPS_MLMD, MLOPS_MLMD_CONN_ID) are read from the environment at parse
+time: see mlops_common.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import sys
 import zoneinfo
 from pathlib import Path
 
-from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 from airflow.timetables.interval import CronDataIntervalTimetable
 
@@ -28,7 +28,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent))
 
 from mlops_common import (HOME, MANIFEST, MLOPS, MODEL_ASSET, POOL, RETRIES, RETRY_DELAY, SPAN_ASSET,  # noqa: E402
-                          TIMEZONE, TfxNodeOperator, TfxPusherOperator)
+                          TIMEZONE, MlopsBashOperator, TfxNodeOperator, TfxPusherOperator)
 
 # Wall-clock limit per node; a node that hangs is killed and retried.
 TIMEOUTS = {
@@ -183,7 +183,7 @@ Roll a bad model back with the `model_rollback` DAG or `mlops rollback`.
             tasks[upstream] >> tasks[node["id"]]
     # A teardown runs whatever the nodes did and does not decide the DAG run's state (a failed
     # node still fails the run): it pushes the run's outcome to the Pushgateway for the alerts.
-    report = BashOperator(
+    report = MlopsBashOperator(
         task_id=REPORT_TASK,
         bash_command=" ".join(shlex.quote(part) for part in [MLOPS, "--home", HOME, "summary", "--push-metrics"])
         + f' --run-id "{TFX_RUN_ID}"',

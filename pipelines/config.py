@@ -29,6 +29,9 @@ _BEAM_DEPENDENCY_FLAGS = ("extra_package", "extra_packages", "setup_file", "requ
 DEFAULT_WINDOW_DAYS = 7
 MAX_WINDOW_DAYS = 90
 DIRECT_RUNNER_IMAGE = "unused-by-the-direct-runner"
+# More Beam pipeline arguments for every Beam node (e.g. a Flink or Dataflow runner: docs/scale-out.md),
+# shell-quoted, space-separated; `--beam-arg` adds to them. Airflow's tasks inherit it.
+BEAM_ARGS_ENV = "MLOPS_BEAM_ARGS"
 
 
 def _beam_version() -> str:
@@ -78,20 +81,77 @@ class ProjectPaths:
         return model_dir(self.home, PIPELINE_NAME)
 
 
+# Where ML Metadata lives (docs/scale-out.md): unset means the SQLite file var/metadata.sqlite;
+# `sqlite:PATH` another file; `mysql://USER@HOST[:PORT]/DATABASE` a MySQL/MariaDB server, whose password
+# is read from MLMD_PASSWORD_ENV only (never from the URL: URLs end up in logs and process lists).
+MLMD_ENV = "MLOPS_MLMD"
+MLMD_PASSWORD_ENV = "MLOPS_MLMD_PASSWORD"
+MYSQL_DEFAULT_PORT = 3306
+
+
 @dataclasses.dataclass(frozen=True)
 class MetadataConfig:
     """ML Metadata connection: SQLite file by default, MySQL when `mysql_host` is set."""
 
     sqlite_path: str = ""
     mysql_host: str = ""
-    mysql_port: int = 3306
+    mysql_port: int = MYSQL_DEFAULT_PORT
     mysql_database: str = "mlmd"
     mysql_user: str = "root"
-    mysql_password: str = ""
+    mysql_password: str = dataclasses.field(default="", repr=False)
+
+    @classmethod
+    def parse(cls, url: str, password: str = "") -> "MetadataConfig":
+        """`sqlite:PATH` or `mysql://USER@HOST[:PORT]/DATABASE` (the password comes separately)."""
+        from urllib.parse import unquote, urlsplit
+
+        url = url.strip()
+        scheme, _, rest = url.partition(":")
+        if scheme == "sqlite" and rest:
+            path = rest[2:] if rest.startswith("//") else rest  # sqlite:///abs/path and sqlite:/abs/path alike
+            return cls(sqlite_path=str(Path(path).expanduser().resolve()))
+        if scheme == "mysql":
+            try:
+                parts = urlsplit(url)
+                port = parts.port or MYSQL_DEFAULT_PORT
+            except ValueError as err:
+                raise ConfigError(f"ML Metadata URL {url!r} is not a valid MySQL URL: {err}", _URL_FIX) from err
+            if parts.password is not None:
+                raise ConfigError(f"the ML Metadata URL for {parts.hostname} carries a password",
+                                  f"remove it from the URL and put it in ${MLMD_PASSWORD_ENV} (or an Airflow connection)")
+            database = parts.path.strip("/")
+            if not parts.hostname or not parts.username or not database or "/" in database:
+                raise ConfigError(f"ML Metadata URL {url!r} needs a user, a host and one database name", _URL_FIX)
+            return cls(mysql_host=parts.hostname, mysql_port=port, mysql_database=unquote(database),
+                       mysql_user=unquote(parts.username), mysql_password=password)
+        raise ConfigError(f"ML Metadata URL {url!r} is neither sqlite:PATH nor mysql://...", _URL_FIX)
+
+    @classmethod
+    def for_home(cls, paths: "ProjectPaths", environ=None) -> "MetadataConfig":
+        """The home's store: $MLOPS_MLMD (password in $MLOPS_MLMD_PASSWORD) if set; else the home's own
+        MariaDB while `make up BACKEND=postgres` runs the home's services on it (so commands typed by
+        hand read what the DAG's tasks write); else var/metadata.sqlite."""
+        environ = os.environ if environ is None else environ
+        url = environ.get(MLMD_ENV, "").strip()
+        if url:
+            return cls.parse(url, environ.get(MLMD_PASSWORD_ENV, ""))
+        from pipelines import airflow_env, db_servers  # standard library only, no TFX
+
+        if airflow_env.backend(paths.home) == "postgres":
+            found = db_servers.mlmd_environment(paths.home)
+            return cls.parse(found[MLMD_ENV], found[MLMD_PASSWORD_ENV])
+        return cls(sqlite_path=str(paths.metadata_path))
 
     @property
     def is_sqlite(self) -> bool:
         return not self.mysql_host
+
+    @property
+    def url(self) -> str:
+        """Where the store is, fit for logs: never the password."""
+        if self.is_sqlite:
+            return f"sqlite:{self.sqlite_path}"
+        return f"mysql://{self.mysql_user}@{self.mysql_host}:{self.mysql_port}/{self.mysql_database}"
 
     def to_proto(self):
         from ml_metadata.proto import metadata_store_pb2
@@ -107,6 +167,10 @@ class MetadataConfig:
             config.mysql.user = self.mysql_user
             config.mysql.password = self.mysql_password
         return config
+
+
+_URL_FIX = (f"set {MLMD_ENV} (or --metadata) to sqlite:PATH or mysql://USER@HOST:PORT/DATABASE, "
+            f"with the password in ${MLMD_PASSWORD_ENV}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,14 +254,16 @@ class PipelineConfig:
     transform_fingerprint: str = ""
 
     @classmethod
-    def for_project(cls, paths: ProjectPaths, span_date: dt.date, **overrides) -> "PipelineConfig":
+    def for_project(cls, paths: ProjectPaths, span_date: dt.date, metadata: Optional[MetadataConfig] = None,
+                    **overrides) -> "PipelineConfig":
+        """The home's config for one span; ML Metadata from the environment unless `metadata` is given."""
         return cls(
             span_date=span_date,
             data_root=str(paths.data_root),
             pipeline_root=str(paths.pipeline_root),
             schema_path=str(paths.schema_path),
             serving_model_dir=str(paths.serving_model_dir),
-            metadata=MetadataConfig(sqlite_path=str(paths.metadata_path)),
+            metadata=metadata or MetadataConfig.for_home(paths),
             project_home=str(paths.home),
             **overrides,
         )
@@ -209,7 +275,9 @@ class PipelineConfig:
             # 0 workers once silently dropped rows here (design.md, section 7): always explicit.
             args.append(f"--direct_num_workers={max(1, self.beam_workers)}")
         extra = list(self.extra_beam_args)
-        if not any(a.split("=")[0].lstrip("-") in _BEAM_DEPENDENCY_FLAGS for a in extra):
+        runner = next((a.split("=", 1)[1] for a in extra if a.startswith("--runner=")), "DirectRunner")
+        if runner in ("DirectRunner", "direct") and not any(
+                a.split("=")[0].lstrip("-") in _BEAM_DEPENDENCY_FLAGS for a in extra):
             # Otherwise every Beam node copies TFX's 48 MB install and builds an sdist of it for
             # remote workers (2-6 s per node, and a /tmp/tmp*/build/tfx left behind each time);
             # the DirectRunner runs in this process and needs none of it. TFX skips the packaging

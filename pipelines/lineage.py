@@ -63,7 +63,7 @@ def open_store(config):
     from ml_metadata.proto import metadata_store_pb2
 
     connection = config.metadata.to_proto()
-    where = config.metadata.sqlite_path if config.metadata.is_sqlite else "the configured ML Metadata server"
+    where = config.metadata.sqlite_path if config.metadata.is_sqlite else config.metadata.url
     if config.metadata.is_sqlite:
         path = Path(config.metadata.sqlite_path)
         if not path.is_file():

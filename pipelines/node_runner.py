@@ -159,6 +159,10 @@ def ensure_state_dirs(config) -> None:
     Path(config.pipeline_root).mkdir(parents=True, exist_ok=True)
     if config.metadata.is_sqlite:
         Path(config.metadata.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+    else:  # a server-backed store gets its schema from one process, before any node opens it
+        from pipelines.mlmd_store import ensure_schema
+
+        ensure_schema(config.metadata)
 
 
 def compile_for(config, run_id: str):

@@ -399,6 +399,9 @@ def _read_execution(connection_config, pipeline: str, pipeline_run_id: str, node
     facts = _Facts()
     if connection_config.WhichOneof("config") == "sqlite":
         facts.store = connection_config.sqlite.filename_uri
+    elif connection_config.WhichOneof("config") == "mysql":  # where, never the password
+        mysql = connection_config.mysql
+        facts.store = f"mysql://{mysql.user}@{mysql.host}:{mysql.port}/{mysql.database}"
     store = metadata_store.MetadataStore(connection_config)
     if execution_id is None:  # a failed launch: the execution TFX marked FAILED, if this launch made one
         from pipelines.run_context import latest_execution_id

@@ -187,9 +187,9 @@ def raised_threshold(distance: float) -> float:
     return math.ceil(round(distance * DRIFT_HEADROOM * 100, 6)) / 100
 
 
-def read_drift_distances(metadata_path: Path, span: str) -> Dict[str, dict]:
+def read_drift_distances(metadata, span: str) -> Dict[str, dict]:
     """`drift_distances` of the newest ExampleAnomalies artifact of the span ({} without a store)."""
-    store = open_metadata(metadata_path)
+    store = open_metadata(metadata)
     if store is None:
         return {}
     from ml_metadata import errors
@@ -199,7 +199,7 @@ def read_drift_distances(metadata_path: Path, span: str) -> Dict[str, dict]:
     except errors.NotFoundError:
         return {}
     except errors.MetadataStoreError as err:
-        raise ConfigError(f"cannot read ML Metadata at {metadata_path}: {err}",
+        raise ConfigError(f"cannot read ML Metadata at {metadata.url}: {err}",
                           "check the file is the project's metadata store") from err
     matching = [a for a in artifacts if "drift_distances" in a.custom_properties
                 and "span_date" in a.custom_properties
@@ -210,7 +210,7 @@ def read_drift_distances(metadata_path: Path, span: str) -> Dict[str, dict]:
     try:
         return json.loads(newest.custom_properties["drift_distances"].string_value)
     except ValueError as err:
-        raise ConfigError(f"artifact {newest.id} in {metadata_path} has malformed drift_distances: {err}",
+        raise ConfigError(f"artifact {newest.id} in {metadata.url} has malformed drift_distances: {err}",
                           f"rerun the pipeline for span {span}") from err
 
 
@@ -268,7 +268,8 @@ def plan_accept(paths, span_day: dt.date, history_days: int = HISTORY_DAYS, tigh
     schema = parse_schema(original.decode())
     # The pipeline's own Beam options: without them Beam tries its Prism runner first (a download
     # from GitHub) and leaves a /tmp/beam-temp* behind (PipelineConfig.beam_pipeline_args).
-    options = PipelineOptions(PipelineConfig.for_project(paths, span_day).beam_pipeline_args)
+    config = PipelineConfig.for_project(paths, span_day)
+    options = PipelineOptions(config.beam_pipeline_args)
     with tempfile.TemporaryDirectory(prefix="schema-accept-") as scratch:  # TFDV leaves its output otherwise
         statistics = tfdv.generate_statistics_from_csv(str(folder / "*.csv"), pipeline_options=options,
                                                        output_path=os.path.join(scratch, "stats.tfrecord"))
@@ -276,8 +277,8 @@ def plan_accept(paths, span_day: dt.date, history_days: int = HISTORY_DAYS, tigh
     if tfdv.validate_statistics(statistics, schema).anomaly_info:
         relaxed = tfdv.update_schema(schema, statistics)
     relaxed = type(schema).FromString(relaxed.SerializeToString())
-    raise_drift_thresholds(relaxed, read_drift_distances(paths.metadata_path, span_day.isoformat()))
-    evidence = gather_evidence(paths.metadata_path, span_day, statistics, history_days)
+    raise_drift_thresholds(relaxed, read_drift_distances(config.metadata, span_day.isoformat()))
+    evidence = gather_evidence(config.metadata, span_day, statistics, history_days)
     proposals = propose_ranges(relaxed, schema, evidence, tighten)
     remaining = tfdv.validate_statistics(statistics, relaxed)
     if remaining.anomaly_info:

@@ -116,21 +116,22 @@ class Evidence:
                 "missing": self.missing}
 
 
-def open_metadata(metadata_path: Path):
-    """The project's ML Metadata store opened read-only, or None when there is none yet."""
-    if not metadata_path.is_file():
+def open_metadata(metadata):
+    """The project's ML Metadata store (a MetadataConfig), a SQLite file opened read-only, or None
+    when there is none yet."""
+    if metadata.is_sqlite and not Path(metadata.sqlite_path).is_file():
         return None
     from ml_metadata import errors, metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = str(metadata_path)
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    config = metadata.to_proto()
+    if metadata.is_sqlite:
+        config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
     try:
         return metadata_store.MetadataStore(config)
     except errors.MetadataStoreError as err:
-        raise ConfigError(f"cannot read ML Metadata at {metadata_path}: {err}",
-                          "check the file is the project's metadata store") from err
+        raise ConfigError(f"cannot read ML Metadata at {metadata.url}: {err}",
+                          "check it is the project's metadata store") from err
 
 
 def _newest_drift_verdicts(store, first: str, before: str) -> Dict[str, object]:
@@ -199,10 +200,10 @@ def numeric_min_max(statistics_lists) -> Dict[str, Tuple[float, float]]:
     return found
 
 
-def gather_evidence(metadata_path: Path, span_day: dt.date, span_statistics, history_days: int) -> Evidence:
+def gather_evidence(metadata, span_day: dt.date, span_statistics, history_days: int) -> Evidence:
     """The passed spans of the `history_days` days before `span_day`, plus the span's own statistics."""
     evidence = Evidence(span_day.isoformat(), history_days)
-    store = open_metadata(metadata_path)
+    store = open_metadata(metadata)
     if store is not None and history_days > 0:
         first = (span_day - dt.timedelta(days=history_days)).isoformat()
         verdicts = _newest_drift_verdicts(store, first, span_day.isoformat())

@@ -50,9 +50,19 @@ def project_config(args):
 
 
 def require_metadata(config):
+    """The config, once its ML Metadata store exists (a SQLite file; a server is asked when used)."""
     if config.metadata.is_sqlite and not Path(config.metadata.sqlite_path).exists():
         raise ConfigError(f"no ML Metadata store at {config.metadata.sqlite_path}", "run the pipeline first: `make run`")
     return config
+
+
+def has_metadata(config) -> bool:
+    """Whether the home's ML Metadata store holds a schema yet (False: nothing was ever recorded)."""
+    if config.metadata.is_sqlite:
+        return Path(config.metadata.sqlite_path).exists()
+    from pipelines.mlmd_store import info
+
+    return info(config.metadata).schema_version is not None
 
 
 def _beam(args, data_root, span_date) -> dict:
@@ -61,12 +71,21 @@ def _beam(args, data_root, span_date) -> dict:
 
     from pipelines.config import AUTO, beam_mode_for
 
+    import shlex
+
+    from pipelines.config import BEAM_ARGS_ENV
+
     mode = getattr(args, "beam_mode", AUTO)
     workers = getattr(args, "beam_workers", 0) or 0
     if mode == AUTO:
         mode, auto_workers = beam_mode_for(data_root, span_date)
         workers = workers or auto_workers
-    return {"beam_mode": mode, "beam_workers": workers or os.cpu_count() or 1}
+    extra = (*shlex.split(os.environ.get(BEAM_ARGS_ENV, "")), *(getattr(args, "beam_arg", None) or ()))
+    malformed = [arg for arg in extra if not arg.startswith("--")]
+    if malformed:
+        raise ConfigError(f"Beam pipeline arguments must look like --name=value, not {malformed[0]!r}",
+                          f"fix ${BEAM_ARGS_ENV} or --beam-arg (e.g. --beam-arg=--runner=FlinkRunner)")
+    return {"beam_mode": mode, "beam_workers": workers or os.cpu_count() or 1, "extra_beam_args": tuple(extra)}
 
 
 def pipeline_config(args):
@@ -162,6 +181,9 @@ def add_beam_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--beam-workers", type=non_negative, default=0, metavar="N",
                         help="workers of the multi_processing/multi_threading modes (default: 0 = one per core)")
+    parser.add_argument("--beam-arg", action="append", metavar="--NAME=VALUE",
+                        help="one more Beam pipeline argument for every Beam node, e.g. --beam-arg=--runner=FlinkRunner "
+                             "(repeatable; added after $MLOPS_BEAM_ARGS; docs/scale-out.md shows cluster runners)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

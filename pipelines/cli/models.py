@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Set
 
-from pipelines.cli.common import project_config, project_paths, project_serving
+from pipelines.cli.common import has_metadata, project_config, project_paths, project_serving
 from pipelines.errors import ConfigError
 
 def cmd_models_list(args) -> int:
@@ -31,7 +31,7 @@ def cmd_models_list(args) -> int:
         loaded = serving.loaded(on_disk)
         how = serving.describe()
     served = loaded[-1] if loaded else None
-    pushes = list_pushes(config.metadata.to_proto()) if Path(config.metadata.sqlite_path).exists() else []
+    pushes = list_pushes(config.metadata.to_proto()) if has_metadata(config) else []
     # A version directory no push explains (copied in by hand, or its ML Metadata store replaced):
     # the server serves it all the same, so it is listed rather than silently left out.
     recorded = {push.version for push in pushes}

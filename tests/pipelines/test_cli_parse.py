@@ -9,8 +9,8 @@ from pipelines import cli
 from pipelines.cli import docs
 from pipelines.worker.server import load_entry
 
-GROUPS = ("data", "validate", "run", "summary", "node", "worker", "dags", "airflow", "monitoring", "rollback", "models",
-          "lineage", "serve", "schema", "docs")
+GROUPS = ("data", "validate", "run", "summary", "node", "worker", "dags", "airflow", "compile", "monitoring", "rollback",
+          "models", "lineage", "metadata", "serve", "schema", "docs")
 
 
 def run(capsys, *argv: str):
