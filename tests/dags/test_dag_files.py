@@ -250,3 +250,37 @@ def test_the_dags_take_the_exit_codes_not_to_retry_from_the_cli_through_the_mani
     assert seen["codes"] == {str(code): why for code, why in NO_RETRY_EXIT_CODES.items()}
     # .airflowignore keeps the parser away from the shared module: it is not a DAG file.
     assert seen["parsed"] == ["model_rollback.py", "nightly_retrain.py"]
+
+
+def test_tasks_take_the_ml_metadata_store_from_an_airflow_connection(airflow_python, tmp_path):
+    # MLOPS_MLMD_CONN_ID: every task that runs `mlops` gets MLOPS_MLMD and MLOPS_MLMD_PASSWORD from the
+    # connection when it runs; the DAG files and the rendered commands never hold the password.
+    out = airflow_python(
+        f"""
+        import json
+        from airflow.dag_processing.dagbag import DagBag
+        from airflow.sdk.exceptions import AirflowFailException
+        bag = DagBag(dag_folder={str(REPO / 'dags')!r})
+        envs, commands = {{}}, []
+        for dag in bag.dags.values():
+            for task in dag.tasks:
+                commands.append(task.bash_command)
+                envs[f"{{dag.dag_id}}.{{task.task_id}}"] = {{k: v for k, v in task.get_env({{}}).items()
+                                                          if k in ("MLOPS_MLMD", "MLOPS_MLMD_PASSWORD")}}
+        import mlops_common
+        try:
+            mlops_common.mlmd_environ("no_such_connection")
+            missing = ""
+        except AirflowFailException as err:
+            missing = str(err)
+        print(json.dumps({{"envs": envs, "commands": commands, "missing": missing}}))
+        """,
+        tmp_path,
+        MLOPS_MLMD_CONN_ID="mlops_mlmd",
+        AIRFLOW_CONN_MLOPS_MLMD="mysql://mlmd:s3cret-pw@db.example:3307/lineage",
+    )
+    expected = {"MLOPS_MLMD": "mysql://mlmd@db.example:3307/lineage", "MLOPS_MLMD_PASSWORD": "s3cret-pw"}
+    assert len(out["envs"]) >= len(MANIFEST["nodes"]) + 2  # every node, the report task, the rollback
+    assert all(env == expected for env in out["envs"].values()), out["envs"]
+    assert not any("s3cret-pw" in command for command in out["commands"])
+    assert "airflow connections add no_such_connection --conn-type mysql" in out["missing"]
