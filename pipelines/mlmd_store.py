@@ -29,6 +29,9 @@ TABLES = ("Type", "TypeProperty", "ParentType", "Artifact", "ArtifactProperty", 
 TYPE_TABLES = ("Type", "TypeProperty", "ParentType")
 SCHEMA_TABLE = "MLMDEnv"
 BATCH_ROWS = 2000
+# MySQL's server-wide named lock around creating the schema of an empty store (ensure_schema).
+INIT_LOCK = "mlops_mlmd_init"
+INIT_LOCK_SECONDS = 120
 COUNTED = (("types", "Type"), ("artifacts", "Artifact"), ("executions", "Execution"), ("contexts", "Context"),
            ("events", "Event"))
 
@@ -146,10 +149,6 @@ def init(metadata: MetadataConfig) -> dict:
         raise ConfigError(f"ML Metadata at {metadata.url} still has no schema after init",
                           "check the database user may create tables")
     return {"url": metadata.url, "schema_version": after, "before": before}
-
-
-INIT_LOCK = "mlops_mlmd_init"
-INIT_LOCK_SECONDS = 120
 
 
 def ensure_schema(metadata: MetadataConfig) -> None:
