@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import db_servers
+from tests import prepared
 from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, VENV_PYTHON, make_home, mlops
 
 LENIENT = ("--auc-floor", "0.0", "--min-improvement", "-1.0", "--slice-margin", "1.0", "--train-steps", "40")
@@ -52,8 +53,8 @@ def _concurrent_roots(home: Path, env: dict) -> list:
     return [(node, process.wait(timeout=600), process.stdout.read()) for node, process in zip(ROOTS, started)]
 
 
-@pytest.fixture(scope="module")
-def mysql_history(tmp_path_factory):
+@prepared.setup("mysql_history", lane="pipelines")  # beside the other shared setups (tests/prepared.py)
+def _mysql_history(tmp_path_factory) -> dict:
     on_sqlite = make_home(tmp_path_factory.mktemp("mlmd-sqlite"))
     on_mysql = make_home(tmp_path_factory.mktemp("mlmd-mysql"))
     try:
@@ -61,12 +62,26 @@ def mysql_history(tmp_path_factory):
         roots = _concurrent_roots(on_mysql, env)
         out = {"sqlite_home": on_sqlite, "mysql_home": on_mysql, "mysql_env": env, "roots": roots,
                "sqlite": _sequence(on_sqlite, {}), "mysql": _sequence(on_mysql, env)}
-        for home in (on_sqlite, on_mysql):
-            mlops(home, "worker", "stop", check=False)
+    except BaseException:
+        _stop(on_sqlite, on_mysql)
+        raise
+    for home in (on_sqlite, on_mysql):
+        mlops(home, "worker", "stop", check=False)
+    return out
+
+
+def _stop(*homes: Path) -> None:
+    for home in homes:
+        db_servers.stop(home, emit=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def mysql_history(request):
+    out = prepared.result(request, "mysql_history")
+    try:
         yield out
-    finally:
-        for home in (on_sqlite, on_mysql):
-            db_servers.stop(home, emit=lambda line: None)
+    finally:  # the MariaDB servers the setup and the tests started
+        _stop(out["sqlite_home"], out["mysql_home"])
 
 
 def _shape(listed: list) -> list:
