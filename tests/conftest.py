@@ -53,13 +53,13 @@ FIXTURE_MARKERS: Dict[str, Tuple[str, ...]] = {
     "airflow_python": ("airflow",),  # runs code with .venv-airflow's Python (tests/dags)
     # shared sequences of real runs (each module says what it runs)
     "runs": ("pipeline",),  # tests/e2e/conftest.py: 5 `mlops run`s of two spans
-    "gated": ("pipeline",),
-    "windowed": ("pipeline",),  # tests/e2e/test_window.py: nights over a rolling window of spans  # tests/e2e/test_data_gates.py: one good run, then a run per fault kind
+    "gated": ("pipeline",),  # tests/e2e/test_data_gates.py: one good run, then a run per fault kind
+    "windowed": ("pipeline",),  # tests/e2e/test_window.py: nights over a rolling window of spans
     "nightly": ("pipeline", "airflow"),  # tests/e2e/test_airflow_nightly.py: `airflow dags test` runs
     "airflow_services": ("pipeline", "airflow"),  # tests/e2e/test_airflow_ui.py: `make up`, a backfill
     "airflow_postgres": ("pipeline", "airflow"),  # tests/e2e/test_airflow_postgres.py: `up --backend postgres`, a run
-    "taxi_model": ("pipeline",),
-    "mysql_history": ("pipeline",),  # tests/e2e/test_mlmd_mysql.py: runs and rollbacks on SQLite and MariaDB  # tests/serving/conftest.py: the model a pipeline run pushed
+    "taxi_model": ("pipeline",),  # tests/serving/conftest.py: the model a pipeline run pushed
+    "mysql_history": ("pipeline",),  # tests/e2e/test_mlmd_mysql.py: runs and rollbacks on SQLite and MariaDB
     "chromium": ("browser",),  # tests/e2e/conftest.py: headless Chromium via chromedriver
 }
 MARKERS = ("pipeline", "airflow", "browser")
