@@ -1,7 +1,8 @@
 """The model server `make up` starts beside Airflow: `mlops serve` for the home, in the background.
 
 REST on 127.0.0.1:8501 and gRPC on 127.0.0.1:8500 ($MLOPS_SERVING_REST_PORT /
-$MLOPS_SERVING_GRPC_PORT override), base path <home>/serving/models/taxi, and
+$MLOPS_SERVING_GRPC_PORT override; $MLOPS_SERVING_WORKERS=N: N worker processes, serving/supervisor.py),
+base path <home>/serving/models/taxi, and
 <home>/serving/models.config whenever it exists. With no model pushed yet it serves nothing
 (status 404) and picks up the first version the Pusher writes. It is recorded as the home's model
 server (serving/home.py) so that `make status`, `make down` and rollbacks find it.
@@ -32,6 +33,15 @@ def serving_ports() -> tuple:
             int(os.environ.get("MLOPS_SERVING_GRPC_PORT") or SERVING_GRPC_PORT))
 
 
+def serving_workers() -> int:
+    """Worker processes of the model server `up` starts (`mlops serve --workers`; 1: a single process)."""
+    value = os.environ.get("MLOPS_SERVING_WORKERS") or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"MLOPS_SERVING_WORKERS={value!r} is not a number of processes",
+                          "set it to 1 or more (or unset it: one process)")
+    return int(value)
+
+
 def log_file(home: Path) -> Path:
     return Path(home) / "var" / "log" / f"{MODEL_SERVER}.log"
 
@@ -48,6 +58,7 @@ def start(home: Path, emit: Callable[[str], None]) -> Optional[int]:
     if pid:
         return pid
     rest_port, grpc_port = serving_ports()
+    workers = serving_workers()
     for port in (rest_port, grpc_port):
         if not port_free(port):
             raise ConfigError(f"model server port {port} on {HOST} is already in use",
@@ -62,6 +73,8 @@ def start(home: Path, emit: Callable[[str], None]) -> Optional[int]:
     base = home / "serving" / "models" / MODEL_NAME
     cmd = [str(Path(sys.executable).parent / "mlops"), "--home", str(home), "serve",
            "--model-name", MODEL_NAME, "--host", HOST, "--rest-port", str(rest_port), "--grpc-port", str(grpc_port)]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     home_record.run_dir(home).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
     pid = spawn_logged(cmd, log_file(home), f"mlops airflow up: {MODEL_SERVER}", home, env)

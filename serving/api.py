@@ -60,8 +60,10 @@ def default_concurrency() -> int:
 
 
 class Api:
-    def __init__(self, registry: Registry, max_concurrent: int = 0):
+    def __init__(self, registry: Registry, max_concurrent: int = 0, status_view=None):
         self.registry = registry
+        # One of several workers answers for the whole server (serving/worker_state.py ServerWideStatus).
+        self.status_view = status_view
         # At most this many requests run inference (JSON -> tensors -> model -> JSON) at once; the
         # others wait without holding the GIL. More only queue on the GIL and starve the watcher
         # thread that loads a new version. Measured with 8 saturating clients on 2 cores: loading a
@@ -104,6 +106,8 @@ class Api:
         return self.registry.get(name).resolve(version, label)
 
     def statuses(self, name: str, version: Optional[int], label: Optional[str]) -> List[VersionStatus]:
+        if self.status_view is not None:
+            return self.status_view(name, version, label)
         return self.registry.get(name).status_of(version, label)
 
     # -- inference ---------------------------------------------------------------------------

@@ -232,13 +232,15 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                       "config reloads come from the models.config file (edit it; the server rereads it)")
 
 
-def make_grpc_server(api: Api, metrics, address: str, max_message_bytes: int, workers: int = 8):
+def make_grpc_server(api: Api, metrics, address: str, max_message_bytes: int, workers: int = 8,
+                     reuse_port: bool = False):
+    """`reuse_port`: SO_REUSEPORT, so that the worker processes of `mlops serve --workers N` share the port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max(max_message_bytes, 64 << 20)),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
         maximum_concurrent_rpcs=256,
     )

@@ -10,11 +10,19 @@
 | mlops_serving_model_loads_total | counter | model |
 | mlops_serving_model_load_seconds | histogram | model |
 | mlops_serving_batch_requests | histogram | model: requests (REST and gRPC alike) answered by one model call |
+
+With `mlops serve --workers N` every worker counts in prometheus_client's multiprocess mode (one
+file per worker and kind in the server's metrics directory) and a scrape, whichever worker answers
+it, sums the counters and histograms of all of them, dead ones included, so totals never go back.
+The two gauges are per live worker: `loaded_version` the smallest (the newest version every worker
+serves), `loaded_versions` the largest.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -25,8 +33,11 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class ServingMetrics:
-    def __init__(self, known_models=()):
+    def __init__(self, known_models=(), multiprocess_dir: Optional[Path] = None):
         disable_created_metrics()  # no `*_created` series: half the exposition, no information we need
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            use_multiprocess_mode(multiprocess_dir)
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "mlops_serving_requests", "Model server requests by model, version, method and status code",
@@ -38,11 +49,11 @@ class ServingMetrics:
         )
         self.loaded_version = Gauge(
             "mlops_serving_loaded_version", "Newest loaded version of the model (0: none)", ("model",),
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livemin",
         )
         self.loaded_versions = Gauge(
             "mlops_serving_loaded_versions", "Number of loaded versions of the model", ("model",),
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livemax",
         )
         self.load_failures = Counter(
             "mlops_serving_model_load_failures", "Model versions that failed to load", ("model",),
@@ -108,4 +119,30 @@ class ServingMetrics:
         self.batch_requests.labels(model).observe(requests)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        every_worker = CollectorRegistry()
+        MultiProcessCollector(every_worker, path=str(self.multiprocess_dir))
+        return generate_latest(every_worker)
+
+
+def use_multiprocess_mode(directory: Path) -> None:
+    """Makes this process's metrics values live in `directory` (a worker of `mlops serve --workers N`).
+
+    prometheus_client picks its value class when it is first imported, from $PROMETHEUS_MULTIPROC_DIR,
+    which its value files also read: set both (a worker is a process of its own; the parent never
+    counts anything)."""
+    from prometheus_client import values
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()
+
+
+def mark_worker_dead(directory: Path, pid: int) -> None:
+    """The parent, when a worker has exited: its live gauges stop counting (its counters stay)."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(pid, str(directory))

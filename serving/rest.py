@@ -232,7 +232,7 @@ class Handler(BaseHTTPRequestHandler):
                  extra: str = "") -> None:
         head = (
             f"HTTP/1.1 {code} {_REASONS.get(code, '')}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}{self.server.identity_header}"
             + ("Connection: close\r\n" if self.close_connection else "")
             + "\r\n"
         )
@@ -407,8 +407,12 @@ class RestServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address, api: Api, metrics, max_body_bytes: int, request_timeout: float,
-                 max_connections: int = 256):
+                 max_connections: int = 256, reuse_port: bool = False, worker_id: str = ""):
         self.api, self.metrics = api, metrics
+        # The workers of `mlops serve --workers N` share the port (the kernel spreads the connections)
+        # and name themselves in every answer.
+        self.reuse_port = reuse_port
+        self.identity_header = f"X-Mlops-Worker: {worker_id}\r\n" if worker_id else ""
         self.max_body_bytes, self.request_timeout = max_body_bytes, request_timeout
         self.max_connections = max_connections
         self.draining = False
@@ -421,6 +425,8 @@ class RestServer(ThreadingHTTPServer):
         # HTTPServer.server_bind calls socket.getfqdn(), which can block on DNS for seconds.
         import socketserver
 
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         socketserver.TCPServer.server_bind(self)
         host, port = self.server_address[:2]
         self.server_name, self.server_port = host, port

@@ -3,6 +3,9 @@
 Start-up order: bind the REST and gRPC ports (answers 503 while nothing is loaded), start the
 watcher thread (loads the newest version), then wait for SIGTERM/SIGINT. On a signal: stop
 accepting connections, let in-flight requests finish (up to --grace-seconds), exit 0.
+
+With `--workers N` (N > 1) `mlops serve` runs serving/supervisor.py instead, the supervising parent;
+each of its N forked workers runs `run_worker`: a ModelServer that loads before it binds.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 log = logging.getLogger("serving")
 
@@ -49,13 +52,18 @@ class ServerOptions:
     tensorflow_inter_op_parallelism: int = 0  # 0: TensorFlow's choice (one thread per core)
     tensorflow_intra_op_parallelism: int = 0
     single_threaded_executor: bool = True  # when warm-up shows a signature answers the same with it
+    workers: int = 1  # >1: that many server processes share the ports (serving/supervisor.py)
 
 
-def setup_logging() -> None:
+def setup_logging(who: str = "serving") -> None:
+    """Log lines on stderr; `who` names the process (the workers of `--workers N` say which one they are)."""
+    formatter = logging.Formatter(f"%(asctime)s %(levelname)s {who}: %(message)s")
     if getattr(log, "_mlops_configured", False):
+        for handler in log.handlers:
+            handler.setFormatter(formatter)
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s serving: %(message)s"))
+    handler.setFormatter(formatter)
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -79,22 +87,34 @@ def default_models(options: ServerOptions):
 
 
 class ModelServer:
-    """REST server + gRPC server + model watcher, started and stopped together."""
+    """REST server + gRPC server + model watcher, started and stopped together.
 
-    def __init__(self, options: ServerOptions, configs=None):
+    `worker`: this is one of the processes of `mlops serve --workers N` (serving/supervisor.py): it
+    shares the ports (SO_REUSEPORT), counts metrics for the whole server, publishes its versions and
+    answers model status for all workers (serving/worker_state.py), and loads before it listens."""
+
+    def __init__(self, options: ServerOptions, configs=None, worker=None):
         from serving.api import Api
         from serving.metrics import ServingMetrics
         from serving.store import Registry, version_stamp
 
-        self.options = options
+        self.options, self.worker = options, worker
         configs = model_configs(options) if configs is None else configs
-        self.metrics = ServingMetrics(c.name for c in configs)
+        from serving.worker_state import ServerWideStatus, StateWriter, metrics_dir
+
+        self._state = StateWriter(worker.directory, worker.index) if worker is not None else None
+        self.metrics = ServingMetrics((c.name for c in configs),
+                                      multiprocess_dir=metrics_dir(worker.directory) if worker else None)
         self.registry = Registry(
             configs, loader=self._load, stamp=version_stamp, config_path=options.model_config_file,
             home=options.home, poll_seconds=options.poll_seconds, metrics=self.metrics,
             fallback=default_models(options) if options.follow_home_config else None,
+            on_poll=self._publish if worker is not None else None,
         )
-        self.api = Api(self.registry, options.max_concurrent_requests)
+        # A worker answers model status for all of them (serving/worker_state.py).
+        self.api = Api(self.registry, options.max_concurrent_requests,
+                       ServerWideStatus(self.registry, worker.directory) if worker is not None else None)
+        self._listening = False
         self.rest = None
         self.grpc = None
         self.rest_port = self.grpc_port = 0
@@ -111,13 +131,29 @@ class ModelServer:
                             on_batch=lambda requests: self.metrics.batch_ran(model_name, requests))
         return servable
 
+    def _publish(self) -> None:
+        """A worker's versions, for its siblings' status answers and the parent (after every scan)."""
+        self._state.write(self.registry, self._listening)
+
     def start(self) -> None:
-        opts = self.options
+        opts, worker = self.options, self.worker
+        if worker is not None:
+            # Load first: the kernel hands every listening worker its share of new connections, and
+            # a worker restarted beside serving siblings would answer its share 503 while it loads.
+            self._publish()
+            self.registry.poll_once()
+            self.registry.poll_once()  # a version pushed during the first load: loaded before listening too
+            from serving.worker_state import memory_of, mib
+
+            rss, private = memory_of(os.getpid())
+            log.info("worker %d of %d: memory with the model(s) loaded: RSS %s, private %s", worker.index,
+                     worker.count, mib(rss), mib(private))
         if opts.rest_port:
             from serving.rest import RestServer
 
             self.rest = RestServer((opts.host, opts.rest_port), self.api, self.metrics, opts.max_body_bytes,
-                                   opts.request_timeout, opts.max_connections)
+                                   opts.request_timeout, opts.max_connections, reuse_port=worker is not None,
+                                   worker_id=str(os.getpid()) if worker is not None else "")
             self.rest_port = self.rest.server_address[1]
             self._rest_thread = threading.Thread(
                 target=self.rest.serve_forever, kwargs={"poll_interval": 0.2}, name="rest-accept", daemon=True
@@ -128,9 +164,13 @@ class ModelServer:
 
             host = f"[{opts.host}]" if ":" in opts.host else opts.host
             self.grpc, self.grpc_port = make_grpc_server(
-                self.api, self.metrics, f"{host}:{opts.grpc_port}", opts.max_body_bytes, opts.grpc_workers
+                self.api, self.metrics, f"{host}:{opts.grpc_port}", opts.max_body_bytes, opts.grpc_workers,
+                reuse_port=worker is not None,
             )
             self.grpc.start()
+        if worker is not None:
+            self._listening = True
+            self._publish()
         if opts.follow_home_config:
             log.info("following %s (%s; reread when it is written, changed or removed)", opts.model_config_file,
                      "in force" if opts.model_config_file.is_file() else "absent: the defaults serve")
@@ -177,11 +217,8 @@ def configure_tensorflow_threads(options: ServerOptions) -> str:
     return f"inter-op {inter or 'auto'}, intra-op {intra or 'auto'}"
 
 
-def run(options: ServerOptions) -> int:
-    setup_logging()
-    configs = model_configs(options)  # a broken models.config fails here, before TensorFlow is imported
-    log.info("TensorFlow threads: %s", configure_tensorflow_threads(options))
-    server = ModelServer(options, configs)
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets (logged once)."""
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -192,8 +229,18 @@ def run(options: ServerOptions) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def run(options: ServerOptions) -> int:
+    setup_logging()
+    configs = model_configs(options)  # a broken models.config fails here, before TensorFlow is imported
+    log.info("TensorFlow threads: %s", configure_tensorflow_threads(options))
+    server = ModelServer(options, configs)
+    stop = stop_on_signals()
     server.start()
-    registration = HomeRegistration(options, server)
+    registration = HomeRegistration(options, server.rest_port, server.grpc_port,
+                                    lambda: [store.config.base_path for store in list(server.registry.models.values())])
     try:
         registration.update()
         while not stop.wait(1.0):
@@ -201,6 +248,22 @@ def run(options: ServerOptions) -> int:
         server.stop()
     finally:
         registration.forget()
+    return 0
+
+
+def run_worker(options: ServerOptions, worker) -> int:
+    """One worker process of `mlops serve --workers N`, forked by serving/supervisor.py (`worker`: its
+    serving.worker_state.WorkerRole). The parent keeps the home's record; a worker stops with it."""
+    setup_logging(f"serving[worker {worker.index} pid {os.getpid()}]")
+    log.info("TensorFlow threads: %s", configure_tensorflow_threads(options))
+    server = ModelServer(options, worker=worker)
+    stop = stop_on_signals()
+    server.start()
+    while not stop.wait(1.0):
+        if os.getppid() != worker.parent_pid:  # the parent was killed (SIGKILL): no orphans
+            log.warning("the parent process %d is gone: stopping", worker.parent_pid)
+            break
+    server.stop()
     return 0
 
 
@@ -214,10 +277,11 @@ class HomeRegistration:
     drops (or brings back) the home's directory, or the registered server stopping, takes effect
     while this one runs. Logs only the changes."""
 
-    def __init__(self, options: ServerOptions, server: ModelServer):
+    def __init__(self, options: ServerOptions, rest_port: int, grpc_port: int, served_bases: Callable[[], List[Path]]):
         from serving.home import model_dir
 
-        self.options, self.server = options, server
+        self.options, self.rest_port, self.grpc_port = options, rest_port, grpc_port
+        self.served_bases = served_bases  # the base paths of the models the server serves now
         self.pusher_dir = model_dir(options.home).resolve()
         self._said: Optional[str] = None  # the last state logged
         self._self_registered = False  # this process wrote the record as a hand-started server
@@ -242,8 +306,8 @@ class HomeRegistration:
         from serving.home import (HOST, STARTED_BY_HAND, STARTED_BY_UP, record_model_server, running_model_server,
                                   running_pid, unregister_model_server)
 
-        home, pid, server = self.options.home, os.getpid(), self.server
-        bases = [store.config.base_path.resolve() for store in list(server.registry.models.values())]
+        home, pid = self.options.home, os.getpid()
+        bases = [base.resolve() for base in self.served_bases()]
         serves_home = self.pusher_dir in bases
         recorded = running_pid(home)
         if recorded == pid:
@@ -262,10 +326,10 @@ class HomeRegistration:
             config = self.options.model_config_file
             if base is not None and (current is None or current.base_path.resolve() != base
                                      or current.config_file != (Path(config) if config else None)
-                                     or current.rest_url != f"http://{HOST}:{server.rest_port}"):
+                                     or current.rest_url != f"http://{HOST}:{self.rest_port}"):
                 # `make up` recorded this server for the home's directory, but its models.config serves
                 # others: the record says what it serves, so that no rollback waits for it in vain.
-                record_model_server(home, pid, server.rest_port, server.grpc_port, base,
+                record_model_server(home, pid, self.rest_port, self.grpc_port, base,
                                     self.options.model_config_file, STARTED_BY_UP if by_up else STARTED_BY_HAND)
             if serves_home:
                 self._say("registered", logging.INFO,
@@ -279,7 +343,7 @@ class HomeRegistration:
         if not serves_home:
             self._say("other", logging.DEBUG, "does not serve the home's model directory %s", self.pusher_dir)
             return
-        if not server.rest_port:
+        if not self.rest_port:
             self._say("no-rest", logging.INFO,
                       "serves the home's model directory but has no REST port, so it is not the home's model "
                       "server: `mlops rollback` and `make status` ask that one over REST (add --rest-port)")
@@ -290,7 +354,7 @@ class HomeRegistration:
                       "not this home's registered model server: pid %d is (`make status` shows it); rollbacks "
                       "wait for that one, and this one takes over if it stops", recorded)
             return
-        record_model_server(home, pid, server.rest_port, server.grpc_port, self.pusher_dir,
+        record_model_server(home, pid, self.rest_port, self.grpc_port, self.pusher_dir,
                             self.options.model_config_file, STARTED_BY_HAND)
         self._self_registered = True
         self._say("registered", logging.INFO,
@@ -305,4 +369,4 @@ class HomeRegistration:
             unregister_model_server(self.options.home, os.getpid())
 
 
-__all__: List[str] = ["ModelServer", "ServerOptions", "run"]
+__all__: List[str] = ["ModelServer", "ServerOptions", "run", "run_worker"]

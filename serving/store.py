@@ -227,8 +227,10 @@ class Registry:
 
     def __init__(self, configs: List[ModelConfig], loader: Callable, stamp: Callable,
                  config_path: Optional[Path] = None, home: Optional[Path] = None,
-                 poll_seconds: float = 1.0, metrics=None, fallback: Optional[List[ModelConfig]] = None):
+                 poll_seconds: float = 1.0, metrics=None, fallback: Optional[List[ModelConfig]] = None,
+                 on_poll: Optional[Callable[[], None]] = None):
         self._loader, self._stamp, self._metrics = loader, stamp, metrics
+        self._on_poll = on_poll  # after every scan (a worker of several publishes its versions there)
         self.config_path, self.home = config_path, home
         # What serves while `config_path` does not exist (the home's default models.config, which
         # may be written, edited and removed while the server runs); None: a missing file is an error.
@@ -285,6 +287,11 @@ class Registry:
                 store.poll(self._stop)
             except Exception:  # noqa: BLE001 -- the watcher must survive anything on disk
                 log.exception("model %s: scan failed; will retry", store.name)
+        if self._on_poll is not None:
+            try:
+                self._on_poll()
+            except Exception:  # noqa: BLE001 -- e.g. a full disk: serving goes on, the next scan retries
+                log.exception("after a scan: could not publish this worker's versions; will retry")
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -35,7 +35,7 @@ def options_from_args(args):
         num_batch_threads=args.num_batch_threads,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
-        single_threaded_executor=args.single_threaded_executor,
+        single_threaded_executor=args.single_threaded_executor, workers=args.workers,
     )
 
 
@@ -60,6 +60,10 @@ def _add_arguments(parser) -> None:
                         help="largest request body; larger ones get 413 (default: 8 MiB)")
     parser.add_argument("--request-timeout", type=float, default=server_defaults.DEFAULT_REQUEST_TIMEOUT,
                         help="seconds to receive a request (and idle keep-alive limit) (default: 30)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the REST and gRPC ports (SO_REUSEPORT), each with its own "
+                             "copy of the models, under one supervising parent that restarts a worker that dies "
+                             "(default: 1, a single process; more than the CPU cores only adds memory)")
     parser.add_argument("--grace-seconds", type=float, default=10.0,
                         help="on SIGTERM, how long in-flight requests may take to finish (default: 10)")
     parser.add_argument("--max-concurrent-requests", type=int, default=0,
@@ -87,12 +91,13 @@ def _add_arguments(parser) -> None:
 
 
 def cmd_serve(args) -> int:
+    from serving import server, supervisor
     from serving.config import ConfigFileError
-    from serving.server import run
 
     if not args.rest_port and not args.grpc_port:
         raise ConfigError("both --rest-port and --grpc-port are 0", "enable at least one of them")
-    for flag, value, least in (("--max-batch-size", args.max_batch_size, 1),
+    for flag, value, least in (("--workers", args.workers, 1),
+                               ("--max-batch-size", args.max_batch_size, 1),
                                ("--num-batch-threads", args.num_batch_threads, 1),
                                ("--tensorflow-inter-op-parallelism", args.tensorflow_inter_op_parallelism, 0),
                                ("--tensorflow-intra-op-parallelism", args.tensorflow_intra_op_parallelism, 0)):
@@ -101,7 +106,7 @@ def cmd_serve(args) -> int:
                               f"pass {flag} {least} or more" + (" (0: TensorFlow's choice)" if least == 0 else ""))
     try:
         options = options_from_args(args)
-        code = run(options)
+        code = (supervisor.run if options.workers > 1 else server.run)(options)
     except ConfigFileError as err:
         raise ConfigError(str(err), "fix the models.config file (TF Serving's ModelServerConfig text format)") from err
     except OSError as err:
