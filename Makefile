@@ -11,6 +11,9 @@ VENV := .venv
 AIRFLOW_VENV := .venv-airflow
 TFX_STAMP := $(VENV)/.built
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.built
+KSERVE_VENV := .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.built
+PEERS_STAMP := $(VENV)/.bench-peers
 AIRFLOW_VERSION := 3.3.2
 # pip prints a warning per package for find-links folders that do not exist on this machine.
 # The braces keep grep's "nothing left" from failing the step while pipefail still reports pip's own failure.
@@ -64,8 +67,32 @@ test-fast: $(TFX_STAMP) monitoring servers  ## the tests that run no pipeline, n
 
 BENCHES ?= pipeline_vs_stock airflow_overhead serving_latency validation_throughput alert_loop lineage_query
 
-bench: $(TFX_STAMP) $(AIRFLOW_STAMP) /usr/bin/h2load  ## benchmarks side by side with baselines (BENCHES="..." picks); writes bench/RESULTS.md
+# bench/serving_latency.py's peers (issue 25): FastAPI + uvicorn in .venv (bench/requirements-peers.txt, under the TFX
+# constraints: nothing pinned moves), KServe in its own .venv-kserve (no kserve release resolves inside them). A KServe
+# environment that fails to build does not stop the benchmarks: the serving benchmark runs without that peer and
+# writes why (the failing line of .venv-kserve/build.log) into bench/RESULTS.md.
+bench: $(TFX_STAMP) $(AIRFLOW_STAMP) $(PEERS_STAMP) /usr/bin/h2load  ## benchmarks side by side with baselines (BENCHES="..." picks); writes bench/RESULTS.md
+	$(MAKE) --no-print-directory $(KSERVE_STAMP) || echo "warning: $(KSERVE_VENV) was not built (log: $(KSERVE_VENV)/build.log); bench/serving_latency.py runs without the KServe peer and says why" >&2
 	for name in $(BENCHES); do $(VENV)/bin/python bench/$$name.py; done
+
+$(PEERS_STAMP): $(TFX_STAMP) bench/requirements-peers.txt
+	$(VENV)/bin/pip install -q -c constraints/tfx-py310.txt -r bench/requirements-peers.txt 2>&1 | $(PIP_FILTER)
+	touch $@
+
+# KServe's Python model server with the TFX environment's TensorFlow (2.16.2, which loads the pushed SavedModel and its
+# tf.Transform graph), on Python 3.11 like .venv-airflow; pins in constraints/kserve-py311.txt. pip's output goes to
+# build.log, which stays when the build fails.
+$(KSERVE_STAMP): constraints/kserve-py311.txt
+	@test -x "$(PY311)" || { echo "error: no Python 3.11 under $(PYENV_ROOT)/versions (install one: pyenv install 3.11)" >&2; exit 1; }
+	@echo "building $(KSERVE_VENV) (KServe + tensorflow-cpu, Python 3.11): 1-2 minutes"
+	rm -rf $(KSERVE_VENV)
+	$(PY311) -m venv $(KSERVE_VENV)
+	{ $(KSERVE_VENV)/bin/pip install -U pip && \
+	  $(KSERVE_VENV)/bin/pip install -c constraints/kserve-py311.txt kserve tensorflow-cpu && \
+	  $(KSERVE_VENV)/bin/python -c "import kserve, tensorflow as tf; print('kserve + tensorflow', tf.__version__, 'ready')"; \
+	} > $(KSERVE_VENV)/build.log 2>&1 || { tail -20 $(KSERVE_VENV)/build.log >&2; exit 1; }
+	tail -1 $(KSERVE_VENV)/build.log
+	touch $@
 
 # Airflow's services for a project home (default: this repository): api-server on
 # 127.0.0.1:$(AIRFLOW_PORT) (default 8080), scheduler, dag-processor, triggerer, plus the model server
@@ -135,4 +162,4 @@ $(SERVER_BINS) &:
 servers: $(SERVER_BINS)  ## MariaDB, PostgreSQL 15 and Redis for make up BACKEND=postgres (apt-get, once)
 
 clean:  ## remove environments and all runtime state (var/, pushed models); keeps data/
-	rm -rf $(VENV) $(AIRFLOW_VENV) var serving/models .pytest_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) $(KSERVE_VENV) var serving/models .pytest_cache

@@ -1,7 +1,7 @@
 """Benchmark (issue 6): the model server's :predict latency and throughput vs the SavedModel called in-process.
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python bench/serving_latency.py [--model-dir DIR | --home HOME]
-        [--requests 1000] [--rounds 5] [--keep]
+        [--requests 1000] [--rounds 5] [--peers fastapi,kserve | none] [--keep]
 
 One run measures every cell of {direct in-process call, REST :predict, gRPC Predict} x {1, 100
 instances per request} x {concurrency 1, 8}: p50/p99 latency per request and throughput. Direct
@@ -28,7 +28,15 @@ at least two pushes; `--model-dir` takes a SavedModel directory (no rollback tim
 Also timed: a new version directory appearing (staged and renamed as the Pusher does) to the
 first answer from it. The client, the server and the direct calls share this machine's cores.
 
-Targets: p50 overhead <= 1 ms over the direct call; throughput >= 0.8x direct at concurrency 8;
+Peers (issue 25; bench/serving_peers.py, bench/peers/): the same SavedModel served by a FastAPI +
+uvicorn app written the usual way and by KServe's Python model server (V1 protocol, in its own
+environment .venv-kserve), each one worker process per core, measured with the same client, the
+same REST bodies and in the same rounds as the "REST" variant. `--peers` picks them (default all);
+one that cannot start is left out, and the output and RESULTS.md say why. The section opens with
+ours vs each peer; targets: our REST throughput >= 1.5x the best peer's at 8 clients, and our p50
+<= the best peer's at 1 client, for 1 and 100 instances.
+
+Targets (issue 6): p50 overhead <= 1 ms over the direct call; throughput >= 0.8x direct at concurrency 8;
 rollback to first answer <= 5 s. A missed target does not fail the benchmark (exit 0); exit 1
 only when a run itself failed. Writes the "Model serving latency (issue 6)" section of
 bench/RESULTS.md.
@@ -64,6 +72,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from common import CHILD_ENV, MLOPS, REPO, log, measure, publish, seed_home  # noqa: E402
+import serving_peers  # noqa: E402
 
 SECTION = "## Model serving latency (issue 6)"
 D1, D2 = dt.date(2026, 11, 20), dt.date(2026, 11, 21)
@@ -216,8 +225,16 @@ def percentile(ordered: list, q: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
+    """CPU time of the process and its live descendants (a peer's worker processes do its work)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root] + root.children(recursive=True):
+        try:
+            times = process.cpu_times()
+        except psutil.Error:  # ended between listing and reading
+            continue
+        total += times.user + times.system
+    return total
 
 
 def run_cell(make_call, concurrency: int, requests: int, server_pid: int = None) -> dict:
@@ -331,7 +348,8 @@ def in_process(model_dir: Path) -> tuple:
     return tf.saved_model.load(str(model_dir)), load_servable("taxi", 0, model_dir).signature("serving_default")
 
 
-def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, echo: EchoServer) -> dict:
+def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, echo: EchoServer,
+             peers: dict) -> dict:
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -402,14 +420,16 @@ def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, ech
             UNBATCHED_GRPC: (lambda: grpc_call(unbatched), unbatched.proc.pid),
             FLOOR_REST: (lambda: rest(echo), echo.proc.pid), FLOOR_GRPC: (lambda: grpc_call(echo), echo.proc.pid),
             DIRECT_FEATURES: (direct_features, None), DIRECT_SERVER_PATH: (direct_server_path, None),
-            REST_FEATURES: (lambda: rest(body=features_body), server.proc.pid)}
+            REST_FEATURES: (lambda: rest(body=features_body), server.proc.pid),
+            # the peers (issue 25): the same client and body as "REST"
+            **{peer.peer.variant: (functools.partial(rest, peer), peer.proc.pid) for peer in peers.values()}}
 
 
 def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: EchoServer, requests: int,
-                  rounds: int) -> list:
+                  rounds: int, peers: dict) -> list:
     rows = []
     for batch in (1, 100):
-        makers = variants(model_dir, server, batch, unbatched, echo)
+        makers = variants(model_dir, server, batch, unbatched, echo, peers)
         n = requests if batch == 1 else max(16, requests // 2)
         for concurrency in (1, 8):
             per_round = {name: [] for name in makers}
@@ -527,7 +547,12 @@ def host_speed(by: dict) -> str:
 
 def render(rows: list, switch: dict, meta: dict) -> str:
     by = {(r["variant"], r["batch"], r["concurrency"]): r for r in rows}
-    lines = [SECTION, "",
+    running, absent, peer_notes = meta["peers"]
+    peer_variants = tuple(serving_peers.PEERS[name].variant for name in running)
+    quoted = " and ".join(f'"{variant}"' for variant in peer_variants)
+    peers_sentence = f' {quoted}: the same requests as "REST" to the peers of the opening table.' if quoted else ""
+    lines = [SECTION, "", *serving_peers.render_opening(by, running, absent, peer_notes, meta["example_ms"]),
+             "### Details", "",
              f"Date: {meta['date']}. Machine: {os.cpu_count()} CPUs (nproc); load average {meta['load0']:.2f} at start, "
              f"{meta['load1']:.2f} at end. Other work may have run on this machine at the same time. "
              f"Model: {meta['model']}. Client threads, the server and the direct calls share the machine's cores, so at "
@@ -556,8 +581,10 @@ def render(rows: list, switch: dict, meta: dict) -> str:
              f"against \"{DIRECT_FEATURES}\". \"{DIRECT_SERVER_PATH}\" calls `serving_default` in-process the way the "
              "server does (below `ConcreteFunction.__call__`, on TensorFlow's single-threaded executor where warm-up "
              "allows): the model's own cost inside the server, for reading the overheads; the targets stay against "
-             "the plain direct call.", "",
-             "CPU columns: CPU time per request of the server process and of the client process (the bench "
+             "the plain direct call."
+             + peers_sentence, "",
+             "CPU columns: CPU time per request of the server process with its child processes (the peers' worker "
+             "processes) and of the client process (the bench "
              "itself: its client threads, or for direct the model calls), from psutil and time.process_time around each cell; "
              f"ceiling = {os.cpu_count()} cores / (server + client CPU per request), the most requests per second this "
              "host could give that variant if nothing else ran and the cores were always busy. CPU time is counted in "
@@ -571,7 +598,8 @@ def render(rows: list, switch: dict, meta: dict) -> str:
     for batch in (1, 100):
         for concurrency in (1, 8):
             for variant in ("direct", "REST", "gRPC", NATIVE_REST, NATIVE_GRPC, UNBATCHED_REST, UNBATCHED_GRPC,
-                            FLOOR_REST, FLOOR_GRPC, DIRECT_FEATURES, REST_FEATURES, DIRECT_SERVER_PATH):
+                            FLOOR_REST, FLOOR_GRPC, DIRECT_FEATURES, REST_FEATURES, DIRECT_SERVER_PATH,
+                            *peer_variants):
                 direct = by[(BASELINE.get(variant, "direct"), batch, concurrency)]
                 r = by[(variant, batch, concurrency)]
                 over = r["p50"] - direct["p50"]
@@ -642,6 +670,21 @@ def render(rows: list, switch: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def start_peer_servers(names: list, model_dir: Path, server: Server, tmp: Path) -> tuple:
+    """The peers serving `model_dir`, each checked against our server's answer to the 1-row body."""
+    body = json.dumps({"instances": [ROW]})
+    conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+    conn.request("POST", "/v1/models/taxi:predict", body, {"Content-Type": "application/json"})
+    expected = json.loads(conn.getresponse().read())["predictions"]
+    conn.close()
+    return serving_peers.start_peers(names, model_dir, tmp, body, expected, free_port)
+
+
+def peer_note(peer: serving_peers.PeerServer) -> str:
+    return (f"{peer.peer.settings}; {serving_peers.versions(peer.peer)}; up (every worker loaded, first answer "
+            f"equal to ours) {peer.ready_seconds:.1f} s after its start")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
@@ -651,7 +694,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (home, logs)")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
+    parser.add_argument("--peers", default=",".join(serving_peers.PEERS),
+                        help="peer servers to measure beside ours, comma-separated (default: all, "
+                             f"{','.join(serving_peers.PEERS)}; `none` for none); one that cannot start is "
+                             "left out and the results say why")
     args = parser.parse_args()
+    peer_names = serving_peers.parse_peers(args.peers)
     if H2LOAD is None:
         raise SystemExit("error: h2load not found, the native load generator of the REST/gRPC native-client rows "
                          "(fix: `make bench` installs it; by hand: apt-get install nghttp2-client)")
@@ -682,11 +730,17 @@ def main() -> int:
     server = Server(home, base, tmp / "server.log")
     unbatched = Server(home, base, tmp / "server-unbatched.log", ("--no-enable-batching",))
     echo = EchoServer(tmp / "echo-server.log")
+    peers = {}
     try:
         server.wait_serving(newest)
         unbatched.wait_serving(newest)
         log(f"server up: REST {server.rest_port}, gRPC {server.grpc_port}, version {newest}")
-        rows = latency_table(model_dir, server, unbatched, echo, args.requests, args.rounds)
+        peers, absent = start_peer_servers(peer_names, model_dir, server, tmp)
+        meta["peers"] = (list(peers), absent, {name: peer_note(peer) for name, peer in peers.items()})
+        meta["example_ms"] = serving_peers.example_building_ms(ROW)
+        rows = latency_table(model_dir, server, unbatched, echo, args.requests, args.rounds, peers)
+        for peer in peers.values():
+            peer.stop()
         unbatched.stop()
         echo.stop()
         switch = switch_times(home, base, model_dir, server, can_rollback, tmp)
@@ -694,6 +748,8 @@ def main() -> int:
         server.stop()
         unbatched.stop()
         echo.stop()
+        for peer in peers.values():
+            peer.stop()
     # The version renamed in by hand is not a push: left behind, the next run on this `--home`
     # would serve it and `mlops rollback --previous` would rightly refuse to guess what it replaced.
     shutil.rmtree(switch["hand_copied"], ignore_errors=True)
