@@ -36,6 +36,14 @@ one that cannot start is left out, and the output and RESULTS.md say why. The se
 ours vs each peer; targets: our REST throughput >= 1.5x the best peer's at 8 clients, and our p50
 <= the best peer's at 1 client, for 1 and 100 instances.
 
+Workers (issue 25): `mlops serve --workers 2` (a parent forking two servers that share the ports
+with SO_REUSEPORT) beside the single process, in the same rounds, with the same Python client and
+requests, over REST and gRPC: throughput and p50/p99 per cell, the ratio 2 workers / 1 (no target:
+on a 2-core host the same cores carry the client), which worker answered (REST's `X-Mlops-Worker`
+header; for gRPC each worker's share of the server CPU), and the memory of the parent and of each
+worker (RSS, PSS and USS from /proc/<pid>/smaps_rollup) with what one more worker adds.
+`--no-workers-compare` leaves it out.
+
 Targets (issue 6): p50 overhead <= 1 ms over the direct call; throughput >= 0.8x direct at concurrency 8;
 rollback to first answer <= 5 s. A missed target does not fail the benchmark (exit 0); exit 1
 only when a run itself failed. Writes the "Model serving latency (issue 6)" section of
@@ -45,6 +53,7 @@ bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import datetime as dt
 import functools
@@ -101,6 +110,17 @@ ROW = dict(pickup_community_area=28, fare=15.25, trip_start_month=9, trip_start_
            trip_start_timestamp=1379414700, pickup_latitude=41.87, pickup_longitude=-87.66, dropoff_latitude=41.92,
            dropoff_longitude=-87.69, trip_miles=1.2, payment_type="Cash", company="Blue Ribbon Taxi",
            trip_seconds=840, dropoff_community_area=22)
+# `mlops serve --workers N` beside the single process (issue 25): its REST and gRPC rows, and the
+# REST response header naming the worker process that answered.
+WORKERS = 2
+REST_WORKERS, GRPC_WORKERS = f"REST, {WORKERS} workers", f"gRPC, {WORKERS} workers"
+# gRPC Python's channels to one address share one TCP connection (its global subchannel pool), so
+# the "gRPC" variant's 8 channels are one connection, which the kernel gives to one worker: the
+# workers' gRPC clients, and the one process's they are compared with, each open their own.
+GRPC_OWN = "gRPC, a connection per client"
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
+WORKERS_OF = {REST_WORKERS: "REST", GRPC_WORKERS: GRPC_OWN}  # its single-process counterpart
+WORKER_HEADER = "X-Mlops-Worker"
 INT_FEATURES = {"pickup_community_area", "trip_start_month", "trip_start_hour", "trip_start_day",
                 "trip_start_timestamp", "trip_seconds", "dropoff_community_area"}
 
@@ -237,6 +257,48 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def children_cpu(pid: int) -> dict:
+    """CPU seconds of each child process of `pid` (a `--workers` server's workers), by pid."""
+    out = {}
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.Error:
+        return out
+    for child in children:
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        out[child.pid] = times.user + times.system
+    return out
+
+
+def memory(pid: int) -> dict:
+    """RSS, PSS and USS (private pages: what no other process maps) of a process, in MiB, from
+    /proc/<pid>/smaps_rollup (None where the kernel does not give it)."""
+    fields = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+                    fields[parts[0][:-1]] = int(parts[1]) / 1024
+    except OSError:
+        return dict(rss=psutil.Process(pid).memory_info().rss / 2**20, pss=None, uss=None)
+    return dict(rss=fields.get("Rss"), pss=fields.get("Pss"),
+                uss=fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0))
+
+
+def server_memory(single: Server, workers: Server) -> dict:
+    """The memory of the single-process server, of the `--workers` parent and of each of its workers,
+    and the workers' own start-up log line with its figures."""
+    out = dict(single=memory(single.proc.pid), parent=memory(workers.proc.pid),
+               workers={child.pid: memory(child.pid) for child in psutil.Process(workers.proc.pid).children()})
+    said = re.findall(r"all \d+ workers listen: .*", workers.log_path.read_text(errors="replace"))
+    out["log_line"] = said[-1].strip() if said else None
+    return out
+
+
 def run_cell(make_call, concurrency: int, requests: int, server_pid: int = None) -> dict:
     """`requests` calls split over `concurrency` threads, each with its own client from `make_call()`.
     Also the CPU seconds the server process (`server_pid`) and this process (the clients; for the
@@ -349,7 +411,9 @@ def in_process(model_dir: Path) -> tuple:
 
 
 def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, echo: EchoServer,
-             peers: dict) -> dict:
+             peers: dict, workers: Server = None, tally: list = None) -> dict:
+    """Every variant's client maker and the pid of the server it talks to. `workers`: the `--workers`
+    server, whose REST clients each append to `tally` a Counter of the workers that answered them."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -389,8 +453,11 @@ def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, ech
                 value.numpy()
         return call
 
-    def rest(target=server, body=body):
+    def rest(target=server, body=body, answered_by=None):
         conn = http.client.HTTPConnection("127.0.0.1", target.rest_port, timeout=30)
+        seen = collections.Counter()  # this connection's own: no lock between the client threads
+        if answered_by is not None:
+            answered_by.append(seen)
 
         def call():
             conn.request("POST", "/v1/models/taxi:predict", body, {"Content-Type": "application/json"})
@@ -398,11 +465,13 @@ def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, ech
             response.read()
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}")
+            if answered_by is not None:
+                seen[response.getheader(WORKER_HEADER, "none")] += 1
         return call
 
-    def grpc_call(target=server):
+    def grpc_call(target=server, options=()):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(
-            grpc.insecure_channel(f"127.0.0.1:{target.grpc_port}"))
+            grpc.insecure_channel(f"127.0.0.1:{target.grpc_port}", options=list(options)))
         return lambda: stub.Predict(request, timeout=30)
 
     grpc_body = request.SerializeToString()
@@ -422,14 +491,34 @@ def variants(model_dir: Path, server: Server, batch: int, unbatched: Server, ech
             DIRECT_FEATURES: (direct_features, None), DIRECT_SERVER_PATH: (direct_server_path, None),
             REST_FEATURES: (lambda: rest(body=features_body), server.proc.pid),
             # the peers (issue 25): the same client and body as "REST"
-            **{peer.peer.variant: (functools.partial(rest, peer), peer.proc.pid) for peer in peers.values()}}
+            **{peer.peer.variant: (functools.partial(rest, peer), peer.proc.pid) for peer in peers.values()},
+            # `mlops serve --workers 2` (issue 25): the same clients and requests as "REST" and "gRPC"
+            **({REST_WORKERS: (lambda: rest(workers, answered_by=tally), workers.proc.pid),
+                GRPC_WORKERS: (lambda: grpc_call(workers, OWN_CONNECTION), workers.proc.pid),
+                GRPC_OWN: (lambda: grpc_call(server, OWN_CONNECTION), server.proc.pid)} if workers is not None else {})}
+
+
+def answered_by_worker(tally: list) -> tuple:
+    """From the Counters of one cell's REST connections to the `--workers` server, emptied after:
+    (requests per worker, connections per worker), each connection's warm-up request left out."""
+    requests, connections = collections.Counter(), collections.Counter()
+    for seen in tally:
+        if not seen:
+            continue
+        first = seen.most_common(1)[0][0]  # a keep-alive connection stays with one worker
+        seen[first] -= 1  # run_cell's warm-up call
+        requests.update(seen)
+        connections[first] += 1
+    tally.clear()
+    return requests, connections
 
 
 def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: EchoServer, requests: int,
-                  rounds: int, peers: dict) -> list:
+                  rounds: int, peers: dict, workers: Server = None) -> list:
     rows = []
+    tally = []  # the `--workers` server's REST connections: which worker answered
     for batch in (1, 100):
-        makers = variants(model_dir, server, batch, unbatched, echo, peers)
+        makers = variants(model_dir, server, batch, unbatched, echo, peers, workers, tally)
         n = requests if batch == 1 else max(16, requests // 2)
         for concurrency in (1, 8):
             per_round = {name: [] for name in makers}
@@ -441,7 +530,14 @@ def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: Echo
                 for name in names[shift:] + names[:shift]:
                     make, pid = makers[name]
                     run = run_native if isinstance(make, NativeLoad) else run_cell
-                    per_round[name].append(run(make, concurrency, max(concurrency, n // rounds), pid))
+                    cpu0 = children_cpu(pid) if name in WORKERS_OF else {}
+                    result = run(make, concurrency, max(concurrency, n // rounds), pid)
+                    if name in WORKERS_OF:
+                        cpu1 = children_cpu(pid)
+                        result["worker_cpu"] = {child: cpu1[child] - cpu0.get(child, 0.0) for child in cpu1}
+                        if name == REST_WORKERS:
+                            result["worker_requests"], result["worker_connections"] = answered_by_worker(tally)
+                    per_round[name].append(result)
             for name, results in per_round.items():
                 done = sum(r["n"] for r in results)
                 sent = done + sum(r["errors"] for r in results)
@@ -455,6 +551,14 @@ def latency_table(model_dir: Path, server: Server, unbatched: Server, echo: Echo
                            # per round, in round order: each round's variants ran seconds apart, so a
                            # variant's round against the direct call's same round cancels slow drifts of the host
                            round_rps=[r["n"] / r["wall"] for r in results], round_p50=[r["p50"] for r in results])
+                if name in WORKERS_OF:  # per worker pid: its CPU seconds, and for REST the requests it answered
+                    row["worker_cpu"] = sum((collections.Counter(r["worker_cpu"]) for r in results),
+                                            collections.Counter())
+                    if name == REST_WORKERS:
+                        row["worker_requests"] = sum((r["worker_requests"] for r in results), collections.Counter())
+                        row["worker_connections"] = [dict(r["worker_connections"]) for r in results]
+                    log(f"batch {batch:3d} x{concurrency} {name:20s} split over the workers: "
+                        + worker_split_text(row))
                 rows.append(row)
                 log(f"batch {batch:3d} x{concurrency} {name:20s} p50 {row['p50']:7.2f} ms  p99 {row['p99']:7.2f} ms  "
                     f"{row['rps']:7.1f} req/s  ({done} requests, {row['errors']} errors)")
@@ -545,6 +649,121 @@ def host_speed(by: dict) -> str:
             f"measured on these machines ({ref[0]} / {ref[1]} ms): compare runs only at a similar host speed.")
 
 
+def worker_pids(row: dict) -> list:
+    """The `--workers` server's worker pids seen in a row, as strings (the header gives them so)."""
+    return sorted({str(pid) for pid in row["worker_cpu"]} | set(row.get("worker_requests", {})))
+
+
+def worker_split_text(row: dict) -> str:
+    """Which worker answered a `--workers` row's requests: REST by the header, gRPC (whose answers do
+    not name their worker) by each worker's share of the server CPU."""
+    pids = worker_pids(row)
+    cpu = {str(pid): seconds for pid, seconds in row["worker_cpu"].items()}
+    cpu_total = sum(cpu.values()) or 1.0
+    cpu_text = "server CPU " + " / ".join(f"{cpu.get(pid, 0.0) / cpu_total:.0%}" for pid in pids)
+    if "worker_requests" not in row:
+        return f"{cpu_text} (workers {', '.join(pids)})"
+    requests = row["worker_requests"]
+    total = sum(requests.values()) or 1
+    per_round = ", ".join("/".join(str(conns.get(pid, 0)) for pid in pids) for conns in row["worker_connections"])
+    return (f"requests {' / '.join(f'{requests.get(pid, 0)} ({requests.get(pid, 0) / total:.0%})' for pid in pids)}"
+            f"; connections per round {per_round}; {cpu_text} (workers {', '.join(pids)})")
+
+
+def both_answered(row: dict) -> bool:
+    """Every worker answered some of a `--workers` row's requests (gRPC: took >= 10% of its server CPU)."""
+    if "worker_requests" in row:
+        return len(worker_pids(row)) == WORKERS and all(row["worker_requests"].get(pid, 0) > 0
+                                                        for pid in worker_pids(row))
+    total = sum(row["worker_cpu"].values()) or 1.0
+    return len(row["worker_cpu"]) == WORKERS and all(v / total >= 0.10 for v in row["worker_cpu"].values())
+
+
+def _mib(value) -> str:
+    return "n/a" if value is None else f"{value:.0f} MiB"
+
+
+def render_workers(by: dict, info: dict) -> list:
+    """The lines after the opening table: `mlops serve --workers 2` against the single process."""
+    if info is None:
+        return [f"`mlops serve --workers {WORKERS}`: not measured in this run (`--no-workers-compare`).", ""]
+    cores = os.cpu_count()
+    lines = [f"`mlops serve --workers {WORKERS}` vs one process (issue 25), same run: a second server started with "
+             f"`--workers {WORKERS}` (a parent forking {WORKERS} servers that share the REST and gRPC ports with "
+             "SO_REUSEPORT), sent the same requests by the same Python client threads (one keep-alive connection or "
+             "gRPC channel each) in the same alternating rounds as \"REST\" and \"gRPC\" of the one-process server "
+             "(batching on in both). gRPC: the benchmark's gRPC channels to one address share one TCP connection "
+             "(gRPC Python's global subchannel pool; so do \"gRPC\"'s 8 clients in Details), which the kernel gives to "
+             f"one worker; here each client opens its own (`grpc.use_local_subchannel_pool`), on both sides, and "
+             f"the 1-process gRPC row is \"{GRPC_OWN}\", not \"gRPC\". **No target**: this host has "
+             f"{cores} cores, and the same cores also run the client threads and the other servers' idle threads, so "
+             "a second worker has no core of its own here; the ratio says what it does on such a host, not what it "
+             "does with cores to spare. Which worker answered: REST answers name it (`X-Mlops-Worker`, each "
+             "connection's warm-up request left out); gRPC answers do not, so for gRPC each worker's share of the "
+             "server's CPU time during the cell shows it.", "",
+             "| instances | clients | protocol | 1 process: p50 / p99 ms, req/s | "
+             f"{WORKERS} workers: p50 / p99 ms, req/s | {WORKERS} workers / 1: req/s, p50 | "
+             "server + client CPU ms/req: 1, 2 | split over the workers |",
+             "|---|---|---|---|---|---|---|---|"]
+    checks = []
+    for batch in (1, 100):
+        for clients in (1, 8):
+            for variant, single_name in WORKERS_OF.items():
+                one, two = by[(single_name, batch, clients)], by[(variant, batch, clients)]
+                split = worker_split_text(two)
+                protocol = "gRPC, a connection per client" if single_name == GRPC_OWN else single_name
+                lines.append(f"| {batch} | {clients} | {protocol} | {one['p50']:.2f} / {one['p99']:.2f}, "
+                             f"{one['rps']:.0f} | {two['p50']:.2f} / {two['p99']:.2f}, {two['rps']:.0f} | "
+                             f"**{two['rps'] / one['rps']:.2f}x**, {two['p50'] / one['p50']:.2f}x | "
+                             f"{one['server_cpu_ms'] + one['client_cpu_ms']:.2f}, "
+                             f"{two['server_cpu_ms'] + two['client_cpu_ms']:.2f} | {split} |")
+                if clients == 8:
+                    rounds_alone = sum(len(conns) < WORKERS for conns in two.get("worker_connections", []))
+                    checks.append(f"{protocol} {batch} instance{'s' if batch > 1 else ''}: "
+                                  f"{'yes' if both_answered(two) else '**NO**'}"
+                                  + (f" ({rounds_alone} of {len(two['worker_connections'])} rounds had every "
+                                     "connection on one worker)" if "worker_connections" in two else
+                                     " (each worker took >= 10% of the server CPU)"))
+    lines += ["", f"Both workers answered requests in the 8-client cells: {'; '.join(checks)}.", ""]
+    rest8 = by[("REST", 1, 8)]
+    client_cores = rest8["client_cpu_ms"] * rest8["rps"] / 1e3
+    server_cores = rest8["server_cpu_ms"] * rest8["rps"] / 1e3
+    mem = info["memory"]
+    workers = list(mem["workers"].items())
+    uss = [m["uss"] for _, m in workers if m["uss"] is not None]
+    lines.append("Memory (after the measured rounds, the model loaded and warm; /proc/<pid>/smaps_rollup: RSS counts "
+                 "every page mapped, PSS divides each shared page among the processes mapping it (here also the "
+                 "other servers and the benchmark, which map the same TensorFlow libraries, so it reads low), USS = "
+                 "the private pages, what no other process maps):")
+    lines.append("")
+    for pid, m in workers:
+        lines.append(f"- worker (pid {pid}): RSS {_mib(m['rss'])}, PSS {_mib(m['pss'])}, USS {_mib(m['uss'])}")
+    lines.append(f"- the parent (pid {info['parent_pid']}; no TensorFlow): RSS {_mib(mem['parent']['rss'])}, "
+                 f"PSS {_mib(mem['parent']['pss'])}, USS {_mib(mem['parent']['uss'])}")
+    lines.append(f"- the one-process server, for comparison: RSS {_mib(mem['single']['rss'])}, "
+                 f"PSS {_mib(mem['single']['pss'])}, USS {_mib(mem['single']['uss'])}")
+    if uss:
+        total_rss = sum(m["rss"] for _, m in workers) + mem["parent"]["rss"]
+        lines.append(f"- **one more worker adds about {statistics.mean(uss):.0f} MiB** (its USS, the mean over the "
+                     f"{len(uss)} workers); the {WORKERS}-worker server's RSS summed over its processes is "
+                     f"{total_rss:.0f} MiB, counting the shared libraries once per process")
+    if mem.get("log_line"):
+        lines.append(f"- the server's own start-up log line (docs/serving.md, Workers): `{mem['log_line']}`")
+    lines += ["", "Expected scaling with cores, on paper: one process keeps about one core busy (the GIL serializes "
+              "its JSON, tf.Example and gRPC work around the model calls), so N workers serve up to about N times "
+              "one process's requests while each has a core that neither the clients nor the other workers need; "
+              "past that they queue for the same cores and add only memory (the USS above, per worker). A keep-alive "
+              "connection stays with the worker the kernel gave it, so one client uses one worker (the 1-client rows "
+              "should read about 1.0x), and each worker batches only the requests of its own connections: with 8 "
+              "clients over 2 workers a model call gets up to about 4 concurrent requests instead of up to 8, so "
+              "more model calls and more CPU per request, which pays only where there are cores to run them. On "
+              f"this {cores}-core host the Python client threads alone kept {client_cores:.2f} of a core busy in the "
+              "1-instance 8-client REST cell (client CPU per request x requests/s, one process), and the one process "
+              f"{server_cores:.2f}: so expect about 1.0x or less here, and up to about {WORKERS}x for {WORKERS} "
+              "workers on a server whose cores the clients do not share.", ""]
+    return lines
+
+
 def render(rows: list, switch: dict, meta: dict) -> str:
     by = {(r["variant"], r["batch"], r["concurrency"]): r for r in rows}
     running, absent, peer_notes = meta["peers"]
@@ -552,6 +771,7 @@ def render(rows: list, switch: dict, meta: dict) -> str:
     quoted = " and ".join(f'"{variant}"' for variant in peer_variants)
     peers_sentence = f' {quoted}: the same requests as "REST" to the peers of the opening table.' if quoted else ""
     lines = [SECTION, "", *serving_peers.render_opening(by, running, absent, peer_notes, meta["example_ms"]),
+             *render_workers(by, meta.get("workers")),
              "### Details", "",
              f"Date: {meta['date']}. Machine: {os.cpu_count()} CPUs (nproc); load average {meta['load0']:.2f} at start, "
              f"{meta['load1']:.2f} at end. Other work may have run on this machine at the same time. "
@@ -698,6 +918,9 @@ def main() -> int:
                         help="peer servers to measure beside ours, comma-separated (default: all, "
                              f"{','.join(serving_peers.PEERS)}; `none` for none); one that cannot start is "
                              "left out and the results say why")
+    parser.add_argument("--workers-compare", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"measure `mlops serve --workers {WORKERS}` beside the single process, REST and gRPC, "
+                             "with its memory (default: on; --no-workers-compare skips it)")
     args = parser.parse_args()
     peer_names = serving_peers.parse_peers(args.peers)
     if H2LOAD is None:
@@ -729,16 +952,26 @@ def main() -> int:
     model_dir = base / str(newest)
     server = Server(home, base, tmp / "server.log")
     unbatched = Server(home, base, tmp / "server-unbatched.log", ("--no-enable-batching",))
+    workers = (Server(home, base, tmp / "server-workers.log", ("--workers", str(WORKERS)))
+               if args.workers_compare else None)
     echo = EchoServer(tmp / "echo-server.log")
     peers = {}
     try:
         server.wait_serving(newest)
         unbatched.wait_serving(newest)
         log(f"server up: REST {server.rest_port}, gRPC {server.grpc_port}, version {newest}")
+        if workers is not None:
+            workers.wait_serving(newest)  # AVAILABLE: every worker serves it
+            log(f"server with --workers {WORKERS} up: REST {workers.rest_port}, gRPC {workers.grpc_port}, parent pid "
+                f"{workers.proc.pid}, workers {[c.pid for c in psutil.Process(workers.proc.pid).children()]}")
         peers, absent = start_peer_servers(peer_names, model_dir, server, tmp)
         meta["peers"] = (list(peers), absent, {name: peer_note(peer) for name, peer in peers.items()})
         meta["example_ms"] = serving_peers.example_building_ms(ROW)
-        rows = latency_table(model_dir, server, unbatched, echo, args.requests, args.rounds, peers)
+        rows = latency_table(model_dir, server, unbatched, echo, args.requests, args.rounds, peers, workers)
+        if workers is not None:
+            meta["workers"] = dict(memory=server_memory(server, workers), parent_pid=workers.proc.pid)
+            log(f"memory: {meta['workers']['memory']}")
+            workers.stop()
         for peer in peers.values():
             peer.stop()
         unbatched.stop()
@@ -747,6 +980,8 @@ def main() -> int:
     finally:
         server.stop()
         unbatched.stop()
+        if workers is not None:
+            workers.stop()
         echo.stop()
         for peer in peers.values():
             peer.stop()
