@@ -38,9 +38,8 @@ BACKENDS = ("sqlite", "postgres")
 # SQLite's ML Metadata takes one writer at a time ("database is locked", design.md section 4); MariaDB
 # takes several, and then the pool is as wide as the machine has cores (at least 2): a node task is a
 # CPU-bound process, and the DAG's widest step (its 5 root nodes) is cheap while its heavy nodes form
-# a chain. Measured on 2 cores (bench/airflow_overhead.py --only services, same run as SQLite's): a
-# 4-slot pool ran 4 roots at once in contention, each on a cold Celery process: full run 1.02x SQLite's;
-# 2 slots: 0.93x (rerun 0.71x).
+# a chain. On 2 cores a 4-slot pool ran 4 roots at once in contention, each on a cold Celery process
+# (bench/airflow_overhead.py --only services and bench/RESULTS.md have the measured runs).
 POOL_SLOTS = {"sqlite": 1, "postgres": max(2, os.cpu_count() or 2)}
 POOL_DESCRIPTIONS = {"sqlite": "TFX nodes that write ML Metadata; 1 slot while the store is SQLite",
                      "postgres": "TFX nodes that write ML Metadata (MariaDB: several writers at once)"}
