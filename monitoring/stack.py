@@ -50,10 +50,10 @@ import yaml
 from monitoring.metrics import stack_file
 from serving import home as home_record
 from serving.errors import ConfigError
-from serving.files import tail, write_atomic
+from serving.files import write_atomic
 from serving.home import HOST, read_json
 from serving.net import free_port, port_free
-from serving.processes import live_pid, pid_alive, spawn_logged, stop_in_order
+from serving.processes import live_pid, spawn_logged, stop_in_order, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
 RULES_DIR = REPO / "monitoring" / "rules"
@@ -377,21 +377,8 @@ def ready(port: Optional[int]) -> bool:
 
 def wait_ready(home: Path, pids: Dict[str, int], ports: Dict[str, int], timeout: float = START_TIMEOUT) -> None:
     """Until each part answers /-/ready with 200; a part that exits or stays unready is an error naming its log."""
-    deadline = time.monotonic() + timeout
-    waiting = dict(pids)
-    while waiting:
-        for part, pid in list(waiting.items()):
-            if ready(ports[part]):
-                del waiting[part]
-            elif not pid_alive(pid):
-                raise ConfigError(f"{TITLES[part]} exited while starting; last lines of {log_file(home, part)}:\n"
-                                  f"{tail(log_file(home, part))}", "fix the cause above, then start again")
-        if waiting and time.monotonic() > deadline:
-            part = sorted(waiting)[0]
-            raise ConfigError(f"{TITLES[part]} did not answer http://{HOST}:{ports[part]}/-/ready within "
-                              f"{timeout:.0f}s", f"read {log_file(home, part)}")
-        if waiting:
-            time.sleep(0.1)
+    wait_until_ready(pids, lambda part: ready(ports[part]), lambda part: log_file(home, part), TITLES.get,
+                     lambda part: f"http://{HOST}:{ports[part]}/-/ready", timeout)
 
 
 # ----------------------------------------------------------------------------------- commands

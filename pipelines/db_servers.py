@@ -55,7 +55,7 @@ from serving.errors import ConfigError
 from serving.files import tail, write_atomic
 from serving.home import HOST, read_json
 from serving.net import free_port, port_free
-from serving.processes import live_pid, pid_alive, spawn_logged
+from serving.processes import live_pid, pid_alive, spawn_logged, wait_until_ready
 
 SERVERS = ("mariadb", "postgresql", "redis")
 TITLES = {"mariadb": "MariaDB", "postgresql": "PostgreSQL", "redis": "Redis"}
@@ -400,23 +400,10 @@ def _wait_ready(home: Path, started: Dict[str, int], ports: Dict[str, int], sinc
                 timeout: float) -> Dict[str, float]:
     """Until each started server answers; the seconds each took `since` its start began (its first
     start: with initialising its data). An exit or a timeout names the log."""
-    deadline = time.monotonic() + timeout
-    waiting, seconds = dict(started), {}
-    while waiting:
-        for name, pid in list(waiting.items()):
-            if _answers(name, ports[name], home):
-                seconds[name] = time.monotonic() - since[name]
-                del waiting[name]
-            elif not pid_alive(pid):
-                raise ConfigError(f"{TITLES[name]} exited while starting; last lines of {log_file(home, name)}:\n"
-                                  f"{tail(log_file(home, name))}", "fix the cause above, then start again")
-        if waiting and time.monotonic() > deadline:
-            name = sorted(waiting)[0]
-            raise ConfigError(f"{TITLES[name]} did not answer on {HOST}:{ports[name]} within {timeout:.0f}s",
-                              f"read {log_file(home, name)}")
-        if waiting:
-            time.sleep(0.1)
-    return seconds
+    answered = wait_until_ready(started, lambda name: _answers(name, ports[name], home),
+                                lambda name: log_file(home, name), TITLES.get,
+                                lambda name: f"on {HOST}:{ports[name]}", timeout)
+    return {name: at - since[name] for name, at in answered.items()}
 
 
 def start(home: Path, emit: Callable[[str], None] = print, names=SERVERS, timeout: float = START_TIMEOUT) -> dict:

@@ -97,3 +97,30 @@ def spawn_logged(command: Sequence[str], log_path: Path, banner: str, cwd: Path,
         process = subprocess.Popen(list(command), env=env, cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     return process.pid
+
+
+def wait_until_ready(pids: Dict[str, int], answers, log_of, title_of, where_of, timeout: float,
+                     poll: float = 0.1) -> Dict[str, float]:
+    """Until each started process answers (`answers(name)` is true); {name: the monotonic time it
+    first answered}. A process that exits, or one still silent after `timeout`, is a ConfigError
+    naming its log (`log_of(name)`), its title and where it was asked (`where_of(name)`)."""
+    from serving.errors import ConfigError
+    from serving.files import tail
+
+    deadline = time.monotonic() + timeout
+    waiting, answered = dict(pids), {}
+    while waiting:
+        for name, pid in list(waiting.items()):
+            if answers(name):
+                answered[name] = time.monotonic()
+                del waiting[name]
+            elif not pid_alive(pid):
+                raise ConfigError(f"{title_of(name)} exited while starting; last lines of {log_of(name)}:\n"
+                                  f"{tail(log_of(name))}", "fix the cause above, then start again")
+        if waiting and time.monotonic() > deadline:
+            name = sorted(waiting)[0]
+            raise ConfigError(f"{title_of(name)} did not answer {where_of(name)} within {timeout:.0f}s",
+                              f"read {log_of(name)}")
+        if waiting:
+            time.sleep(poll)
+    return answered
