@@ -191,8 +191,9 @@ def migrate(source: MetadataConfig, target: MetadataConfig,
                           f"upgrade the source first: `mlops --metadata {source.url} metadata init`")
     copied: Dict[str, int] = {}
     with connect(source) as src, connect(target) as dst:
-        busy = {table: n for table in TABLES if table not in TYPE_TABLES and (n := _count(dst, table))}
-        if busy and all(_count(dst, table) == _count(src, table) for table in TABLES):
+        present = {table: _count(dst, table) for table in TABLES}
+        busy = {table: n for table, n in present.items() if table not in TYPE_TABLES and n}
+        if busy and all(n == _count(src, table) for table, n in present.items()):
             progress(f"  {target.url} already holds as many rows of every table as {source.url}: "
                      "an earlier migration finished; nothing to do")
             return {}
@@ -213,7 +214,8 @@ def migrate(source: MetadataConfig, target: MetadataConfig,
         except BaseException:
             dst.rollback()
             raise
-        mismatched = {t: (n, _count(dst, t)) for t, n in copied.items() if _count(dst, t) != n}
+        found = {t: _count(dst, t) for t in copied}
+        mismatched = {t: (n, found[t]) for t, n in copied.items() if found[t] != n}
     if mismatched:
         raise ConfigError(f"copy to {target.url} is incomplete: {mismatched} (copied, found)",
                           "drop the target database and run the migration again")
