@@ -122,3 +122,17 @@ def seed_span(home: Path, rows: int, date: str, seed: int = 42) -> Path:
     if found != rows:
         raise SystemExit(f"seeded {found} rows in {span_csv}, expected {rows}")
     return span_csv
+
+
+def terminate(proc, timeout: float = 30) -> None:
+    """SIGTERM a server subprocess that still runs, wait `timeout` seconds for it, then SIGKILL."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

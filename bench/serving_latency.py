@@ -63,7 +63,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -80,7 +79,7 @@ import psutil
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from common import CHILD_ENV, MLOPS, REPO, log, measure, publish, seed_home  # noqa: E402
+from common import CHILD_ENV, MLOPS, REPO, log, measure, publish, seed_home, terminate  # noqa: E402
 import serving_peers  # noqa: E402
 
 SECTION = "## Model serving latency (issue 6)"
@@ -230,13 +229,7 @@ class Server:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._log.close()
 
 

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from common import CHILD_ENV, REPO, log
+from common import CHILD_ENV, REPO, log, terminate
 
 PEERS_DIR = REPO / "bench" / "peers"
 KSERVE_VENV = REPO / ".venv-kserve"
@@ -191,13 +190,7 @@ class PeerServer:
             tree = set(self._tree) | {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
         except psutil.Error:
             tree = set(self._tree)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         for pid in tree - {self.proc.pid}:
             try:
                 child = psutil.Process(pid)
