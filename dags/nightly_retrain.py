@@ -151,6 +151,9 @@ ML Metadata behave exactly as in TFX.
   1% relative gain, no monitored slice worse by more than the margin); `AtomicPusher` never
   pushes the same model twice, and after a push keeps the newest `keep_versions` (5) version
   directories plus any the server's models.config labels, pins or keeps loaded.
+* **Servable gate**: `InfraValidator` serves a blessed candidate in a throwaway `mlops serve` and
+  calls every signature over REST and gRPC with rows of the span; `AtomicPusher` pushes nothing
+  it could not serve (the reason is in the summary).
 * The last node's log ends with the run summary (span, rows, metrics, blessing, push).
 * `report_metrics` (a teardown: it runs whatever the nodes did and never changes the run's state)
   pushes the run's outcome and metrics to the Pushgateway, which the alert rules read

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import re
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -252,6 +253,9 @@ class PipelineConfig:
     # Digest of what an analyzer cache depends on (schema, preprocessing code, tf.Transform
     # version; `transform_fingerprint()`, read at the edge): a cache written under another is unused.
     transform_fingerprint: str = ""
+    # The Trainer's `run_fn` as MODULE.FUNCTION ("": the taxi model, pipelines.taxi.model.run_fn):
+    # users bring their own model code; the InfraValidator checks what it exports can be served.
+    trainer_run_fn: str = ""
 
     @classmethod
     def for_project(cls, paths: ProjectPaths, span_date: dt.date, metadata: Optional[MetadataConfig] = None,
@@ -317,6 +321,9 @@ class PipelineConfig:
                 f"train_steps={self.train_steps} and eval_steps={self.eval_steps} must be positive",
                 "pass --train-steps N and --eval-steps N with N >= 1",
             )
+        if self.trainer_run_fn and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", self.trainer_run_fn):
+            raise ConfigError(f"--run-fn {self.trainer_run_fn!r} is not MODULE.FUNCTION",
+                              "name a function of an importable module, e.g. --run-fn my_model.run_fn")
         if not 0.0 <= self.gates.auc_floor <= 1.0:
             raise ConfigError(f"AUC floor {self.gates.auc_floor} is outside [0, 1]", "pass --auc-floor between 0 and 1")
         unknown = [name for name in self.data_gates.warn_features if name not in _schema_feature_names(self.schema_path)]

@@ -117,8 +117,8 @@ def run_outcome(summary) -> str:
         return "blocked"
     if any(state in ("failed", "running", "new", "unknown") for state in summary.node_states.values()):
         return "failed"  # running/new at the end: the task was killed (timeout) mid-node
-    if summary.blessed is False:
-        return "not_blessed"
+    if summary.blessed is False or summary.servable is False:
+        return "not_blessed"  # by the Evaluator, or the model server could not serve it (InfraValidator)
     pushers = [state for node, state in summary.node_states.items() if "Pusher" in node]
     if pushers and all(state in ("complete", "cached") for state in pushers):
         return "success"

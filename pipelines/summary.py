@@ -35,6 +35,11 @@ class RunSummary:
     window: Optional[dict] = None
     blessed: Optional[bool] = None
     blessing_reason: str = ""
+    # The InfraValidator's verdict: did the project's model server load the candidate and answer on
+    # every signature (None: it did not run), why, and how long the throwaway server took.
+    servable: Optional[bool] = None
+    servable_reason: str = ""
+    servable_seconds: Optional[float] = None
     pushed_version: Optional[int] = None
     push_reason: str = ""
     pruned_versions: List[int] = dataclasses.field(default_factory=list)  # deleted by retention after the push
@@ -63,6 +68,9 @@ class RunSummary:
             out.append(f"  ({small} slices with fewer than {MIN_SHOWN_SLICE_EXAMPLES} examples not shown; --json has them)")
         if self.blessed is not None:
             out.append(f"  blessed:   {'yes' if self.blessed else 'no'} ({self.blessing_reason})")
+        if self.servable is not None:
+            took = f"; {self.servable_seconds:.1f}s" if self.servable_seconds else ""
+            out.append(f"  servable:  {'yes' if self.servable else 'no'} ({self.servable_reason}{took})")
         if self.pushed_version:
             out.append(f"  pushed:    version {self.pushed_version} ({self.push_reason})")
             if self.pruned_versions:
@@ -139,6 +147,11 @@ def _absorb(summary: RunSummary, node: str, artifact, store, with_metrics: bool)
     elif type_name == "ModelBlessing":
         summary.blessed = props["blessed"].int_value == 1 if "blessed" in props else None
         summary.blessing_reason = props["reason"].string_value if "reason" in props else ""
+    elif type_name == "InfraBlessing":
+        summary.servable = props["blessed"].int_value == 1 if "blessed" in props else None
+        summary.servable_reason = props["reason"].string_value if "reason" in props else ""
+        seconds = props["validation_seconds"] if "validation_seconds" in props else None
+        summary.servable_seconds = seconds.double_value if seconds is not None else None
     elif type_name == "ModelEvaluation" and with_metrics:
         from components.evaluator.metrics import recorded_slice_metrics
 

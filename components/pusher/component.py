@@ -5,7 +5,7 @@ from typing import Optional
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import component_spec, standard_artifacts
-from tfx.types.standard_component_specs import MODEL_BLESSING_KEY, MODEL_KEY, PUSHED_MODEL_KEY
+from tfx.types.standard_component_specs import INFRA_BLESSING_KEY, MODEL_BLESSING_KEY, MODEL_KEY, PUSHED_MODEL_KEY
 
 from components.pusher import executor
 from components.pusher.spec import (ALLOW_REPUSH_KEY, DEFAULT_PUSH_KIND, KEEP_VERSIONS_KEY, PROJECT_HOME_KEY,
@@ -35,6 +35,9 @@ class AtomicPusherSpec(types.ComponentSpec):
         MODEL_BLESSING_KEY: component_spec.ChannelParameter(
             type=standard_artifacts.ModelBlessing, optional=True
         ),
+        INFRA_BLESSING_KEY: component_spec.ChannelParameter(
+            type=standard_artifacts.InfraBlessing, optional=True
+        ),
     }
     OUTPUTS = {
         PUSHED_MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.PushedModel),
@@ -47,9 +50,10 @@ class AtomicPusher(base_component.BaseComponent):
     Copies the model's SavedModel into a temporary directory next to the versions and renames it
     to the next integer version, so a model server never loads a half-written version (TF
     Serving layout). A model whose bytes are already pushed is not pushed again; a model the
-    Evaluator did not bless is not pushed. After a push it deletes the older versions beyond the
-    newest `keep_versions`, except those the project's models.config labels, pins or keeps
-    loaded and the version served until the new one loads.
+    Evaluator did not bless is not pushed, nor one the InfraValidator could not serve. After a
+    push it deletes the older versions beyond the newest `keep_versions`, except those the
+    project's models.config labels, pins or keeps loaded and the version served until the new one
+    loads.
 
     Why it exists: stock TFX's Pusher writes a new timestamped version on every cached rerun
     (the same model again), copies in place, has no rollback and never cleans up. Here a
@@ -62,6 +66,7 @@ class AtomicPusher(base_component.BaseComponent):
     pusher = AtomicPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=infra_validator.outputs["blessing"],
         push_base_directory=config.serving_model_dir,
         keep_versions=config.keep_versions,
         project_home=config.project_home,
@@ -100,6 +105,7 @@ class AtomicPusher(base_component.BaseComponent):
         keep_versions: int = executor.DEFAULT_KEEP_VERSIONS,
         project_home: str = "",
         trigger: str = "",
+        infra_blessing: Optional[types.BaseChannel] = None,
     ):
         """Construct an AtomicPusher component.
 
@@ -122,6 +128,10 @@ class AtomicPusher(base_component.BaseComponent):
             keep as well (labelled, pinned or loaded); "" reads no models.config.
           trigger: Rollbacks only, recorded as `rollback_trigger`: "manual" (a person; also what ""
             records) or "alert" (the alert webhook through the model_rollback DAG).
+          infra_blessing: An optional BaseChannel of type `standard_artifacts.InfraBlessing` (the
+            InfraValidator's `blessing`). When given and not blessed (the model server did not
+            load the model or a signature did not answer), nothing is pushed and its `reason` is
+            recorded.
         """
         super().__init__(
             spec=AtomicPusherSpec(
@@ -135,6 +145,7 @@ class AtomicPusher(base_component.BaseComponent):
                 keep_versions=int(keep_versions),
                 project_home=project_home,
                 trigger=trigger,
+                infra_blessing=infra_blessing,
                 pushed_model=types.Channel(type=standard_artifacts.PushedModel),
             )
         )

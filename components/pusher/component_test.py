@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tfx import types
 from tfx.types import standard_artifacts, standard_component_specs
-from tfx.types.standard_component_specs import MODEL_BLESSING_KEY, MODEL_KEY, PUSHED_MODEL_KEY
+from tfx.types.standard_component_specs import INFRA_BLESSING_KEY, MODEL_BLESSING_KEY, MODEL_KEY, PUSHED_MODEL_KEY
 
 from components.pusher import executor
 from components.pusher.component import AtomicPusher, AtomicPusherSpec
@@ -39,8 +39,9 @@ def _documented_args(function) -> list:
 
 def test_spec_keys_are_the_constants_and_keep_their_ml_metadata_names():
     stock = standard_component_specs.PusherSpec
-    # Stock Pusher's channel keys and types (ours has no infra_blessing).
-    assert set(AtomicPusherSpec.INPUTS) == {MODEL_KEY, MODEL_BLESSING_KEY} == {"model", "model_blessing"}
+    # Stock Pusher's channel keys and types.
+    assert set(AtomicPusherSpec.INPUTS) == {MODEL_KEY, MODEL_BLESSING_KEY, INFRA_BLESSING_KEY} == set(stock.INPUTS) == {
+        "model", "model_blessing", "infra_blessing"}
     assert set(AtomicPusherSpec.OUTPUTS) == {PUSHED_MODEL_KEY} == set(stock.OUTPUTS) == {"pushed_model"}
     assert all(AtomicPusherSpec.INPUTS[key].type is stock.INPUTS[key].type for key in AtomicPusherSpec.INPUTS)
     assert set(AtomicPusherSpec.PARAMETERS) == {
@@ -66,12 +67,16 @@ def test_the_component_has_typed_channels_default_properties_and_its_executor():
                                                            REQUESTED_BY_KEY)} == {
         ALLOW_REPUSH_KEY: 1, PUSH_KIND_KEY: "rollback", REASON_KEY: "bad model", REQUESTED_BY_KEY: "alice"}
     assert MODEL_BLESSING_KEY not in _pusher(model_blessing=None).inputs
+    assert INFRA_BLESSING_KEY not in component.inputs
+    infra = _pusher(infra_blessing=types.Channel(type=standard_artifacts.InfraBlessing))
+    assert infra.inputs[INFRA_BLESSING_KEY].type is standard_artifacts.InfraBlessing
 
 
 @pytest.mark.parametrize("bad", [
     dict(model=None),  # required: nothing to push
     dict(model=types.Channel(type=standard_artifacts.PushedModel)),
     dict(model_blessing=types.Channel(type=standard_artifacts.InfraBlessing)),
+    dict(infra_blessing=types.Channel(type=standard_artifacts.ModelBlessing)),
     dict(push_base_directory=Path(BASE)),  # a str, as ML Metadata stores it
     dict(reason=3),
 ])
@@ -115,3 +120,25 @@ def test_the_executor_reads_what_the_spec_declares(tmp_path, blessed):
         assert not versions.list_versions(base)
         assert pushed.get_string_custom_property(executor.REASON) == (
             "model 3 is not blessed: auc on overall: value 0.5100 fails floor 0.6")
+
+
+@pytest.mark.parametrize("infra_blessed", [0, 1])
+def test_a_model_the_infra_validator_did_not_bless_is_not_pushed_and_the_reason_is_recorded(tmp_path, infra_blessed):
+    base = tmp_path / "serving" / "models" / "taxi"
+    component = _pusher(push_base_directory=str(base),
+                        infra_blessing=types.Channel(type=standard_artifacts.InfraBlessing))
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(tmp_path / "pushed")
+    inputs = _artifacts(tmp_path, blessed=1)
+    infra = standard_artifacts.InfraBlessing()
+    infra.set_int_custom_property("blessed", infra_blessed)
+    infra.set_string_custom_property("reason", "the server did not load the model: no variables")
+    inputs[INFRA_BLESSING_KEY] = [infra]
+    executor.Executor().Do({key: inputs[key] for key in component.inputs}, {key: [pushed] for key in component.outputs},
+                           dict(component.exec_properties))
+    assert pushed.get_int_custom_property(executor.PUSHED) == infra_blessed
+    assert versions.list_versions(base) == ([1] if infra_blessed else [])
+    if not infra_blessed:
+        assert pushed.get_string_custom_property(executor.REASON) == (
+            "model 3 failed infra validation: the server did not load the model: no variables")
+        assert (tmp_path / "pushed" / "NOT_PUSHED").read_text().startswith("model 3 failed infra validation")

@@ -116,6 +116,7 @@ def pipeline_config(args):
         data_gates=data_gates,
         span_fingerprint=span_fingerprint(paths.data_root, span_date),
         window_days=getattr(args, "window_days", DEFAULT_WINDOW_DAYS),
+        trainer_run_fn=getattr(args, "run_fn", None) or "",
     )
     config = PipelineConfig.for_project(paths, span_date, **overrides)
     if args.schema:
@@ -202,6 +203,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--strategy", default="auto",
         help="tf.distribute strategy: auto (MultiWorkerMirrored when TF_CONFIG names several workers, "
              "else Mirrored), mirrored, multi_worker, one_device (default: auto)",
+    )
+    parser.add_argument(
+        "--run-fn", metavar="MODULE.FUNCTION",
+        help="the Trainer's run_fn, your own model code (importable in .venv, e.g. through PYTHONPATH); the "
+             "InfraValidator checks that what it exports serves both signatures before anything is pushed "
+             "(default: pipelines.taxi.model.run_fn)",
     )
     parser.add_argument("--auc-floor", type=float, default=0.6, help="bless only if AUC >= this (default: 0.6)")
     parser.add_argument(

@@ -13,6 +13,8 @@ from tests.conftest import DAY1, DAY2, FAST_RUN_ARGS, make_home, mlops
 from pipelines.http import free_port as closed_port  # a free port: nothing listens there
 from tests.e2e import webdriver
 
+USER_MODULES = Path(__file__).parent / "modules"
+
 
 def _run(home: Path, day, *extra: str, env=None) -> dict:
     result = mlops(home, "run", "--date", day.isoformat(), *FAST_RUN_ARGS, "--json", *extra, timeout=1200, env=env)
@@ -27,9 +29,10 @@ def _run(home: Path, day, *extra: str, env=None) -> dict:
 def _runs(tmp_path_factory) -> dict:
     home = make_home(tmp_path_factory.mktemp("e2e"))
     models = home / "serving" / "models" / "taxi"
-    # The warm worker the first run starts, and every node it forks, get this as their TMPDIR.
+    # The warm worker the first run starts, and every node it forks, get this as their TMPDIR, and
+    # the user's model module of the 6th run on their PYTHONPATH.
     tmp = tmp_path_factory.mktemp("tmpdir")
-    env = {"TMPDIR": str(tmp)}
+    env = {"TMPDIR": str(tmp), "PYTHONPATH": str(USER_MODULES)}
     # The first run pushes its metrics to a Pushgateway that is down: it must not notice beyond one warning.
     first = _run(home, DAY1, "--auc-floor", "0.5", env={**env, "MLOPS_PUSHGATEWAY_URL": f"http://127.0.0.1:{closed_port()}"})
     after_first = versions.list_versions(models)
@@ -52,13 +55,18 @@ def _runs(tmp_path_factory) -> dict:
         retained=retained, after_retained=versions.list_versions(models),
         listed=json.loads(mlops(home, "models", "list", "--json").stdout),
     )
+    # A user's module file whose export lost `serving_features`: blessed by the Evaluator, refused by
+    # the InfraValidator, not pushed (tests/e2e/test_infra_validation.py).
+    out["unservable"] = _run(home, DAY2, "--auc-floor", "0.0", "--min-improvement", "-1.0", "--slice-margin", "1.0",
+                             "--train-steps", "20", "--run-fn", "unservable_model.run_fn", env=env)
+    out["after_unservable"] = versions.list_versions(models)
     mlops(home, "worker", "stop", check=False)  # no more runs in this home: free its memory now
     return out
 
 
 @pytest.fixture(scope="session")
 def runs(request) -> dict:
-    """The 5 runs below, in one home (tests/prepared.py runs them beside the other shared setups)."""
+    """The 6 runs below, in one home (tests/prepared.py runs them beside the other shared setups)."""
     return prepared.result(request, "runs")
 
 

@@ -7,6 +7,8 @@ assertions below; every test reads, none writes):
   3. span 2, floor .999 -> candidate not blessed -> nothing pushed
   4. span 2, gates off  -> candidate blessed against the served model -> version 2
   5. span 2, gates off, more steps, --keep-versions 1 -> version 3; retention deletes version 1
+  6. span 2, gates off, a user's run_fn whose model lacks a signature -> not servable, not pushed
+     (tests/e2e/test_infra_validation.py)
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def test_a_push_deletes_versions_beyond_the_newest_n_but_not_the_one_it_replaces
     assert retained["pushed_version"] == 3, retained["push_reason"]
     assert retained["pruned_versions"] == [1]
     assert runs["after_retained"] == [2, 3]  # 2: served until 3 loads
-    assert "retention: deleted version(s) 1" in mlops(runs["home"], "summary").stdout
+    assert "retention: deleted version(s) 1" in mlops(runs["home"], "summary", "--run-id", retained["run_id"]).stdout
     by_version = {row["version"]: row for row in runs["listed"]}
     assert by_version[1]["on_disk"] is False and by_version[1]["deleted_by_retention_after"] == 3
     assert by_version[3]["pruned_versions"] == [1] and by_version[2]["deleted_by_retention_after"] is None

@@ -47,6 +47,12 @@ def test_unknown_strategy_is_a_one_line_error_naming_the_choices(tmp_path):
     assert "mirrored" in line and "multi_worker" in line
 
 
+def test_a_run_fn_that_is_not_module_dot_function_is_a_one_line_error(tmp_path):
+    home = make_home(tmp_path, days=1, rows=50)
+    line = _one_line_error(mlops(home, "run", "--run-fn", "my model.py", check=False))
+    assert "--run-fn 'my model.py' is not MODULE.FUNCTION" in line and "--run-fn my_model.run_fn" in line
+
+
 def test_missing_schema_file_is_a_one_line_error_naming_the_fix(tmp_path):
     home = make_home(tmp_path, days=1, rows=50)
     (home / "schemas" / "taxi" / "schema.pbtxt").unlink()
