@@ -38,7 +38,7 @@ DataGateBlocked alert resolves only when a later span passes the gates):
 | mlops_model_blessed | gauge | pipeline | 1 when the last evaluated candidate was blessed |
 | mlops_model_pushed_version | gauge | pipeline, model | the newest pushed version |
 | mlops_model_push_timestamp_seconds | gauge | pipeline, model | when it was pushed |
-| mlops_model_rollbacks_total | counter | pipeline, model, trigger | rollbacks recorded in ML Metadata, by trigger (manual, alert) |
+| mlops_model_rollbacks_total | counter | pipeline, model, trigger | rollbacks recorded in ML Metadata, by trigger (manual, alert, canary) |
 
 No label takes a run id, a span date or a version except `mlops_model_*` gauges' values: every
 label's values are bounded by the pipeline's nodes, the schema's features and the eval slices.
@@ -72,7 +72,7 @@ JOB_PUSH = "mlops_push"
 
 NODE_OUTCOMES = ("complete", "cached", "skipped", "failed", "blocked")
 RUN_OUTCOMES = ("success", "failed", "blocked", "not_blessed")
-ROLLBACK_TRIGGERS = ("manual", "alert")
+ROLLBACK_TRIGGERS = ("manual", "alert", "canary")  # = pipelines.rollback.TRIGGERS
 MODELS = ("candidate", "baseline")
 
 

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from pipelines.errors import ConfigError
 
 ROLLBACK_RESOLVER = "rollback_target"
-TRIGGERS = ("manual", "alert")  # what started a rollback (components/pusher/spec.py ROLLBACK_TRIGGERS)
+TRIGGERS = ("manual", "alert", "canary")  # what started a rollback (components/pusher/spec.py ROLLBACK_TRIGGERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +45,10 @@ class PushRecord:
 
     @property
     def kind_label(self) -> str:
-        """The kind as `mlops models list` shows it: an alert-triggered rollback is "rollback (alert)"."""
-        return f"{self.kind} (alert)" if self.kind == "rollback" and self.trigger == "alert" else self.kind
+        """The kind as `mlops models list` shows it: an alert-triggered rollback is "rollback (alert)", a
+        failing canary's "rollback (canary)"."""
+        return f"{self.kind} ({self.trigger})" if self.kind == "rollback" and self.trigger in ("alert", "canary") \
+            else self.kind
 
     @classmethod
     def from_artifact(cls, artifact) -> "PushRecord":

@@ -102,8 +102,9 @@ class Api:
                 self.slots.acquire()
                 self._holds.slot = True
 
-    def resolve(self, name: str, version: Optional[int], label: Optional[str]):
-        return self.registry.get(name).resolve(version, label)
+    def resolve(self, name: str, version: Optional[int], label: Optional[str], request_id: Optional[str] = None):
+        """`request_id` (the client's, if it sent one) pins a canary window's choice (serving/canary.py)."""
+        return self.registry.get(name).resolve(version, label, request_id)
 
     def statuses(self, name: str, version: Optional[int], label: Optional[str]) -> List[VersionStatus]:
         if self.status_view is not None:

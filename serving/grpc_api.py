@@ -44,6 +44,18 @@ def _version_of(spec) -> Tuple[Optional[int], Optional[str]]:
     return None, None
 
 
+def _request_id(context) -> Optional[str]:
+    """The client's `x-request-id` metadata: it pins the version a canary window picks (serving/canary.py)."""
+    try:
+        metadata = context.invocation_metadata() or ()
+    except Exception:  # noqa: BLE001 -- no metadata: no id
+        return None
+    for key, value in metadata:
+        if key == "x-request-id":
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None
+
+
 class _Calls:
     """Runs one RPC with error mapping and metrics."""
 
@@ -57,6 +69,7 @@ class _Calls:
         started = time.perf_counter()
         version = None
         self.resolved.version = None
+        self.resolved.request_id = _request_id(context)
         code = "INTERNAL"
         try:
             if method in ("predict", "classify", "regress"):
@@ -130,7 +143,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def _servable(self, spec):
         version, label = _version_of(spec)
-        servable = self.api.resolve(spec.name, version, label)
+        servable = self.api.resolve(spec.name, version, label, getattr(self.calls.resolved, "request_id", None))
         self.calls.resolved.version = servable.version
         return servable
 

@@ -9,6 +9,7 @@ Routes (exactly TF Serving's):
   GET  /monitoring/prometheus/metrics                          Prometheus text format
 Errors are `{"error": message}` with TF Serving's status codes. Inference answers carry an
 `X-Model-Version` header naming the version that computed them (an addition; TF Serving has none).
+An `X-Request-Id` request header pins the version a canary window picks (serving/canary.py).
 """
 
 from __future__ import annotations
@@ -320,7 +321,7 @@ class Handler(BaseHTTPRequestHandler):
                 method = verb
                 if self.command != "POST":
                     raise MethodNotAllowed(f"{self.command} is not allowed on :{verb}; use POST")
-                servable = self.server.api.resolve(model, version, label)
+                servable = self.server.api.resolve(model, version, label, self.headers.get("X-Request-Id"))
                 version_label = servable.version
                 with self.server.api.inference_slot(self.server.request_timeout):
                     request = self._parse_json(body)
@@ -345,6 +346,8 @@ class Handler(BaseHTTPRequestHandler):
         except ServingError as err:
             code = err.http_status
             extra = "Allow: POST\r\n" if code == 405 and method in VERBS else ("Allow: GET\r\n" if code == 405 else "")
+            if version_label is not None and method in VERBS:  # the version that failed it (canaries are judged by it)
+                extra += f"X-Model-Version: {version_label}\r\n"
             self._respond(code, _json_bytes({"error": err.message}), extra=extra)
         except (ConnectionError, socket.timeout, TimeoutError):
             raise

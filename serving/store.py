@@ -77,6 +77,18 @@ def _list_versions(base: Path) -> List[int]:
     return sorted(out, reverse=True)
 
 
+def _canary_route(snap: Snapshot, share: float, request_id: Optional[str]):
+    """During a canary window: `canary` or `stable` for a request that names no version (None: neither
+    is loaded yet, the newest version answers)."""
+    from serving.canary import CANARY, STABLE, goes_to_canary
+
+    stable = snap.servables.get(snap.labels.get(STABLE, -1))
+    canary = snap.servables.get(snap.labels.get(CANARY, -1))
+    if canary is not None and stable is not None:
+        return canary if goes_to_canary(share, request_id) else stable
+    return stable
+
+
 class ModelStore:
     """Versions of one model. `poll()` runs in the watcher thread; `resolve()` in request threads."""
 
@@ -90,6 +102,9 @@ class ModelStore:
         self._failed: Dict[int, Tuple] = {}  # version -> stamp of the files that failed to load
         self._status_lock = threading.Lock()
         self._waiting_logged = False
+        # An open canary window (serving/canary.py): the share of unversioned requests for the
+        # `canary` label, the rest to `stable`; None: no window (the newest version answers them).
+        self.canary_share: Optional[float] = None
 
     @property
     def name(self) -> str:
@@ -97,8 +112,14 @@ class ModelStore:
 
     # -- request side -----------------------------------------------------------------------
 
-    def resolve(self, version: Optional[int] = None, label: Optional[str] = None):
+    def resolve(self, version: Optional[int] = None, label: Optional[str] = None,
+                request_id: Optional[str] = None):
         snap = self.snapshot
+        share = self.canary_share
+        if share is not None and version is None and label is None:
+            servable = _canary_route(snap, share, request_id)
+            if servable is not None:
+                return servable
         if label is not None:
             if label not in snap.labels and label not in self.config.label_map:
                 raise NotFound(f"Unrecognized servable version label: {label}")
@@ -236,6 +257,10 @@ class Registry:
         # may be written, edited and removed while the server runs); None: a missing file is an error.
         self._fallback = fallback
         self._config_stamp = config_stamp(config_path)
+        # canary.json beside the models.config (serving/canary.py): open canary windows, reread on change.
+        self._canary_path = config_path.parent / "canary.json" if config_path is not None else None
+        self._canary_stamp: Optional[Tuple[int, int]] = None
+        self._canary_shares: Dict[str, float] = {}
         self.models: Dict[str, ModelStore] = {c.name: ModelStore(c, loader, stamp, metrics) for c in configs}
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
@@ -278,8 +303,26 @@ class Registry:
             models[name].unload_all()
             log.info("model %s: removed from %s", name, self.config_path)
 
+    def _reload_canary(self) -> None:
+        stamp = config_stamp(self._canary_path)
+        if stamp != self._canary_stamp:
+            from serving.canary import windows
+
+            self._canary_stamp = stamp
+            shares = {name: (w.share if w.canary is not None else 0.0) for name, w in windows(self._canary_path).items()}
+            if shares != self._canary_shares:
+                log.info("canary windows: %s", ", ".join(f"{name} {share:.0%} to canary" for name, share in
+                                                         sorted(shares.items())) or "none")
+            self._canary_shares = shares
+        for name, store in self.models.items():
+            store.canary_share = self._canary_shares.get(name)
+
     def poll_once(self) -> None:
         self._reload_config()
+        try:
+            self._reload_canary()
+        except Exception:  # noqa: BLE001 -- a broken canary.json must not stop the watcher
+            log.exception("canary state %s: cannot read it; keeping the previous split", self._canary_path)
         for store in list(self.models.values()):
             if self._stop.is_set():
                 return

@@ -96,7 +96,9 @@ class StateWriter:
 
     def write(self, registry, listening: bool) -> None:
         models = {name: {"base_path": str(store.config.base_path),
-                         "statuses": [[s.version, s.state, s.error_code, s.error_message] for s in store.statuses()]}
+                         "statuses": [[s.version, s.state, s.error_code, s.error_message] for s in store.statuses()],
+                         # what its requests follow: labels (`stable`, `canary`) and an open canary's share
+                         "labels": dict(store.snapshot.labels), "canary_share": store.canary_share}
                   for name, store in list(registry.models.items())}
         state = {"pid": self.pid, "index": self.index, "listening": listening, "models": models}
         if state != self._last:

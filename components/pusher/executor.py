@@ -25,7 +25,7 @@ from tfx import types
 from tfx.components.util import model_utils
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
-from tfx.types.standard_component_specs import MODEL_BLESSING_KEY, MODEL_KEY, PUSHED_MODEL_KEY
+from tfx.types.standard_component_specs import INFRA_BLESSING_KEY, MODEL_BLESSING_KEY, MODEL_KEY, PUSHED_MODEL_KEY
 from tfx.utils import path_utils
 
 from components.pusher.spec import (ALLOW_REPUSH_KEY, DEFAULT_PUSH_KIND, KEEP_VERSIONS_KEY, PROJECT_HOME_KEY,
@@ -45,20 +45,21 @@ SOURCE_MODEL_ID = "source_model_id"
 FINGERPRINT = "model_fingerprint"
 REASON = "reason"
 REQUESTED_BY = "requested_by"
-KIND = "push_kind"  # "nightly" or "rollback"
+KIND = "push_kind"  # "nightly" or "rollback" ("promotion": a canary promoted, pipelines/canary.py)
 ROLLBACK_TRIGGER = "rollback_trigger"  # rollbacks only: "manual" (a person) or "alert" (the alert webhook)
 REPLACED_VERSION = "replaced_version"
 PRUNED_VERSIONS = "pruned_versions"  # "3,4": deleted by retention right after this push
 PRUNE_ERROR = "prune_error"
+CANARY_SHARE = "canary_share"  # "0.1": this push started as a canary for that share (serving/canary.py)
 
 
 class Executor(base_executor.BaseExecutor):
     """Pushes the model atomically, once, then applies retention (the AtomicPusher's executor).
 
-    Do() reads the `model` input and the optional `model_blessing`, the `push_base_directory`,
-    `allow_repush`, `push_kind`, `reason`, `requested_by`, `trigger` (rollbacks), `keep_versions`
-    and `project_home` execution properties, and the versions already under
-    `push_base_directory`. It writes a new version directory there (unless not blessed or already
+    Do() reads the `model` input, the optional `model_blessing` and `infra_blessing`, the
+    `push_base_directory`, `allow_repush`, `push_kind`, `reason`, `requested_by`, `trigger`
+    (rollbacks), `keep_versions` and `project_home` execution properties, and the versions already
+    under `push_base_directory`. It writes a new version directory there (unless not blessed or already
     pushed), deletes the versions retention lets go, and writes the `pushed_model` output (one
     PushedModel artifact): the custom properties named below and a PUSHED or NOT_PUSHED file in
     its folder.
@@ -91,6 +92,10 @@ class Executor(base_executor.BaseExecutor):
         if blessings and not model_utils.is_model_blessed(blessings[0]):
             why = blessings[0].get_string_custom_property("reason") or "the Evaluator did not bless it"
             return self._not_pushed(pushed_model, f"model {model.id} is not blessed: {why}")
+        infra_blessings = input_dict.get(INFRA_BLESSING_KEY) or []
+        if infra_blessings and not model_utils.is_infra_validated(infra_blessings[0]):
+            why = infra_blessings[0].get_string_custom_property("reason") or "the InfraValidator did not bless it"
+            return self._not_pushed(pushed_model, f"model {model.id} failed infra validation: {why}")
 
         model_dir = Path(path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model)))
         fingerprint = versions.model_fingerprint(model_dir)
@@ -102,7 +107,8 @@ class Executor(base_executor.BaseExecutor):
                 pushed_model, f"model {model.id} is already pushed as version {same[-1]}; nothing to do"
             )
 
-        version = versions.publish_version(model_dir, base)
+        version = self._publish(model_dir, base, kind, served_before, exec_properties.get(PROJECT_HOME_KEY) or "",
+                                pushed_model)
         reason = exec_properties.get(REASON_KEY) or "blessed by the Evaluator"
         pushed_model.set_int_custom_property(PUSHED, 1)
         pushed_model.set_int_custom_property(PUSHED_VERSION, version)
@@ -115,6 +121,20 @@ class Executor(base_executor.BaseExecutor):
         keep = DEFAULT_KEEP_VERSIONS if keep is None else int(keep)
         if keep > 0:
             self._retain(pushed_model, base, keep, served_before, exec_properties.get(PROJECT_HOME_KEY) or "")
+
+    @staticmethod
+    def _publish(model_dir: Path, base: Path, kind: str, served_before, home: str, pushed_model) -> int:
+        """Writes the version directory; a nightly push with the home's canary on (serving/canary.py)
+        first answers a share of requests under the `canary` label (recorded as `canary_share`)."""
+        if kind != DEFAULT_PUSH_KIND or not home:
+            return versions.publish_version(model_dir, base)
+        from serving import canary
+
+        version, window = canary.begin(Path(home), base, lambda: versions.publish_version(model_dir, base),
+                                       served_before, log=log.info)
+        if window is not None:
+            pushed_model.set_string_custom_property(CANARY_SHARE, f"{window.share:g}")
+        return version
 
     @staticmethod
     def _retain(pushed_model: types.Artifact, base: Path, keep: int, served_before, home: str) -> None:

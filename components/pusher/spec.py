@@ -18,4 +18,5 @@ PROJECT_HOME_KEY = "project_home"  # whose models.config labels, pins or loads v
 TRIGGER_KEY = "trigger"  # rollbacks: what started it, "manual" or "alert" (recorded as `rollback_trigger`)
 
 DEFAULT_PUSH_KIND = "nightly"
-ROLLBACK_TRIGGERS = ("manual", "alert")  # the values of TRIGGER_KEY; the first is the default
+ROLLBACK_TRIGGERS = ("manual", "alert", "canary")  # the values of TRIGGER_KEY; the first is the default
+# ("canary": `mlops models canary check` rolled a failing canary back, pipelines/canary.py)

@@ -31,6 +31,9 @@ def cmd_models_list(args) -> int:
         loaded = serving.loaded(on_disk)
         how = serving.describe()
     served = loaded[-1] if loaded else None
+    labels = serving.model.label_map if serving.model else {}
+    if "canary" in labels and labels.get("stable") in loaded:
+        served = labels["stable"]  # a canary window: stable answers most requests (`mlops models canary status`)
     pushes = list_pushes(config.metadata.to_proto()) if has_metadata(config) else []
     # A version directory no push explains (copied in by hand, or its ML Metadata store replaced):
     # the server serves it all the same, so it is listed rather than silently left out.
@@ -147,10 +150,11 @@ def register(commands) -> None:
     models = commands.add_parser("models", help="pushed model versions")
     models_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     models_list = models_commands.add_parser(
-        "list", help="every push (nightly or rollback) with version, model, who, when, why",
-        description="Every push: version, source model, kind (nightly, rollback, or 'rollback (alert)' for one "
-        "an alert triggered; --json: `kind` and `trigger`), when (UTC), by whom, labels, the version it replaced "
-        "and why, with marks for what is served.",
+        "list", help="every push (nightly, rollback or canary promotion) with version, model, who, when, why",
+        description="Every push: version, source model, kind (nightly, rollback, 'rollback (alert)' or "
+        "'rollback (canary)' for one an alert or a failing canary triggered, or promotion: a canary made stable; "
+        "--json: `kind` and `trigger`), when (UTC), by whom, labels, the version it replaced and why, with marks "
+        "for what is served.",
     )
     models_list.add_argument("--json", action="store_true", help="print JSON")
     models_list.add_argument(
@@ -169,3 +173,6 @@ def register(commands) -> None:
     )
     _add_prune_arguments(models_prune)
     models_prune.set_defaults(handler=cmd_models_prune)
+    from pipelines.cli.canary import register_under
+
+    register_under(models_commands)

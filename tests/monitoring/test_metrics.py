@@ -85,7 +85,7 @@ def test_labels_never_take_a_run_id_or_a_date():
 def test_every_rollback_trigger_is_written_so_the_counter_exists_before_it_moves():
     samples = _samples(metrics.push_registry("taxi", "taxi", 4, 1.7e9, {"manual": 2}))
     rollbacks = {dict(k[1])["trigger"]: v for k, v in samples.items() if k[0] == "mlops_model_rollbacks_total"}
-    assert rollbacks == {"manual": 2, "alert": 0}
+    assert rollbacks == {"manual": 2, "alert": 0, "canary": 0}
     assert not [k for k in samples if k[0].endswith("_created")]
 
 
@@ -157,3 +157,9 @@ def test_where_metrics_go(tmp_path, monkeypatch):
 def test_run_outcome_from_what_ml_metadata_says(states, blocked, blessed, expected):
     summary = RunSummary(run_id="r", node_states=states, blocked=blocked, blessed=blessed)
     assert monitor.run_outcome(summary) == expected
+
+
+def test_a_blessed_candidate_the_model_server_could_not_serve_is_not_blessed():
+    states = {"GatedEvaluator": "complete", "InfraValidator": "complete", "AtomicPusher": "complete"}
+    assert monitor.run_outcome(RunSummary(run_id="r", node_states=states, blessed=True, servable=False)) == "not_blessed"
+    assert monitor.run_outcome(RunSummary(run_id="r", node_states=states, blessed=True, servable=True)) == "success"
