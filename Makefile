@@ -65,7 +65,7 @@ test-fast: $(TFX_STAMP) monitoring servers  ## the tests that run no pipeline, n
 	status=0; $(VENV)/bin/python -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
-BENCHES ?= pipeline_vs_stock airflow_overhead serving_latency validation_throughput alert_loop lineage_query
+BENCHES ?= pipeline_vs_stock airflow_overhead serving_latency validation_throughput alert_loop lineage_query batch_scoring
 
 # bench/serving_latency.py's peers (issue 25): FastAPI + uvicorn in .venv (bench/requirements-peers.txt, under the TFX
 # constraints: nothing pinned moves), KServe in its own .venv-kserve (no kserve release resolves inside them). A KServe

@@ -30,6 +30,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from components.util.batch_predict import BATCH_SIZE, call_in_batches, output_of
+
 log = logging.getLogger(__name__)
 
 # class_name -> TFMA's default metric name.
@@ -42,7 +44,6 @@ METRICS = {
 }
 NUM_BUCKETS = 10000  # TFMA's calibration histogram (and AUC's default num_thresholds)
 _EPSILON = 1e-7  # TFMA's threshold epsilon and tf.keras' backend epsilon (both 1e-7)
-BATCH_SIZE = 8192
 
 Slice = Tuple[Tuple[str, object], ...]
 
@@ -193,18 +194,10 @@ def predict(model_path: str, spec, serialized: List[bytes]) -> Tuple[np.ndarray,
     model = tf.saved_model.load(model_path)
     serve = model.signatures[spec.signature_name or "serving_default"]
     preprocess = model.signatures[spec.preprocessing_function_names[0]]
+    where = f"{model_path}: signature {spec.signature_name or 'serving_default'}"
     labels, predictions = [], []
-    for start in range(0, len(serialized), BATCH_SIZE):
-        batch = tf.constant(serialized[start:start + BATCH_SIZE])
-        outputs = serve(examples=batch)
-        if spec.prediction_key:
-            output = outputs[spec.prediction_key]
-        elif len(outputs) == 1:
-            output = next(iter(outputs.values()))
-        else:
-            raise ValueError(f"{model_path}: signature {spec.signature_name or 'serving_default'} has outputs "
-                             f"{sorted(outputs)}; set prediction_key in the model spec")
-        predictions.append(np.asarray(output, dtype=np.float64).reshape(-1))
+    for batch, outputs in call_in_batches(serve, serialized, BATCH_SIZE):
+        predictions.append(output_of(outputs, spec.prediction_key, where))
         labels.append(np.asarray(preprocess(examples=batch)[spec.label_key], dtype=np.float64).reshape(-1))
     return np.concatenate(labels or [np.zeros(0)]), np.concatenate(predictions or [np.zeros(0)])
 

@@ -67,7 +67,11 @@ class CsvSplit:
         """Every data row of every file, blank lines left out, in non-empty chunks of about a MiB of
         text: one pyarrow string array per column."""
         for path in self.files:
-            yield from _CsvFile(path, len(self.column_names)).chunks()
+            yield from self.file_chunks(path)
+
+    def file_chunks(self, path: str) -> Iterator[Columns]:
+        """The rows of one of the split's files, as `chunks` reads them (batch scoring numbers rows per file)."""
+        return _CsvFile(path, len(self.column_names)).chunks()
 
 
 def _header(path: str) -> List[str]:
