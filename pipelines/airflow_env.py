@@ -33,6 +33,8 @@ DAGS_FOLDER = REPO / "dags"
 PLUGINS_FOLDER = DAGS_FOLDER / "plugins"
 NIGHTLY_DAG = "nightly_retrain"
 ROLLBACK_DAG = "model_rollback"
+SCORING_DAG = "batch_scoring"  # dags/batch_scoring.py: runs after each nightly push
+TUNING_DAG = "weekly_tuning"  # dags/weekly_tuning.py: `mlops tune` on Sundays (optional: paused)
 POOL = "mlmd_writers"
 BACKENDS = ("sqlite", "postgres")
 # SQLite's ML Metadata takes one writer at a time ("database is locked", design.md section 4); MariaDB

@@ -113,6 +113,19 @@ class KubeflowResolvers(Resolvers):
     def analyzer_cache(self, config: PipelineConfig):
         return None  # one span a night: nothing to cache
 
+    def tuned_hyperparameters(self, config: PipelineConfig):
+        from tfx.dsl.components.common.resolver import Resolver
+        from tfx.dsl.input_resolution.strategies.latest_artifact_strategy import LatestArtifactStrategy
+        from tfx.types import standard_artifacts
+        from tfx.types.channel import Channel
+
+        # Stock: the newest tuning result. Unlike the local strategy it resolves nothing, rather than
+        # an empty list, before the first tuning: run `mlops tune` (or the weekly DAG) once first.
+        return Resolver(
+            strategy_class=LatestArtifactStrategy,
+            hyperparameters=Channel(type=standard_artifacts.HyperParameters),
+        ).with_id("tuned_hyperparameters")
+
     def served_model(self, config: PipelineConfig):
         from tfx.dsl.components.common.resolver import Resolver
         from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy

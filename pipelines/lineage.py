@@ -243,7 +243,9 @@ def push_for_version(store, version: int, on_disk: Iterable[int], base: str) -> 
     (Looked up by its version: the whole push history is read only to name the known ones.)"""
     match = pushes(store, f"custom_properties.pushed_version.int_value = {int(version)}")
     if match:
-        return match[-1]
+        # A canary's promotion (pipelines/canary.py) names the version it made stable, but the Pusher's
+        # push wrote it: the chain starts there.
+        return ([p for p in match if p["kind"] != "promotion"] or match)[-1]
     known = ", ".join(str(p["version"]) for p in pushes(store)) or "none yet"
     if version in set(on_disk):
         raise ConfigError(
@@ -359,6 +361,20 @@ def _schema_import(store, schema_id: int):
     return found[0] if found else None
 
 
+def _tuning(up: "Graph", artifact_id: int) -> Json:
+    """The HyperParameters artifact a Trainer read (TFX's Tuner wrote its best trial's KerasTuner config
+    to best_hyperparameters.txt), its values as run_fn uses them, and the Tuner execution."""
+    from pipelines.taxi.model_options import tuned_hyperparameters
+
+    artifact = up.artifacts[artifact_id]
+    try:
+        config = json.loads((Path(artifact.uri) / "best_hyperparameters.txt").read_text())
+    except (OSError, ValueError):
+        config = {}  # the file is gone (pipeline root cleaned): the ids still tell where it came from
+    return {"artifact_id": artifact_id, "uri": artifact.uri, "values": tuned_hyperparameters(config),
+            "execution": _execution(up, up.producer(artifact_id))}
+
+
 def chain(store, push: Json, served_version: Optional[int]) -> Json:
     """Everything that made the model a push wrote, from the push down to the span's input files."""
     from components.util.spans import span_date
@@ -414,7 +430,13 @@ def chain(store, push: Json, served_version: Optional[int]) -> Json:
             "hyperparameters": {k: v for k, v in custom.items() if k not in ("strategy", "window_days")},
             "run_fn": str(props.get("run_fn", "")),
             "run": _run_context(store, training_run),
+            "tuning": None,
         }
+        tuned_id = _first(up.inputs(trainer, "hyperparameters"))
+        if tuned_id:  # trained with a weekly tuning result: its values won over the defaults
+            tuning = _tuning(up, tuned_id)
+            out["training"]["hyperparameters"].update(tuning["values"])
+            out["training"]["tuning"] = tuning
     if graph_id:
         props = _props(up.executions[transform])
         graph = _props(up.artifacts[graph_id])

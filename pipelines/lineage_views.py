@@ -104,6 +104,10 @@ def chain_lines(item: Json) -> List[str]:
         out.append(f"  training    {training['train_steps']} train steps, {training['eval_steps']} eval steps, "
                    f"strategy {training['strategy']}" + (f", {hyper}" if hyper else "")
                    + f"; {_who(training['execution'])}")
+        tuning = training.get("tuning")
+        if tuning:
+            out.append(f"  tuning      hyperparameters {tuning['artifact_id']} from weekly tuning; "
+                       f"{_who(tuning['execution']) if tuning.get('execution') else 'its Tuner execution is not in the store'}")
         run = training.get("run") or {}
         if run.get("code_version"):
             out.append(f"      code {run['code_version']}")

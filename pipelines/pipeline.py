@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Optional
 
 from components.util.spans import span_number
 from pipelines.config import PipelineConfig
 from pipelines.taxi import features as F
-from pipelines.taxi.model_options import hyperparameters
+from pipelines.taxi.model_options import SERVING_SIGNATURES, hyperparameters
 
 PREPROCESSING_FN = "pipelines.taxi.preprocessing.preprocessing_fn"
 RUN_FN = "pipelines.taxi.model.run_fn"
@@ -136,6 +137,20 @@ class Resolvers:
             cache=Channel(type=standard_artifacts.TransformCache),
         ).with_id("analyzer_cache")
 
+    def tuned_hyperparameters(self, config: PipelineConfig):
+        """The newest weekly tuning result (pipelines/tuning.py: TFX's Tuner writes a HyperParameters
+        artifact in this pipeline's context); none yet: the Trainer keeps the defaults."""
+        from tfx.dsl.components.common.resolver import Resolver
+        from tfx.types import standard_artifacts
+        from tfx.types.channel import Channel
+
+        from pipelines.resolvers import NewestTuningStrategy
+
+        return Resolver(
+            strategy_class=NewestTuningStrategy,
+            hyperparameters=Channel(type=standard_artifacts.HyperParameters),
+        ).with_id("tuned_hyperparameters")
+
     def served_model(self, config: PipelineConfig):
         """The Evaluator's baseline: the model behind the newest successful push."""
         from tfx.dsl.components.common.resolver import Resolver
@@ -258,6 +273,7 @@ def create_pipeline(config: PipelineConfig, resolvers: Optional[Resolvers] = Non
     from tfx.types.standard_component_specs import ANOMALIES_KEY
 
     from components.evaluator.component import GatedEvaluator
+    from components.infra_validator.component import InfraValidator
     from components.pusher.component import AtomicPusher
     from components.span_check.spec import REPORT_KEY
     from components.window.executor import WindowTrainerExecutor, WindowTransformExecutor
@@ -271,6 +287,7 @@ def create_pipeline(config: PipelineConfig, resolvers: Optional[Resolvers] = Non
         # A resolver node resolves when it runs: after the gates recorded this span's verdict.
         window.add_upstream_node(drift_validator)
     served_model = resolvers.served_model(config)
+    tuned = resolvers.tuned_hyperparameters(config)
     # Nothing after the gates runs on a span either gate blocked (resolvers.after_gate).
     with resolvers.after_gate(span_check.outputs[REPORT_KEY]), \
             resolvers.after_gate(drift_validator.outputs[ANOMALIES_KEY]):
@@ -295,11 +312,13 @@ def create_pipeline(config: PipelineConfig, resolvers: Optional[Resolvers] = Non
         # Data that failed validation never reaches Transform, Trainer or Pusher.
         transform.add_upstream_node(drift_validator)
         trainer = Trainer(
-            run_fn=RUN_FN,
+            run_fn=config.trainer_run_fn or RUN_FN,
             # The window's raw Examples: run_fn applies the transform graph per batch (no transformed copy).
             examples=examples,
             transform_graph=transform.outputs["transform_graph"],
             schema=schema_gen.outputs["schema"],
+            # The newest weekly tuning result, if any: run_fn trains with it instead of the defaults below.
+            hyperparameters=_output(tuned, "hyperparameters"),
             train_args=trainer_pb2.TrainArgs(num_steps=config.train_steps),
             eval_args=trainer_pb2.EvalArgs(num_steps=config.eval_steps),
             # Recorded by ML Metadata with the training: `mlops lineage` shows them as its hyperparameters.
@@ -316,9 +335,18 @@ def create_pipeline(config: PipelineConfig, resolvers: Optional[Resolvers] = Non
             slice_margin=config.gates.slice_margin,
             min_slice_examples=config.gates.min_slice_examples,
         )
+        # Servable before pushed: the candidate in a throwaway model server, every signature called.
+        infra_validator = InfraValidator(
+            model=trainer.outputs["model"],
+            examples=example_gen.outputs["examples"],
+            model_blessing=evaluator.outputs["blessing"],
+            model_name=Path(config.serving_model_dir).name,
+            required_signatures=SERVING_SIGNATURES,
+        )
         pusher = AtomicPusher(
             model=trainer.outputs["model"],
             model_blessing=evaluator.outputs["blessing"],
+            infra_blessing=infra_validator.outputs["blessing"],
             push_base_directory=config.serving_model_dir,
             keep_versions=config.keep_versions,
             project_home=config.project_home,
@@ -333,9 +361,11 @@ def create_pipeline(config: PipelineConfig, resolvers: Optional[Resolvers] = Non
                 window,
                 analyzer_cache,  # resolved even when unused: every window size has the same nodes (DAG tasks)
                 transform,
+                tuned,
                 trainer,
                 served_model,
                 evaluator,
+                infra_validator,
                 pusher,
             )
             if node is not None

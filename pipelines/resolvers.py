@@ -10,6 +10,7 @@
 - `ModelByIdStrategy`: one model by id, with its blessing (what a rollback pushes again).
 - `WindowExamplesStrategy`: the raw Examples of the newest N days that passed every data gate
   (the training window; a blocked or never-validated day is left out).
+- `NewestTuningStrategy`: the newest weekly tuning result (HyperParameters), or none.
 - `AnalyzerCacheStrategy`: tf.Transform's analyzer cache from an earlier night, when it was built
   for the same schema and preprocessing.
 """
@@ -52,6 +53,15 @@ class ServedModelStrategy(resolver.ResolverStrategy):
         if model is None:
             return {"model": [], "pushed_model": []}
         return {"model": [model], "pushed_model": [push]}
+
+
+class NewestTuningStrategy(resolver.ResolverStrategy):
+    """The newest HyperParameters artifact (weekly tuning, pipelines/tuning.py), or none. Stock
+    LatestArtifactStrategy returns None for an empty channel, which fails the resolver node: before
+    the first tuning there is nothing, and the Trainer keeps its defaults."""
+
+    def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]) -> Optional[Dict]:
+        return {"hyperparameters": sorted(input_dict["hyperparameters"], key=lambda a: a.id)[-1:]}
 
 
 class PreviousSpanStatisticsStrategy(resolver.ResolverStrategy):

@@ -96,7 +96,7 @@ WORKER_LOG_PORT = 8793
 TRIGGER_LOG_PORT = 8794
 START_TIMEOUT = 240.0
 STOP_TIMEOUT = 30.0
-PROJECT_DAGS = (airflow_env.NIGHTLY_DAG, airflow_env.ROLLBACK_DAG)
+PROJECT_DAGS = (airflow_env.NIGHTLY_DAG, airflow_env.ROLLBACK_DAG, airflow_env.SCORING_DAG, airflow_env.TUNING_DAG)
 # The postgres backend's task supervisors and Celery worker: see "Settings, and why" above.
 POSTGRES_TASK_SETTINGS = {"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
                           "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2"}

@@ -52,9 +52,10 @@ FIXTURE_MARKERS: Dict[str, Tuple[str, ...]] = {
     "airflow_project": ("airflow",),  # an empty home the test sets up Airflow in (airflow_env.init)
     "airflow_python": ("airflow",),  # runs code with .venv-airflow's Python (tests/dags)
     # shared sequences of real runs (each module says what it runs)
-    "runs": ("pipeline",),  # tests/e2e/conftest.py: 5 `mlops run`s of two spans
+    "runs": ("pipeline",),  # tests/e2e/conftest.py: 6 `mlops run`s of two spans
     "gated": ("pipeline",),  # tests/e2e/test_data_gates.py: one good run, then a run per fault kind
     "windowed": ("pipeline",),  # tests/e2e/test_window.py: nights over a rolling window of spans
+    "tuned": ("pipeline",),  # tests/e2e/test_tuning.py: a night, `mlops tune`, the next night
     "nightly": ("pipeline", "airflow"),  # tests/e2e/test_airflow_nightly.py: `airflow dags test` runs
     "airflow_services": ("pipeline", "airflow"),  # tests/e2e/test_airflow_ui.py: `make up`, a backfill
     "airflow_postgres": ("pipeline", "airflow"),  # tests/e2e/test_airflow_postgres.py: `up --backend postgres`, a run
@@ -76,6 +77,7 @@ COMMAND_MARKERS: Dict[Tuple[str, ...], FrozenSet[str]] = {
     ("validate",): frozenset({"pipeline"}),
     ("node", "run"): frozenset({"pipeline"}),
     ("rollback",): frozenset({"pipeline"}),
+    ("tune",): frozenset({"pipeline"}),
     ("worker", "start"): frozenset({"pipeline"}),
     ("airflow", "run"): frozenset({"pipeline", "airflow"}),
     **{("airflow", sub): frozenset({"airflow"}) for sub in ("backfill", "up", "init", "pause", "unpause")},

@@ -2,7 +2,7 @@
 
 One module per command group, each with `register(commands)` (its parsers) and thin handlers over
 the library: `data`, `run` (run, validate, summary), `node` (node, worker, dags), `airflow`,
-`compile`, `rollback`, `models`, `lineage`, `metadata`, `serve`, `schema`; `common` holds what they share. Importing the package
+`compile`, `rollback`, `models`, `score`, `tune`, `lineage`, `metadata`, `serve`, `schema`; `common` holds what they share. Importing the package
 imports neither TensorFlow nor TFX: each command imports what it needs when it runs, so
 `mlops --help` answers at once. `docs/cli.md` is generated from these parsers (`mlops docs`).
 """
@@ -15,11 +15,11 @@ import sys
 import warnings
 from typing import List, Optional
 
-from pipelines.cli import airflow, compile, data, docs, lineage, metadata, models, monitoring, node, rollback, run, schema, serve
+from pipelines.cli import airflow, compile, data, docs, lineage, metadata, models, monitoring, node, rollback, run, schema, score, serve, tune
 from pipelines.errors import EXIT_CONFIG, MlopsError
 
 # In the order `mlops --help` lists them.
-GROUPS = (data, run, node, airflow, compile, monitoring, rollback, models, lineage, metadata, serve, schema, docs)
+GROUPS = (data, run, node, airflow, compile, monitoring, rollback, models, score, tune, lineage, metadata, serve, schema, docs)
 
 
 def build_parser() -> argparse.ArgumentParser:

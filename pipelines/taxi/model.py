@@ -19,7 +19,8 @@ import tensorflow_transform as tft
 
 from components.util.keras import skip_autograph_of_tf_keras
 from pipelines.taxi import features as F
-from pipelines.taxi.model_options import HIDDEN_UNITS, LEARNING_RATE, STRATEGIES
+from pipelines.taxi.model_options import (FEATURES_SIGNATURE, HIDDEN_UNITS, LEARNING_RATE, STRATEGIES,
+                                        tuned_hyperparameters)
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +144,6 @@ def build_model(tf_transform_output, learning_rate: float,
     return model
 
 
-FEATURES_SIGNATURE = "serving_features"
-
-
 def _as_parsed(value, spec):
     """A dense [batch] tensor as `tf.io.parse_example` would give `spec`: every row has its value."""
     if isinstance(spec, tf.io.VarLenFeature):
@@ -238,6 +236,8 @@ def train_and_export(spec: TrainSpec) -> dict:
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point (referenced as `pipelines.taxi.model.run_fn`)."""
     custom = fn_args.custom_config or {}
+    # The newest weekly tuning result, when the Trainer got one, wins over the defaults in custom_config.
+    custom = {**custom, **tuned_hyperparameters(getattr(fn_args, "hyperparameters", None))}
     train_and_export(
         TrainSpec(
             train_files=fn_args.train_files,

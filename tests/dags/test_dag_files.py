@@ -57,6 +57,29 @@ def dagbag(airflow_python, tmp_path_factory):
     )
 
 
+def rendered_args(airflow_python, tmp_path, dag_file: str, render: str, confs: dict) -> dict:
+    """{name: what the DAG's `render` macro makes of its params updated with conf, validated as Airflow
+    does ("refused: <error type>" when the params refuse the conf)}, run in Airflow's Python."""
+    return airflow_python(
+        f"""
+        import copy, json, importlib.util
+        spec = importlib.util.spec_from_file_location("dag_module", {str(REPO / 'dags' / dag_file)!r})
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+
+        def args_for(conf):
+            params = copy.deepcopy(mod.dag.params)
+            try:
+                params.update(conf)
+                return getattr(mod, {render!r})(params.validate())
+            except Exception as err:
+                return "refused: " + type(err).__name__
+        print(json.dumps({{name: args_for(conf) for name, conf in {confs!r}.items()}}))
+        """,
+        tmp_path,
+    )
+
+
 def test_both_dags_load_without_import_errors(dagbag):
     assert dagbag["errors"] == {}
     assert {"nightly_retrain", "model_rollback"} <= set(dagbag["dags"])
@@ -130,29 +153,12 @@ def test_the_alert_webhooks_conf_passes_the_rollback_dags_params_to_the_cli(dagb
         dagbag["dags"]["model_rollback"]["params"])
     alert_conf = rollback_conf("ServingErrorRateHigh fired for model taxi version 4 since 2026-12-06T01:02:03Z: "
                                "7% of requests fail (value 0.07, fingerprint f4)", 4)
-    out = airflow_python(
-        f"""
-        import copy, json, importlib.util
-        spec = importlib.util.spec_from_file_location("rollback_dag", {str(REPO / 'dags' / 'model_rollback.py')!r})
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-
-        def args_for(conf):
-            params = copy.deepcopy(mod.dag.params)
-            try:
-                params.update(conf)
-                return mod.rollback_args(params.validate())
-            except Exception as err:
-                return "refused: " + type(err).__name__
-        print(json.dumps({{
-            "alert": args_for({alert_conf!r}),
-            "manual": args_for({{"reason": "bad model", "to_version": 2}}),
-            "bad_trigger": args_for({{"reason": "bad model", "trigger": "pager"}}),
-            "bad_version": args_for({{"reason": "bad model", "only_if_serving": "four"}}),
-        }}))
-        """,
-        tmp_path,
-    )
+    out = rendered_args(airflow_python, tmp_path, "model_rollback.py", "rollback_args", {
+        "alert": alert_conf,
+        "manual": {"reason": "bad model", "to_version": 2},
+        "bad_trigger": {"reason": "bad model", "trigger": "pager"},
+        "bad_version": {"reason": "bad model", "only_if_serving": "four"},
+    })
     assert out["bad_trigger"].startswith("refused") and out["bad_version"].startswith("refused"), out
     assert shlex.split(out["manual"]) == ["--to", "2", "--reason", "bad model", "--by", "airflow", "--trigger", "manual"]
     alert_args = shlex.split(out["alert"])
@@ -163,7 +169,7 @@ def test_the_alert_webhooks_conf_passes_the_rollback_dags_params_to_the_cli(dagb
     assert parsed.reason == alert_conf["reason"]
 
 
-@pytest.mark.parametrize("module", ["nightly_retrain", "model_rollback"])
+@pytest.mark.parametrize("module", ["nightly_retrain", "model_rollback", "weekly_tuning"])
 def test_importing_a_dag_module_leaves_tensorflow_and_tfx_out(airflow_python, tmp_path, module):
     out = airflow_python(
         f"""
@@ -209,7 +215,7 @@ def test_span_date_and_run_id_macros(airflow_python, tmp_path):
 
 def test_committed_manifest_matches_the_pipeline(tmp_path):
     result = mlops_here(tmp_path, "dags", "manifest", "--check")
-    assert "matches the pipeline (15 nodes)" in result.stdout
+    assert "matches the pipeline (17 nodes)" in result.stdout
 
 
 def test_manifest_check_names_what_differs(tmp_path):
@@ -249,7 +255,8 @@ def test_the_dags_take_the_exit_codes_not_to_retry_from_the_cli_through_the_mani
     )
     assert seen["codes"] == {str(code): why for code, why in NO_RETRY_EXIT_CODES.items()}
     # .airflowignore keeps the parser away from the shared module: it is not a DAG file.
-    assert seen["parsed"] == ["model_rollback.py", "nightly_retrain.py"]
+    assert {"canary_check.py", "model_rollback.py", "nightly_retrain.py"} <= set(seen["parsed"])
+    assert "mlops_common.py" not in seen["parsed"]
 
 
 def test_tasks_take_the_ml_metadata_store_from_an_airflow_connection(airflow_python, tmp_path):
@@ -284,3 +291,35 @@ def test_tasks_take_the_ml_metadata_store_from_an_airflow_connection(airflow_pyt
     assert all(env == expected for env in out["envs"].values()), out["envs"]
     assert not any("s3cret-pw" in command for command in out["commands"])
     assert "airflow connections add no_such_connection --conn-type mysql" in out["missing"]
+
+
+def test_weekly_tuning_dag_runs_mlops_tune_on_sundays_with_params_the_cli_accepts(dagbag, airflow_python, tmp_path):
+    """Optional weekly tuning: paused at creation like every project DAG, Sundays 04:00 (after that
+    night's 02:00 run), one task whose rendered `mlops tune` arguments the real parser accepts."""
+    import shlex
+
+    from pipelines.cli import build_parser
+
+    dag = dagbag["dags"]["weekly_tuning"]
+    assert dag["schedule"] == "0 4 * * 0" and dag["timetable"] == "CronDataIntervalTimetable"
+    assert dag["catchup"] is False and dag["max_active_runs"] == 1 and dag["doc_md"]
+    assert list(dag["tasks"]) == ["tune"] and " tune " in dag["tasks"]["tune"]["command"]
+    assert {"trials", "train_steps", "date"} <= set(dag["params"])
+    out = rendered_args(airflow_python, tmp_path, "weekly_tuning.py", "tune_args", {
+        "default": {}, "dated": {"date": "2026-11-22", "trials": 2}, "bad": {"trials": 0}})
+    assert out["bad"].startswith("refused"), out
+    default = build_parser().parse_args(["tune", *shlex.split(out["default"])])
+    assert (default.trials, default.train_steps, default.date) == (6, 300, None)
+    dated = build_parser().parse_args(["tune", *shlex.split(out["dated"])])
+    assert (dated.trials, str(dated.date)) == (2, "2026-11-22")
+
+
+def test_canary_check_dag_runs_the_canary_check_every_5_minutes_in_the_mlmd_pool(dagbag):
+    """The canary's decision (serving/canary.py): one task, `mlops models canary check`, which does nothing
+    while no window is open or the soak period runs."""
+    dag = dagbag["dags"]["canary_check"]
+    assert dag["schedule"] == "*/5 * * * *" and dag["catchup"] is False and dag["max_active_runs"] == 1
+    assert dag["doc_md"] and list(dag["tasks"]) == ["check"]
+    task = dag["tasks"]["check"]
+    assert task["command"].endswith(" models canary check") and task["pool"] == "mlmd_writers"
+    assert task["retries"] == 0 and task["timeout"] == 600

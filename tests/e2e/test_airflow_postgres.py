@@ -202,7 +202,7 @@ def test_celery_ran_every_task_of_the_run(airflow_postgres):
         if not unfinished or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert len(rows) == len(airflow_postgres["task_instances"]) == 16
+    assert len(rows) == len(airflow_postgres["task_instances"]) == 18
     assert unfinished == []
     log = services.log_file(airflow_postgres["home"], services.CELERY_WORKER).read_text(errors="replace")
     for task_id, celery_id, _ in rows:

@@ -10,7 +10,7 @@ from pipelines.cli import docs
 from pipelines.worker.server import load_entry
 
 GROUPS = ("data", "validate", "run", "summary", "node", "worker", "dags", "airflow", "compile", "monitoring", "rollback",
-          "models", "lineage", "metadata", "serve", "schema", "docs")
+          "models", "score", "tune", "lineage", "metadata", "serve", "schema", "docs")
 
 
 def run(capsys, *argv: str):

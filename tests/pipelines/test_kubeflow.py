@@ -155,6 +155,7 @@ def test_the_local_pipeline_is_unchanged_by_the_kubeflow_variant():
         "training_window": ["pipelines.resolvers.WindowExamplesStrategy"],
         "analyzer_cache": ["pipelines.resolvers.AnalyzerCacheStrategy"],
         "served_model": ["pipelines.resolvers.ServedModelStrategy"],
+        "tuned_hyperparameters": ["pipelines.resolvers.NewestTuningStrategy"],
     }
     check_golden(GOLDEN_LOCAL_DIGEST, json.dumps(digest, indent=2, sort_keys=True) + "\n")
 
@@ -206,7 +207,7 @@ def verdicts_read(task: dict) -> set:
 
 
 def test_every_task_after_a_data_gate_runs_only_when_the_gate_did_not_block(job):
-    after_drift = {"Transform", "Trainer", "GatedEvaluator", "AtomicPusher"}
+    after_drift = {"Transform", "Trainer", "GatedEvaluator", "InfraValidator", "AtomicPusher"}
     assert downstream(job, "DriftValidator") == after_drift
     assert downstream(job, "SpanCheck") == {"CsvExampleGen", "StatisticsGen", "ExampleValidator", "DriftValidator",
                                             *after_drift}
@@ -219,14 +220,16 @@ def test_no_task_before_a_gate_nor_the_gate_itself_waits_for_its_verdict(job):
     compiled = tasks(job)
     # Before both gates, and the resolvers (metadata queries; KFP gives a resolver task no condition).
     before_both = set(compiled) - downstream(job, "SpanCheck") - downstream(job, "DriftValidator")
-    assert before_both == {"ImportSchemaGen", "SpanCheck", "previous_span_statistics", BLESSING_TASK, MODEL_TASK}
+    assert before_both == {"ImportSchemaGen", "SpanCheck", "previous_span_statistics", "tuned_hyperparameters",
+                           BLESSING_TASK, MODEL_TASK}
     for name in before_both:
         assert "triggerPolicy" not in compiled[name], name
     # TFX's KFP compiler drops a resolver's condition without a word: none is built in a gate's context.
     ir = compile_ir(kubeflow.create_kubeflow_pipeline(GOLDEN_OPTIONS))
     nodes = [node.pipeline_node for node in ir.nodes]
     resolvers = [node for node in nodes if node.node_info.type.name.endswith(".Resolver")]
-    assert {node.node_info.id for node in resolvers} == {"previous_span_statistics", "served_model"}
+    assert {node.node_info.id for node in resolvers} == {"previous_span_statistics", "served_model",
+                                                         "tuned_hyperparameters"}
     assert not [node.node_info.id for node in resolvers if node.inputs.conditionals]
     # Between the gates (the DriftValidator included): the span check's verdict only.
     for name in ("CsvExampleGen", "StatisticsGen", "ExampleValidator", "DriftValidator"):
@@ -268,4 +271,4 @@ def test_the_local_pipelines_have_no_conditions():
                                                                         create_validation_pipeline))
     assert not [node.pipeline_node.node_info.id for node in (*local.nodes, *validation.nodes)
                 if node.pipeline_node.inputs.conditionals]
-    assert len(local.nodes) == 15 and len(validation.nodes) == 8
+    assert len(local.nodes) == 17 and len(validation.nodes) == 8
