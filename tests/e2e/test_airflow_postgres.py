@@ -47,9 +47,27 @@ def last_complete_day(now: dt.datetime) -> dt.date:
     return (now - dt.timedelta(days=1, hours=2)).date()
 
 
-def api(out: dict, path: str, method: str = "GET", body=None):
-    token = services.token(out["url"], services.admin_password(out["home"]))
-    return services.http(out["url"] + path, method, body, token=token)
+def api(out: dict, path: str, method: str = "GET", body=None, attempts: int = 5):
+    """(status, answer) of one REST call as admin. The token is kept (Airflow's last an hour); a call
+    nothing answered (status 0: the api-server busy past the 10 s timeout while the shared setups
+    load both cores) is tried again, up to `attempts` times (a GET; a write once), before the status
+    is returned."""
+    for attempt in range(attempts):
+        if not out.get("token"):
+            try:
+                out["token"] = services.token(out["url"], services.admin_password(out["home"]))
+            except services.ConfigError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(2)
+                continue
+        status, answer = services.http(out["url"] + path, method, body, token=out["token"])
+        if status == 401:
+            out["token"] = None  # expired: log in again
+        if status not in (0, 401) or attempt == attempts - 1 or (status == 0 and method != "GET"):
+            return status, answer  # a write that may have happened is not sent twice
+        time.sleep(2)
+    return status, answer
 
 
 def _stop(home: Path) -> subprocess.CompletedProcess:

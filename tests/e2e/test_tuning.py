@@ -13,7 +13,7 @@ from tests.conftest import DAY1, DAY2, make_home, mlops, readonly_store
 STEPS = ("--train-steps", "20", "--eval-steps", "5")
 
 
-@prepared.setup("tuned", lane="window")  # beside the other shared setups (tests/prepared.py)
+@prepared.setup("tuned", lane="tuning")  # beside the other shared setups (tests/prepared.py)
 def _tuned(tmp_path_factory) -> dict:
     home = make_home(tmp_path_factory.mktemp("tuning"), days=2, rows=1500)
     before = {"untrained": mlops(home, "tune", "--trials", "2", *STEPS, check=False)}
