@@ -21,7 +21,9 @@ def _tuned(tmp_path_factory) -> dict:
     before["unvalidated_day"] = mlops(home, "tune", "--date", DAY2.isoformat(), "--trials", "2", *STEPS, check=False)
     first = json.loads(mlops(home, "tune", "--trials", "2", *STEPS, "--json").stdout)
     again = mlops(home, "tune", "--trials", "2", *STEPS)
-    night = mlops(home, "run", "--date", DAY2.isoformat(), *STEPS)
+    # Lenient gates: whether 20 steps of either model beat the other on 1.5k rows is not the question here.
+    night = mlops(home, "run", "--date", DAY2.isoformat(), *STEPS, "--auc-floor", "0.0", "--min-improvement", "-1.0",
+                  "--slice-margin", "1.0")
     lineage = json.loads(mlops(home, "lineage", "--version", "2", "--json").stdout)["chain"]
     mlops(home, "worker", "stop", check=False)
     return dict(home=home, before=before, first=first, again=again, night=night, lineage=lineage)
