@@ -58,7 +58,7 @@ CEILING_CHILD = """
 import datetime as dt, json, sys, time
 from pathlib import Path
 import numpy as np, tensorflow as tf
-from components.util.batch_predict import BATCH_SIZE, CsvExamples
+from components.util.batch_predict import BATCH_SIZE, CsvExamples, tensors
 from pipelines.scoring import _reader
 from serving.servable import feature_spec_of
 model_dir, folder, out = sys.argv[1:4]
@@ -66,7 +66,7 @@ model = tf.saved_model.load(model_dir, tags=["serve"])
 signature, fn, rows, _ = _reader(model, Path(model_dir), Path(folder), dt.date(1970, 1, 1))
 batches = [batch for _, batch in rows.batches(BATCH_SIZE)]
 if isinstance(batches[0], dict):
-    inputs = [{k: tf.constant(v) for k, v in batch.items()} for batch in batches]
+    inputs = [tensors(batch) for batch in batches]
     run = lambda tensors: fn(**tensors)
 else:
     inputs = [tf.constant(batch) for batch in batches]

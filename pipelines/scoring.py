@@ -259,7 +259,7 @@ def _reader(model, model_path: Path, folder: Path, day: dt.date):
     `serving_default` on ExampleGen's tf.Examples."""
     import tensorflow as tf
 
-    from components.util.batch_predict import CsvColumns, CsvExamples
+    from components.util.batch_predict import CsvColumns, CsvExamples, tensors
     from serving.servable import feature_spec_of
 
     if FEATURES_SIGNATURE in model.signatures:
@@ -269,7 +269,7 @@ def _reader(model, model_path: Path, folder: Path, day: dt.date):
         if all(spec.shape.rank == 1 for spec in inputs.values()) and set(dtypes.values()) <= {"int64", "float32", "string"}:
             rows = CsvColumns(str(folder), dtypes)
             if not rows.missing:
-                return FEATURES_SIGNATURE, fn, rows, lambda arrays: fn(**{k: tf.constant(v) for k, v in arrays.items()})
+                return FEATURES_SIGNATURE, fn, rows, lambda arrays: fn(**tensors(arrays))
     if SIGNATURE not in model.signatures:
         raise ConfigError(f"{model_path} has no {SIGNATURE} signature (it has {sorted(model.signatures)})",
                           "score a version the pipeline pushed (`mlops models list`)")

@@ -103,6 +103,41 @@ class CsvExamples:
 NUMPY_TYPES = {"int64": "int64", "float32": "float32", "string": "object"}
 
 
+class Coded:
+    """A text column as its distinct values and one code per row (pyarrow's dictionary encoding):
+    `np.asarray(column)` gives the row values; `tensors()` builds the [batch] string tensor with one
+    gather in TensorFlow instead of one Python string per cell (the taxi columns `company` and
+    `payment_type` have tens of distinct values in hundreds of thousands of rows)."""
+
+    __slots__ = ("values", "codes")
+
+    def __init__(self, values: np.ndarray, codes: np.ndarray):
+        self.values, self.codes = values, codes
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, rows) -> "Coded":
+        return Coded(self.values, self.codes[rows])
+
+    def __array__(self, dtype=None, copy=None):
+        decoded = self.values[self.codes] if len(self.values) else np.full(len(self.codes), "", dtype=object)
+        return decoded if dtype is None else decoded.astype(dtype)
+
+
+def tensors(arrays: Mapping[str, object]) -> Dict[str, object]:
+    """{input: tensor} for a signature call from CsvColumns' arrays (a Coded column by a gather)."""
+    import tensorflow as tf
+
+    out = {}
+    for name, array in arrays.items():
+        if isinstance(array, Coded):
+            out[name] = tf.gather(tf.constant(array.values, dtype=tf.string), tf.constant(array.codes))
+        else:
+            out[name] = tf.constant(array)
+    return out
+
+
 class CsvColumns:
     """The rows of a span's CSV files as one array per input of a signature that takes raw
     features as [batch] tensors (the taxi model's `serving_features`: {name: dtype name}), in
@@ -127,7 +162,8 @@ class CsvColumns:
 
     def batches(self, batch_size: int = BATCH_SIZE) -> Iterator[Tuple[List[Tuple[str, int, int]], Dict[str, np.ndarray]]]:
         """([(file name, first row, row count)], {input: array}) of about `batch_size` rows at a
-        time, in file and row order."""
+        time, in file and row order; a text column may be a Coded (`np.asarray` decodes it, and
+        `tensors()` makes the call's tensors of any of them)."""
         for path in self.files:
             name, row = os.path.basename(path), 0
             try:
@@ -145,7 +181,9 @@ class CsvColumns:
         import pyarrow.compute as pc
         import pyarrow.csv as pcsv
 
-        types = {name: {"int64": pa.int64(), "float32": pa.float64(), "string": pa.string()}[dtype]
+        # Text as a dictionary column: the cells' distinct values once and an int32 code per row.
+        text = pa.dictionary(pa.int32(), pa.string())
+        types = {name: {"int64": pa.int64(), "float32": pa.float64(), "string": text}[dtype]
                  for name, _, dtype in self._columns}
         with open(path, "rb") as handle:
             head = handle.read(1 << 16)
@@ -160,7 +198,10 @@ class CsvColumns:
             for name, _, dtype in self._columns:
                 column = batch.column(batch.schema.get_field_index(name))
                 if dtype == "string":
-                    out[name] = column.to_numpy(zero_copy_only=False)
+                    if isinstance(column, pa.ChunkedArray):
+                        column = column.combine_chunks()
+                    out[name] = Coded(column.dictionary.to_numpy(zero_copy_only=False),
+                                      column.indices.to_numpy(zero_copy_only=False))
                 else:
                     # float64 first, then float32: what float(cell) and then protobuf's float32 give a tf.Example
                     values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False)

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from components.util.batch_predict import CsvColumns, CsvExamples, prefetched
+from components.util.batch_predict import Coded, CsvColumns, CsvExamples, prefetched, tensors
 from pipelines.scoring import input_fingerprint
 
 HEADER = "fare,company,trip_start_hour,tips\n"
@@ -40,6 +40,19 @@ def test_columns_are_typed_as_the_signature_takes_them_and_rows_keyed_per_file(t
     assert arrays["trip_start_hour"].tolist() == [7, 0, 23, 1]  # an empty cell is 0, as JSON clients send it
     assert arrays["company"].tolist() == ["Taxi Co", "", "Other", "x"]
     assert "tips" not in arrays  # not a model input
+
+
+def test_text_is_read_as_codes_and_becomes_the_same_string_tensor_as_its_cells(tmp_path):
+    folder = _span(tmp_path, {"data.csv": HEADER + "".join(f"1,{['Taxi Co', '', 'Other'][i % 3]},{i % 24},0\n"
+                                                            for i in range(100))})
+    [(_, batch)] = list(CsvColumns(str(folder), DTYPES).batches())
+    company = batch["company"]
+    assert isinstance(company, Coded) and len(company) == 100 and len(company.values) == 3
+    cells = [["Taxi Co", "", "Other"][i % 3] for i in range(100)]
+    assert np.asarray(company).tolist() == cells and np.asarray(company[5:7]).tolist() == cells[5:7]
+    made = tensors(batch)
+    assert made["company"].dtype.name == "string" and made["company"].numpy().tolist() == [c.encode() for c in cells]
+    assert made["trip_start_hour"].numpy().tolist() == [i % 24 for i in range(100)]
 
 
 def test_a_quoted_newline_is_read_as_examplegen_reads_it_with_the_same_keys(tmp_path):
