@@ -203,22 +203,36 @@ def passed_gates(report: Optional[types.Artifact]) -> bool:
             and report.get_int_custom_property(BLOCKED) != 1)
 
 
-def window_examples(examples: Iterable[types.Artifact], verdicts: Iterable[types.Artifact], current_span: int,
-                    window_days: int) -> List[types.Artifact]:
-    """ExampleGen's newest Examples of each day in [current - window + 1, current] that passed the
-    gates, oldest first. Transform's outputs are Examples too: only ExampleGen's carry an
-    `input_fingerprint`."""
+def _passed_examples_between(examples: Iterable[types.Artifact], verdicts: Iterable[types.Artifact],
+                             first_span: int, last_span: Optional[int]) -> List[types.Artifact]:
+    """ExampleGen's newest Examples of each span in [first_span, last_span] (no upper end: None)
+    that passed the gates, oldest first. Transform's outputs are Examples too: only ExampleGen's
+    carry an `input_fingerprint`."""
     standing = newest_gate_verdicts(verdicts)
     newest: Dict[int, types.Artifact] = {}
     for artifact in examples:
         span = span_of(artifact)
         if not artifact.get_string_custom_property("input_fingerprint"):
             continue
-        if not current_span - window_days < span <= current_span:
+        if span < first_span or (last_span is not None and span > last_span):
             continue
         if span not in newest or artifact.id > newest[span].id:
             newest[span] = artifact
     return [newest[span] for span in sorted(newest) if passed_gates(standing.get(span_date(span)))]
+
+
+def window_examples(examples: Iterable[types.Artifact], verdicts: Iterable[types.Artifact], current_span: int,
+                    window_days: int) -> List[types.Artifact]:
+    """ExampleGen's newest Examples of each day in [current - window + 1, current] that passed the
+    gates, oldest first. Transform's outputs are Examples too: only ExampleGen's carry an
+    `input_fingerprint`."""
+    return _passed_examples_between(examples, verdicts, current_span - window_days + 1, current_span)
+
+
+def passed_examples(examples: Iterable[types.Artifact], verdicts: Iterable[types.Artifact]) -> List[types.Artifact]:
+    """ExampleGen's newest Examples of every day (span 1 onwards) that passed the gates, oldest
+    first: `window_examples` without a window."""
+    return _passed_examples_between(examples, verdicts, 1, None)
 
 
 class WindowExamplesStrategy(resolver.ResolverStrategy):

@@ -103,7 +103,7 @@ def good_spans(config: PipelineConfig, day: Optional[dt.date] = None) -> list:
     from ml_metadata import metadata_store
 
     from components.util.spans import span_date, span_of
-    from pipelines.resolvers import window_examples
+    from pipelines.resolvers import passed_examples, window_examples
 
     store = metadata_store.MetadataStore(config.metadata.to_proto())
     if not store.get_artifacts_by_type("TransformGraph"):
@@ -111,7 +111,7 @@ def good_spans(config: PipelineConfig, day: Optional[dt.date] = None) -> list:
                           "run a night first (`mlops run --date D` or the nightly_retrain DAG), then tune")
     examples, verdicts = _tfx_artifacts(store, "Examples"), _tfx_artifacts(store, "ExampleAnomalies")
     if day is None:
-        passed = window_examples(examples, verdicts, 10 ** 6, 10 ** 6)
+        passed = passed_examples(examples, verdicts)
         if not passed:
             raise DataError("no span has passed the data gates yet",
                             "run a night on good data first (`mlops run --date D`), then tune")

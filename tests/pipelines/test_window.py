@@ -13,7 +13,7 @@ from tfx.types import standard_artifacts
 
 from components.util.spans import span_number
 from pipelines import window
-from pipelines.resolvers import AnalyzerCacheStrategy, window_examples
+from pipelines.resolvers import AnalyzerCacheStrategy, passed_examples, window_examples
 
 D = [dt.date(2026, 11, 20) + dt.timedelta(days=n) for n in range(7)]
 
@@ -51,6 +51,9 @@ def test_the_window_keeps_the_newest_passed_examples_of_each_day_oldest_first():
     assert [a.id for a in window_examples(examples, reports, span_number(D[4]), window_days=4)] == [9, 13, 17]
     # Never a span newer than the one being run (a backfill of an older night).
     assert [a.id for a in window_examples(examples, reports, span_number(D[3]), window_days=7)] == [1, 9, 13]
+    # Every good day, however old or new (what weekly tuning searches on): the newest Examples of each.
+    blocked = [_examples(D[6], 40), _report(D[6], 41, "drift_validator", True)]
+    assert [a.id for a in passed_examples(examples + blocked[:1], reports + blocked[1:])] == [1, 9, 13, 17]
 
 
 @pytest.mark.parametrize("standing, kept", [

@@ -27,6 +27,7 @@ from serving.config import default_config_path
 from serving.versions import publish_version
 from tests.conftest import make_home, mlops
 from tests.serving.helpers import Http, Server
+from tests.serving.load import Load
 
 MODEL = "/v1/models/taxi"
 
@@ -113,36 +114,15 @@ def _within_binomial(count: int, n: int, p: float, sds: float = 4.0) -> bool:
     return abs(count - n * p) <= sds * math.sqrt(n * p * (1 - p))
 
 
-class Load:
-    """8 clients sending :predict until stopped, each pausing `pause` seconds between requests (leaving the
-    2 cores some room for the decision's own process); every answer with its time, status and version."""
+def _load(port: int, body: dict) -> Load:
+    """8 clients sending :predict until stopped, each pausing 0.02 s between requests (leaving the
+    2 cores some room for the decision's own process); every answer as (time it came, status, version)."""
 
-    def __init__(self, port: int, body: dict, threads: int = 8, pause: float = 0.02):
-        self.port, self.body, self.stop, self.pause = port, body, threading.Event(), pause
-        self.answers, self.errors = [], []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+    def request(http: Http):
+        code, version = _predict(http, body)
+        return time.monotonic(), code, version
 
-    def _run(self) -> None:
-        http = Http(self.port)
-        while not self.stop.is_set():
-            try:
-                code, version = _predict(http, self.body)
-            except Exception as err:  # noqa: BLE001 -- a dropped connection is a failure too
-                self.errors.append(repr(err))
-                continue
-            self.answers.append((time.monotonic(), code, version))
-            self.stop.wait(self.pause)
-        http.close()
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
+    return Load(port, request, pause=0.02)
 
 
 def _models_list(home: Path) -> list:
@@ -218,13 +198,13 @@ def test_canary_split_is_the_configured_share_pinned_by_request_id_survives_a_re
         # Not yet: the soak period runs (nothing changes).
         assert "no decision" in mlops(home, "models", "canary", "check").stdout
         # Promotion while 8 clients keep sending: no request fails, and afterwards all go to the canary.
-        with Load(server.rest_port, body) as load:
+        with _load(server.rest_port, body) as load:
             server.wait_until(lambda: len(load.answers) > 50, 30, "clients running")
             decided = json.loads(mlops(home, "models", "canary", "check", "--now", "--json").stdout)
             done = time.monotonic()
             server.wait_until(lambda: any(t > done + 1.5 for t, _, _ in load.answers), 30, "answers after it")
         assert decided["verdict"] == "promote" and decided["version"] == version, decided
-        assert not load.errors and {code for _, code, _ in load.answers} == {200}
+        assert not load.failures and {code for _, code, _ in load.answers} == {200}
         assert {v for t, _, v in load.answers if t > done + 1.5} == {version}
         assert canary.windows(canary.state_path(default_config_path(home))) == {}
         promoted = [row for row in _models_list(home) if row["kind"] == "promotion"]
@@ -264,7 +244,7 @@ def test_a_canary_that_answers_errors_is_rolled_back_audited_while_clients_keep_
         by_version = Counter((v, code) for code, v, _ in answers)
         assert set(by_version) == {(stable, 200), (version, 400)}, by_version  # the canary fails, stable does not
 
-        with Load(server.rest_port, body) as load:
+        with _load(server.rest_port, body) as load:
             server.wait_until(lambda: len(load.answers) > 50, 30, "clients running")
             decided = json.loads(mlops(home, "models", "canary", "check", "--now", "--json", timeout=600).stdout)
             done = time.monotonic()
@@ -273,7 +253,7 @@ def test_a_canary_that_answers_errors_is_rolled_back_audited_while_clients_keep_
         restored = decided["version"]
         assert restored == version + 1 and "canary error rate" in decided["why"] and "vs stable 0.0%" in decided["why"]
         # No request failed but the canary's own answers before its traffic stopped; none after the rollback.
-        assert not load.errors
+        assert not load.failures
         assert {v for _, code, v in load.answers if code != 200} <= {version}
         assert {(code, v) for t, code, v in load.answers if t > done + 1.5} == {(200, restored)}
 

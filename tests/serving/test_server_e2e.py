@@ -27,6 +27,7 @@ from pipelines import services
 from serving import home as home_record
 from tests.conftest import mlops
 from tests.serving.helpers import Http, Server, example_bytes, publish
+from tests.serving.load import Load, predict_ok
 
 
 MODEL = "/v1/models/taxi"
@@ -490,45 +491,20 @@ def reload_dir(taxi_model, tmp_path_factory):
         server.kill()
 
 
-class Load:
-    """8 client threads with keep-alive connections sending :predict until stopped."""
+def _load(port: int, body: dict, threads: int = 8) -> Load:
+    """`threads` clients with keep-alive connections sending :predict until stopped; each client's
+    answers (`by_client`) as (version, probabilities); any other status than 200 is a failure."""
 
-    def __init__(self, port: int, body: dict, threads: int = 8):
-        self.port, self.body = port, body
-        self.stop = threading.Event()
-        self.answers = [[] for _ in range(threads)]  # per thread: (version, probabilities)
-        self.failures = []
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+    def request(http: Http):
+        headers, answer = predict_ok(http, body, f"{MODEL}:predict")
+        return int(headers["X-Model-Version"]), tuple(_probabilities(answer))
 
-    def _run(self, i: int) -> None:
-        http = Http(self.port)
-        while not self.stop.is_set():
-            try:
-                code, headers, answer = http.post(f"{MODEL}:predict", self.body)
-            except Exception as err:  # noqa: BLE001
-                self.failures.append(repr(err))
-                continue
-            if code != 200:
-                self.failures.append((code, answer))
-                continue
-            self.answers[i].append((int(headers["X-Model-Version"]), tuple(_probabilities(answer))))
-        http.close()
+    return Load(port, request, threads)
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
 
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-
-    def count(self) -> int:
-        return sum(len(a) for a in self.answers)
-
-    def latest_version(self) -> int:
-        return max((a[-1][0] for a in self.answers if a), default=0)
+def _latest_version(load: Load) -> int:
+    """The highest version among the clients' latest answers (0 before any)."""
+    return max((a[-1][0] for a in load.by_client if a), default=0)
 
 
 def test_hot_reload_under_load_then_rollback_drops_no_request(taxi_model, shifted, reload_dir):
@@ -540,20 +516,20 @@ def test_hot_reload_under_load_then_rollback_drops_no_request(taxi_model, shifte
     assert code == 200
     expected_v1 = tuple(_probabilities(first))
     started = time.monotonic()
-    with Load(server.rest_port, body) as load:
-        server.wait_until(lambda: load.count() > 40, 30, "load running")
+    with _load(server.rest_port, body) as load:
+        server.wait_until(lambda: len(load.answers) > 40, 30, "load running")
         publish(shifted, base, 2)
-        server.wait_until(lambda: load.latest_version() == 2, 120, "answers from version 2")
+        server.wait_until(lambda: _latest_version(load) == 2, 120, "answers from version 2")
         switched_2 = time.monotonic()
         publish(taxi_model["model"], base, 3)  # a rollback: a newer version with the old bytes
-        server.wait_until(lambda: load.latest_version() == 3, 120, "answers from version 3")
+        server.wait_until(lambda: _latest_version(load) == 3, 120, "answers from version 3")
         switched_3 = time.monotonic()
-        settle = load.count()
-        server.wait_until(lambda: load.count() > settle + 40, 30, "more answers from version 3")
+        settle = len(load.answers)
+        server.wait_until(lambda: len(load.answers) > settle + 40, 30, "more answers from version 3")
     assert load.failures == [], load.failures[:5]
-    assert load.count() > 200
+    assert len(load.answers) > 200
     expected = {1: expected_v1, 3: expected_v1}
-    for answers in load.answers:
+    for answers in load.by_client:
         versions = [v for v, _ in answers]
         assert versions == sorted(versions), "a client saw an older version after a newer one"
         assert set(versions) <= {1, 2, 3}
@@ -570,7 +546,7 @@ def test_hot_reload_under_load_then_rollback_drops_no_request(taxi_model, shifte
     assert "(serving_default, serving_features, transform_features: direct call, single-threaded executor)" in log
     assert switched_3 - started < 120
     print(f"hot reload: version 2 served {switched_2 - started:.1f}s after the test start, "
-          f"version 3 {switched_3 - switched_2:.1f}s after its push; {load.count()} answers, 0 failures")
+          f"version 3 {switched_3 - switched_2:.1f}s after its push; {len(load.answers)} answers, 0 failures")
     RELOAD["server"] = server  # the next tests continue with this process
 
 
@@ -600,7 +576,7 @@ def test_partial_and_corrupt_versions_are_skipped_while_the_old_one_serves(taxi_
     server = _current(reload_dir)
     base = reload_dir / "models"
     body = {"instances": taxi_model["rows"][:2]}
-    with Load(server.rest_port, body, threads=2) as load:
+    with _load(server.rest_port, body, threads=2) as load:
         publish(taxi_model["model"], base, 4, mutate=_remove_variables)
         publish(taxi_model["model"], base, 5, mutate=_corrupt_saved_model)
         publish(taxi_model["model"], base, 6, mutate=_remove_variable_data)
@@ -613,7 +589,7 @@ def test_partial_and_corrupt_versions_are_skipped_while_the_old_one_serves(taxi_
         states = server.wait_until(failed, 60, "versions 4, 5, 6 reported as failed")
         time.sleep(2.5)  # a few more scans: still not retried, still serving 3
     assert load.failures == []
-    assert {v for answers in load.answers for v, _ in answers} == {3}
+    assert {v for v, _ in load.answers} == {3}
     assert states[3]["state"] == "AVAILABLE"
     for v in (4, 5, 6):
         assert states[v]["state"] == "END" and states[v]["status"]["error_message"]

@@ -32,6 +32,7 @@ from serving.store import AVAILABLE, END, LOADING, UNLOADING, VersionStatus
 from serving.worker_state import combine, server_dir, workers_dir
 from tests.conftest import mlops
 from tests.serving.helpers import Http, Server, example_bytes, free_port, publish
+from tests.serving.load import Load, predict_ok
 
 MODEL = "/v1/models/taxi"
 WORKERS = ("--workers", "2")
@@ -272,45 +273,18 @@ def test_one_scrape_counts_the_requests_of_both_workers(pair):
 # hot reload, a worker that dies, SIGTERM
 
 
-class ReconnectingLoad:
+def _reconnecting_load(port: int, body: dict) -> Load:
     """8 clients sending :predict, each on a new connection every 5 requests (so both workers get
-    traffic); records (start time, worker, version, probabilities) of every answer."""
+    traffic); records (start time, worker, version, probabilities) of every answer; any other
+    status than 200 is a failure."""
 
-    def __init__(self, port: int, body: dict, threads: int = 8):
-        self.port, self.body = port, body
-        self.stop = threading.Event()
-        self.answers: List[tuple] = []
-        self.failures: List[object] = []
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+    def request(http: Http):
+        started = time.monotonic()
+        headers, answer = predict_ok(http, body, f"{MODEL}:predict")
+        return (started, int(headers["X-Mlops-Worker"]), int(headers["X-Model-Version"]),
+                tuple(_probabilities(answer)))
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            http = Http(self.port)
-            for _ in range(5):
-                started = time.monotonic()
-                try:
-                    code, headers, answer = http.post(f"{MODEL}:predict", self.body)
-                except Exception as err:  # noqa: BLE001
-                    self.failures.append(repr(err))
-                    break
-                if code != 200:
-                    self.failures.append((code, answer))
-                    continue
-                with self._lock:
-                    self.answers.append((started, int(headers["X-Mlops-Worker"]), int(headers["X-Model-Version"]),
-                                         tuple(_probabilities(answer))))
-            http.close()
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(60)
+    return Load(port, request, requests_per_connection=5, join_seconds=60)
 
 
 def _sigterm_during_slow_requests(server: Server, rows: List[dict], per_worker: int = 2):
@@ -378,7 +352,7 @@ def test_hot_reload_under_load_then_a_killed_worker_comes_back_then_sigterm_stop
         server.wait_serving(1)
         expected = {1: tuple(_probabilities(Http(server.rest_port).post(f"{MODEL}:predict", body)[2]))}
 
-        with ReconnectingLoad(server.rest_port, body) as load:
+        with _reconnecting_load(server.rest_port, body) as load:
             server.wait_until(lambda: {w for _, w, _, _ in load.answers} == set(first_pids), 60, "both workers busy")
             published = time.monotonic()
             publish(shifted, base, 2)
