@@ -76,6 +76,11 @@ served one stay); `mlops models list` shows every push.
 back only while that version is still the one served, and otherwise succeeds doing nothing: the
 alert webhook sets it to the alerting version, so a late or repeated alert never rolls back further.
 
+During a canary window (`mlops models canary`) the rollback ends the window: stable's model (or
+`to_version`'s) is pushed again and serves every request, the canary version is no longer served.
+An alert on the canary's version rolls it back; one on stable's version fails with the fix (decide
+the canary first), since rolling the canary back would leave that version serving everything.
+
 A rollback that pushed is an event on the asset `{MODEL_ASSET.name}` ({MODEL_ASSET.uri}) with
 `kind: rollback`, the new `pushed_version` and the version whose model it serves again
 (`model_of_version`); one that had nothing to do adds no event.

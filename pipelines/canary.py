@@ -11,6 +11,9 @@ and latency histograms by model version, serving/metrics.py; counted since the s
 - otherwise promoted: `stable` moves to the canary's version, recorded in ML Metadata as a PushedModel
   of kind `promotion` (no bytes copied: it names the version that now serves).
 
+`mlops rollback` during an open window ends it through the same rollback (rollback_during_window:
+trigger `manual` or `alert`, the operator's reason), so an alert on a bad canary rolls it back.
+
 Errors are the inference answers (predict, classify, regress) with a status outside 2xx; both
 versions see the same clients, so the clients' own mistakes weigh on both alike.
 """
@@ -263,30 +266,106 @@ def check(config, home: Path, server_url: Optional[str] = None, force: bool = Fa
 
 
 def _roll_back(config, home, base, window, state, why: str, requested_by: str, progress) -> Decision:
+    return roll_back_window(config, home, base, window, state.config_path, state.server_url, why, requested_by,
+                            "canary", progress)[0]
+
+
+def roll_back_window(config, home, base, window, config_path: Path, server_url: Optional[str], reason: str,
+                     requested_by: str, trigger: str, progress, to_version: Optional[int] = None,
+                     force: bool = False):
+    """Ends an open window by the audited rollback: the requests that name no version go to stable at
+    once, the Pusher pushes the model of `to_version` (default: stable's) again as a new version, that
+    loads beside the others, then it becomes `stable` and the policy before the canary comes back.
+    Returns (Decision, the RollbackResult or None when nothing was pushed). The canary check (trigger
+    `canary`) and `mlops rollback` during a window (`manual`, `alert`: rollback_during_window) share it."""
     from pipelines.rollback import AlreadyServing, rollback
     from serving import canary
     from serving.retention import served_versions
 
-    progress(f"rolling back the canary (version {window.canary}): {why}")
-    canary.stop_canary_traffic(home, base, window, state.config_path)  # stable answers everything from now on
+    progress(f"rolling back the canary (version {window.canary}): {reason}")
+    canary.stop_canary_traffic(home, base, window, config_path)  # stable answers everything from now on
+    target = window.stable if to_version is None else to_version
     try:
-        result = rollback(config, window.stable, why, requested_by=requested_by, progress=progress, trigger="canary")
+        result = rollback(config, target, reason, requested_by=requested_by, progress=progress, trigger=trigger,
+                          force=force)
     except AlreadyServing:  # the canary's bytes are stable's: nothing to push, the label move is enough
-        canary.finish_rollback(home, base, window, window.stable, state.config_path)
-        return Decision("rollback", why, window.stable)
+        canary.finish_rollback(home, base, window, window.stable, config_path)
+        return Decision("rollback", reason, window.stable), None
     version = result.new_version
-    canary.load_alongside(home, base, window, version, state.config_path)
+    canary.load_alongside(home, base, window, version, config_path)
     deadline = time.monotonic() + 120.0
-    while state.server_url and time.monotonic() < deadline:
+    while server_url and time.monotonic() < deadline:
         try:
-            if version in served_versions(state.server_url, window.model):
+            if version in served_versions(server_url, window.model):
                 break
         except (OSError, ValueError):
             pass  # restarting: ask again
         time.sleep(0.2)
-    canary.finish_rollback(home, base, window, version, state.config_path)
-    progress(f"rolled back: version {version} (model of version {window.stable}) is stable now")
+    canary.finish_rollback(home, base, window, version, config_path)
+    progress(f"rolled back: version {version} (model of version {target}) is stable now; the canary "
+             f"(version {window.canary}) is no longer served")
     from pipelines.rollback import list_pushes
 
     pushed = [p for p in list_pushes(config.metadata.to_proto()) if p.version == version]
-    return Decision("rollback", why, version, pushed[-1].artifact_id if pushed else None, result.run_id)
+    return Decision("rollback", reason, version, pushed[-1].artifact_id if pushed else None, result.run_id), result
+
+
+def rollback_during_window(config, home: Path, to_version: Optional[int], reason: str, requested_by: str,
+                           trigger: str = "manual", only_if_serving: Optional[int] = None,
+                           server_url: Optional[str] = None, force: bool = False, progress=print):
+    """`mlops rollback` while a canary window is open for the home's model: None when none is open.
+
+    - `--previous` (to_version None) or `--to <stable>`: the window ends by rolling the canary back
+      (roll_back_window, the canary check's path): stable's model is pushed again and serves everything.
+    - `--to V`, another pushed version: the window ends the same way, with V's model pushed instead.
+    - `--to <canary>` is refused (a rollback does not promote: `mlops models canary check --now` does).
+    - `--only-if-serving V`: the canary's version rolls back; stable's is refused (rolling the canary
+      back would leave that version serving everything); any other raises NoLongerServed.
+    Returns (Decision, RollbackResult or None); raises ConfigError before touching anything when refused."""
+    from pipelines.rollback import NoLongerServed, list_pushes, was_blessed
+    from serving import canary
+
+    base = Path(config.serving_model_dir)
+    config_path = canary.home_config_path(home)
+    window = canary.windows(canary.state_path(config_path)).get(base.name)
+    if window is None:
+        return None
+    if not reason or not reason.strip():
+        raise ConfigError("a rollback needs a reason", 'pass --reason "why the served model is bad"')
+    where = f"{canary.state_path(config_path)}"
+    if window.canary is None:
+        raise ConfigError(f"a canary push of model {window.model} is under way ({where} records its window, the new "
+                          "version is not published yet)", "roll back again in a minute, once the push is done")
+    stable, canary_version = window.stable, window.canary
+    if only_if_serving is not None and only_if_serving != canary_version:
+        if only_if_serving == stable:
+            raise ConfigError(
+                f"version {stable} is the stable version of an open canary window (canary: version "
+                f"{canary_version}, {where}); rolling the canary back would leave version {stable} serving every request",
+                f"end the window first: `mlops models canary check --now` (promotes version {canary_version} when it is "
+                f"no worse), or serve an earlier model at once: `mlops rollback --to VERSION`")
+        raise NoLongerServed(only_if_serving, canary_version)
+    target = stable if to_version is None else to_version
+    pushes = list_pushes(config.metadata.to_proto())
+    match = [p for p in pushes if p.version == target]
+    canary_push = [p for p in pushes if p.version == canary_version]
+    if target == canary_version or (match and canary_push and match[0].fingerprint == canary_push[-1].fingerprint
+                                    and target != stable):
+        raise ConfigError(
+            f"version {target} {'is' if target == canary_version else 'has the model of'} the canary of the open window "
+            f"(stable: version {stable}, {where}): a rollback does not promote a canary",
+            f"`mlops models canary check --now` promotes it when it is no worse than stable; `mlops rollback --to "
+            f"{stable}` (or --previous) ends the window keeping version {stable}")
+    if target != stable:
+        if not match:
+            known = ", ".join(str(p.version) for p in pushes)
+            raise ConfigError(f"no pushed version {target}", f"pick one of the pushed versions: {known}")
+        if not force and not was_blessed(config.metadata.to_proto(), match[0].model_id):
+            raise ConfigError(f"model {match[0].model_id} (version {target}) was never blessed by the Evaluator",
+                              "pick a blessed version (`mlops models list`) or pass --force to push it anyway")
+    why = reason.strip()
+    if trigger == "alert":
+        progress(f"rollback triggered by an alert during the canary window of version {canary_version}, "
+                 f"requested by {requested_by}: {why}")
+    return roll_back_window(config, home, base, window, config_path, server_url, why, requested_by, trigger,
+                            progress, to_version=target, force=force)

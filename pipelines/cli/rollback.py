@@ -9,8 +9,10 @@ from pipelines.cli.common import COLD_HELP, in_warm_worker, project_config, proj
 from pipelines.errors import ConfigError
 
 def cmd_rollback(args) -> int:
+    import getpass
     import json
 
+    from pipelines.canary import rollback_during_window
     from pipelines.rollback import AlreadyServing, NoLongerServed, rollback
 
     if args.no_server and (args.server or args.wait is not None):
@@ -28,10 +30,26 @@ def cmd_rollback(args) -> int:
 
         found, unchecked = model_server_for(project_paths(args).home, serving.base_path)
         server = found.rest_url if found else None
+    window_note = ""
     try:
-        result = rollback(config, None if args.previous else args.to, args.reason, args.by,
-                          progress=(lambda _: None) if args.json else print, force=args.force, serving=serving,
-                          trigger=args.trigger, only_if_serving=args.only_if_serving)
+        # An open canary window: the rollback ends it (pipelines/canary.py, the canary check's path).
+        ended = rollback_during_window(
+            config, project_paths(args).home, None if args.previous else args.to, args.reason,
+            args.by or getpass.getuser(), trigger=args.trigger, only_if_serving=args.only_if_serving, server_url=server,
+            force=args.force, progress=(lambda _: None) if args.json else print)
+        if ended is not None and ended[1] is None:  # the canary had stable's model: no push was needed
+            decision = ended[0]
+            print(json.dumps({"already_serving": decision.version, "canary_window_ended": True}) if args.json else
+                  f"the canary window ended: version {decision.version} serves every request (the canary had "
+                  "its model; nothing pushed)")
+            return 0
+        if ended is not None:
+            result = ended[1]
+            window_note = "the canary window ended: "
+        else:
+            result = rollback(config, None if args.previous else args.to, args.reason, args.by,
+                              progress=(lambda _: None) if args.json else print, force=args.force, serving=serving,
+                              trigger=args.trigger, only_if_serving=args.only_if_serving)
     except AlreadyServing as done:
         print(json.dumps({"already_serving": done.served.version}) if args.json else str(done))
         return 0
@@ -48,10 +66,10 @@ def cmd_rollback(args) -> int:
                   f"{result.new_version}", flush=True)
         waited = wait_until_served(server, serving.model_name, result.new_version, args.wait)
     if args.json:
-        print(json.dumps({**result.as_dict(), "server": server, "served_after_seconds": waited},
-                         indent=2, sort_keys=True))
+        print(json.dumps({**result.as_dict(), "server": server, "served_after_seconds": waited,
+                          "canary_window_ended": bool(window_note)}, indent=2, sort_keys=True))
     else:
-        print(f"rolled back: version {result.new_version} now serves model {result.target.model_id} "
+        print(f"{window_note}rolled back: version {result.new_version} now serves model {result.target.model_id} "
               f"(the model of version {result.target.version}), replacing version {result.replaced_version}; "
               f"by {result.requested_by}{' (alert)' if result.trigger == 'alert' else ''}: {result.reason} "
               f"[run {result.run_id}]")
@@ -80,7 +98,12 @@ def register(commands) -> None:
         "version, recording who, when, why and which version it replaced. Refuses unknown versions and "
         "models the Evaluator never blessed (unless --force); rolling back to the model already served "
         "does nothing and exits 0. Refuses, before pushing, when the server's models.config would not serve a "
-        "new version (a `specific` policy pins versions: change the pins there instead). With --only-if-serving V "
+        "new version (a `specific` policy pins versions: change the pins there instead), except during a canary "
+        "window (`mlops models canary`), which a rollback ends: --previous or --to STABLE pushes stable's model "
+        "again, so it serves every request and the canary version is no longer served (recorded as any rollback, "
+        "with its trigger and reason); --to V, another pushed version, ends the window serving V's model; --to "
+        "CANARY is refused (`mlops models canary check --now` promotes); repeating --to V does nothing (exit 0). "
+        "With --only-if-serving V "
         "it rolls back only while version V is the one served, else says so and exits 0 (what an alert-triggered "
         "rollback uses, so that a late or repeated alert never rolls back further). `mlops models list` shows the "
         "versions.",
@@ -97,7 +120,8 @@ def register(commands) -> None:
     rollback_parser.add_argument(
         "--only-if-serving", type=int, metavar="VERSION",
         help="roll back only if this version is still the one served (the newest push, or a newer version "
-             "directory copied in by hand); otherwise print 'version V is no longer served (now N): nothing to roll "
+             "directory copied in by hand; during a canary window the canary's version, and stable's is refused); "
+             "otherwise print 'version V is no longer served (now N): nothing to roll "
              "back' and exit 0")
     rollback_parser.add_argument("--json", action="store_true", help="print the result as JSON")
     rollback_parser.add_argument(

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipelines.canary import VersionStats, compare, histogram_quantile, parse_stats
@@ -60,3 +62,140 @@ def test_enable_refuses_a_share_outside_0_1_and_an_unreadable_duration(tmp_path)
     assert mlops(tmp_path, "models", "canary", "enable", "--soak", "90s").returncode == 0
     assert "no canary window open" in mlops(tmp_path, "models", "canary", "status").stdout
     assert canary.load_settings(canary.state_path(tmp_path / "serving" / "models.config")).soak_seconds == 90
+
+
+# -- `mlops rollback` during a canary window ------------------------------------------------------
+
+
+def _store(home):
+    from ml_metadata import metadata_store
+
+    from pipelines.config import MetadataConfig, ProjectPaths
+
+    paths = ProjectPaths(home)
+    paths.metadata_path.parent.mkdir(parents=True, exist_ok=True)
+    return metadata_store.MetadataStore(MetadataConfig.for_home(paths).to_proto())
+
+
+def _nightly_push(store, home, tmp, n: int):
+    """What a nightly run leaves: the Trainer's model, the Evaluator's blessing of it and the real
+    AtomicPusher executor's push (opening a window when canary is on), recorded in the `taxi`
+    pipeline's context of the home's ML Metadata, where the rollback's resolver finds them."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+    from tfx.types import standard_artifacts
+    from tfx.types.standard_component_specs import MODEL_KEY, PUSHED_MODEL_KEY
+
+    from components.pusher import executor
+    from components.pusher.executor_test import _model
+    from components.pusher.spec import PUSH_BASE_DIRECTORY_KEY
+    from pipelines.config import PIPELINE_NAME
+    from tfx.version import __version__ as tfx_version
+
+    def put_type(name):
+        return store.put_artifact_type(pb.ArtifactType(name=name))
+
+    context_type = store.put_context_type(pb.ContextType(name="pipeline"))
+    context = store.get_context_by_type_and_name("pipeline", PIPELINE_NAME)
+    if context is None:
+        context = pb.Context(type_id=context_type, name=PIPELINE_NAME)
+        context.id = store.put_contexts([context])[0]
+    execution = pb.Execution(type_id=store.put_execution_type(pb.ExecutionType(name="nightly")),
+                             last_known_state=pb.Execution.COMPLETE)
+
+    def put(artifact, type_name):
+        out = pb.Event(type=pb.Event.OUTPUT)
+        out.path.steps.add().key = type_name
+        out.path.steps.add().index = 0
+        artifact.set_string_custom_property("tfx_version", tfx_version)  # as TFX's publisher records it
+        mlmd = artifact.mlmd_artifact
+        mlmd.type_id, mlmd.state = put_type(type_name), pb.Artifact.LIVE
+        _, (artifact_id,), _ = store.put_execution(execution, [(mlmd, out)], [context])
+        artifact.id = artifact_id
+        return artifact_id
+
+    model = _model(tmp / f"model-{n}", f"graph {n}".encode())
+    model_id = put(model, "Model")
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.uri = str(tmp / f"blessing-{n}")
+    blessing.set_int_custom_property("blessed", 1)
+    blessing.set_int_custom_property("current_model_id", model_id)
+    put(blessing, "ModelBlessing")
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(tmp / f"pushed-{n}")
+    executor.Executor().Do({MODEL_KEY: [model]}, {PUSHED_MODEL_KEY: [pushed]},
+                           {PUSH_BASE_DIRECTORY_KEY: str(home / "serving" / "models" / "taxi"),
+                            "project_home": str(home)})
+    put(pushed, "PushedModel")
+    return pushed.get_int_custom_property(executor.PUSHED_VERSION)
+
+
+def _home_with_window(pipeline_home, tmp_path):
+    """Versions 1 and 2 pushed and served one after the other, then canary on and version 3 pushed:
+    a window with stable 2 and canary 3."""
+    home = pipeline_home(days=0)
+    store = _store(home)
+    assert [_nightly_push(store, home, tmp_path, n) for n in (1, 2)] == [1, 2]
+    mlops(home, "models", "canary", "enable", "--share", "0.5", "--soak", "30m")
+    assert _nightly_push(store, home, tmp_path, 3) == 3
+    state = canary.state_path(canary.home_config_path(home))
+    window = canary.windows(state)["taxi"]
+    assert (window.stable, window.canary) == (2, 3)
+    return home, state
+
+
+def _served(home):
+    from serving.config import default_config_path, load_model_config
+
+    (model,) = load_model_config(default_config_path(home), home)
+    return model.policy.kind, model.label_map
+
+
+def test_an_alerts_rollback_during_a_canary_window_rolls_the_canary_back_audited_and_only_once(pipeline_home, tmp_path):
+    home, state = _home_with_window(pipeline_home, tmp_path)
+    assert _served(home) == ("specific", {"canary": 3, "stable": 2})
+    # What the model_rollback DAG runs for the webhook: an alert on stable's version is refused (rolling
+    # the canary back would leave that version serving everything), with the fix named; nothing changes.
+    refused = mlops(home, "rollback", "--previous", "--reason", "errors on 2", "--by", "alertmanager", "--trigger",
+                    "alert", "--only-if-serving", "2", "--no-server", "--json", check=False)
+    assert refused.returncode == 2 and "version 2 is the stable version of an open canary window" in refused.stderr
+    assert "mlops models canary check --now" in refused.stderr, refused.stderr
+    assert canary.windows(state)["taxi"].canary == 3 and _served(home)[1] == {"canary": 3, "stable": 2}
+
+    done = mlops(home, "rollback", "--previous", "--reason", "ServingErrorRateHigh on version 3", "--by",
+                 "alertmanager", "--trigger", "alert", "--only-if-serving", "3", "--no-server", "--json")
+    result = json.loads(done.stdout)
+    assert (result["new_version"], result["target"]["version"], result["replaced_version"]) == (4, 2, 3), result
+    assert result["trigger"] == "alert" and result["canary_window_ended"] is True
+    # The window is over: stable (now version 4, version 2's bytes) serves everything, the canary is not served.
+    assert canary.windows(state) == {}
+    assert _served(home) == ("latest", {"stable": 4})
+    rows = {row["version"]: row for row in json.loads(mlops(home, "models", "list", "--json").stdout)}
+    assert rows[4]["kind_label"] == "rollback (alert)" and rows[4]["reason"] == "ServingErrorRateHigh on version 3"
+    assert rows[4]["requested_by"] == "alertmanager" and rows[4]["replaced_version"] == 3
+    assert rows[4]["serving"] and not rows[3]["serving"] and rows[4]["model_id"] == rows[2]["model_id"]
+
+    # The same alert again (Alertmanager repeats it): the canary is no longer served, nothing is pushed.
+    again = mlops(home, "rollback", "--previous", "--reason", "ServingErrorRateHigh on version 3", "--by",
+                  "alertmanager", "--trigger", "alert", "--only-if-serving", "3", "--no-server", "--json")
+    assert json.loads(again.stdout) == {"no_longer_served": 3, "served": 4}
+    assert max(json.loads(mlops(home, "models", "list", "--json").stdout), key=lambda r: r["version"])["version"] == 4
+
+
+def test_rollback_to_during_a_canary_window_names_what_it_does(pipeline_home, tmp_path):
+    home, state = _home_with_window(pipeline_home, tmp_path)
+    # The canary's own version: a rollback does not promote; the fix names both ways out.
+    refused = mlops(home, "rollback", "--to", "3", "--reason", "keep the new one", "--no-server", check=False)
+    assert refused.returncode == 2 and "version 3 is the canary of the open window" in refused.stderr
+    assert "mlops models canary check --now" in refused.stderr and "--to 2" in refused.stderr, refused.stderr
+    assert canary.windows(state)["taxi"].canary == 3
+
+    # Another version: the window ends with that version's model serving everything (one audited push).
+    done = mlops(home, "rollback", "--to", "1", "--reason", "both newer models are bad", "--by", "oncall",
+                 "--no-server")
+    assert done.stdout.count("the canary window ended: rolled back: version 4 now serves model") == 1, done.stdout
+    assert canary.windows(state) == {} and _served(home) == ("latest", {"stable": 4})
+    rows = {row["version"]: row for row in json.loads(mlops(home, "models", "list", "--json").stdout)}
+    assert rows[4]["kind_label"] == "rollback" and rows[4]["trigger"] == "manual" and rows[4]["model_id"] == rows[1]["model_id"]
+    # Idempotent: the same command again has nothing to do.
+    again = mlops(home, "rollback", "--to", "1", "--reason", "both newer models are bad", "--no-server")
+    assert "already serves model" in again.stdout and "nothing to do" in again.stdout
