@@ -70,16 +70,23 @@ def tfx_run_id(dag_id: str, run_id: str) -> str:
     return f"{dag_id}__{run_id}"
 
 
+def run_args(params: dict) -> str:
+    """The `mlops node run` options of the run's params (all but the span), shell-quoted: the numbers,
+    and `--run-fn MODULE.FUNCTION` when given (empty: the default model code)."""
+    args = ["--train-steps", str(int(params["train_steps"])), "--eval-steps", str(int(params["eval_steps"])),
+            "--auc-floor", str(params["auc_floor"]), "--min-improvement", str(params["min_improvement"]),
+            "--slice-margin", str(params["slice_margin"]), "--keep-versions", str(int(params["keep_versions"])),
+            "--window-days", str(int(params["window_days"]))]
+    if params.get("run_fn"):
+        args += ["--run-fn", str(params["run_fn"])]
+    return " ".join(shlex.quote(a) for a in args)
+
+
 # Rendered in each task: the TFX run id and the span of this DAG run.
 TFX_RUN_ID = "{{ tfx_run_id(dag.dag_id, run_id) }}"
 SPAN = "{{ span_date(params, dag_run, dag.timezone.name) }}"
-RUN_OPTIONS = (
-    f"--date {SPAN}"
-    " --train-steps {{ params.train_steps }} --eval-steps {{ params.eval_steps }}"
-    " --auc-floor {{ params.auc_floor }} --min-improvement {{ params.min_improvement }}"
-    " --slice-margin {{ params.slice_margin }} --keep-versions {{ params.keep_versions }}"
-    " --window-days {{ params.window_days }}"
-)
+RUN_OPTIONS = f"--date {SPAN} " + "{{ run_args(params) }}"
+RUN_FN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
 
 
 def node_command(node_id: str) -> str:
@@ -135,8 +142,11 @@ with DAG(
         "keep_versions": Param(5, type="integer", minimum=0,
                                description="after a push, keep the newest N pushed versions (plus labelled, "
                                            "pinned and served ones); 0 keeps all"),
+        "run_fn": Param(None, type=["null", "string"], pattern=RUN_FN_PATTERN,
+                        description="the Trainer's run_fn, MODULE.FUNCTION: your own model code, importable in the "
+                                    "TFX environment (`mlops run --run-fn`; empty: pipelines.taxi.model.run_fn)"),
     },
-    user_defined_macros={"span_date": span_date, "tfx_run_id": tfx_run_id},
+    user_defined_macros={"span_date": span_date, "tfx_run_id": tfx_run_id, "run_args": run_args},
     doc_md=f"""
 ### Nightly retraining of the taxi model
 
@@ -164,7 +174,8 @@ ML Metadata behave exactly as in TFX.
   run_id, kind); a night that pushes nothing adds none. A DAG with `schedule=[Asset("{MODEL_ASSET.name}", ...)]`
   runs after every new model version.
 
-Trigger with a `date` param to run a given span. Settings: home `{HOME}`, pool `{POOL}`
+Trigger with a `date` param to run a given span, with `run_fn` (MODULE.FUNCTION) to train your own
+model code (the InfraValidator checks what it exports before anything is pushed). Settings: home `{HOME}`, pool `{POOL}`
 (1 slot while ML Metadata is SQLite), {RETRIES} retries with exponential back-off.
 Roll a bad model back with the `model_rollback` DAG or `mlops rollback`.
 """,

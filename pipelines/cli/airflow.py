@@ -36,6 +36,7 @@ def cmd_airflow(args) -> int:
         "auc_floor": config.gates.auc_floor, "min_improvement": config.gates.min_relative_improvement,
         "slice_margin": config.gates.slice_margin, "keep_versions": config.keep_versions,
         "window_days": config.window_days,
+        **({"run_fn": args.run_fn} if args.run_fn else {}),  # the DAG's default: the taxi model's code
     }
     log_path = paths.var / "log" / f"airflow-dags-test-{span}.log"
     print(f"airflow dags test {airflow_env.NIGHTLY_DAG} {span} (full Airflow log: {log_path})", flush=True)
@@ -64,7 +65,8 @@ def _refuse_options_the_dag_ignores(given: List[str]) -> None:
     if ignored:
         raise ConfigError(
             f"{', '.join(ignored)} would be ignored: the nightly_retrain DAG has no such param (it takes --date, "
-            "--window-days, --train-steps, --eval-steps, --auc-floor, --min-improvement, --slice-margin, --keep-versions)",
+            "--window-days, --train-steps, --eval-steps, --auc-floor, --min-improvement, --slice-margin, --keep-versions, "
+            "--run-fn)",
             "drift warnings go in schemas/taxi/gates.toml ([drift] warn) and the schema in "
             "schemas/taxi/schema.pbtxt, which every DAG run reads; Beam arguments in $MLOPS_BEAM_ARGS of Airflow's "
             "services; or run outside Airflow with `mlops run`",
@@ -73,7 +75,7 @@ def _refuse_options_the_dag_ignores(given: List[str]) -> None:
 
 # Which `mlops airflow` subcommands read each option; given to any other, it would be ignored.
 _DAG_PARAMS = ("window_days", "train_steps", "eval_steps", "auc_floor", "min_improvement", "slice_margin",
-               "keep_versions")
+               "keep_versions", "run_fn")
 
 
 _AIRFLOW_OPTION_USERS = {
@@ -117,7 +119,8 @@ def _airflow_backfill(args, paths) -> int:
                           f"seed those days first: `mlops data seed --end {args.to_date} --days {len(days)}` (keeps the spans already there)")
     conf = {"train_steps": args.train_steps, "eval_steps": args.eval_steps, "auc_floor": args.auc_floor,
             "min_improvement": args.min_improvement, "slice_margin": args.slice_margin,
-            "keep_versions": args.keep_versions, "window_days": args.window_days}
+            "keep_versions": args.keep_versions, "window_days": args.window_days,
+            **({"run_fn": args.run_fn} if args.run_fn else {})}
     say = lambda line: print(line, flush=True)  # noqa: E731
     airflow_env.init(paths.home, progress=say)
     todo = airflow_env.backfill(paths.home, args.from_date, args.to_date, conf, progress=say, dry_run=args.dry_run)

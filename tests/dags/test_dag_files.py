@@ -213,6 +213,35 @@ def test_span_date_and_run_id_macros(airflow_python, tmp_path):
     assert out["run_id"] == "nightly_retrain__scheduled__2026-11-22T02:00:00+00:00"
 
 
+def test_nightly_params_render_to_node_run_options_the_real_parser_accepts(dagbag, airflow_python, tmp_path):
+    """Every node task renders the run's params with the `run_args` macro; `run_fn` (your own model code,
+    `mlops run --run-fn`) is passed only when given, and a value that is no MODULE.FUNCTION is refused."""
+    import shlex
+
+    from pipelines.cli import build_parser
+
+    for node in MANIFEST["nodes"]:
+        assert "{{ run_args(params) }}" in dagbag["dags"]["nightly_retrain"]["tasks"][node["id"]]["command"]
+    assert "run_fn" in dagbag["dags"]["nightly_retrain"]["params"]
+    out = rendered_args(airflow_python, tmp_path, "nightly_retrain.py", "run_args", {
+        "default": {},
+        "own_model": {"run_fn": "my_models.wide_deep.run_fn", "train_steps": 90, "auc_floor": 0.7},
+        "not_a_function": {"run_fn": "my_models"},
+        "shell": {"run_fn": "x.y; rm -rf /"},
+    })
+    assert out["not_a_function"].startswith("refused") and out["shell"].startswith("refused"), out
+    assert "--run-fn" not in out["default"]
+
+    def parse(rendered: str):
+        return build_parser().parse_args(["node", "run", "--node", "Trainer", "--run-id", "nightly_retrain__x",
+                                          "--date", "2026-11-22", *shlex.split(rendered)])
+
+    default, own = parse(out["default"]), parse(out["own_model"])
+    assert (default.run_fn, default.train_steps, default.eval_steps, default.auc_floor, default.min_improvement,
+            default.slice_margin, default.keep_versions, default.window_days) == (None, 300, 50, 0.6, 0.01, 0.05, 5, 7)
+    assert (own.run_fn, own.train_steps, own.auc_floor) == ("my_models.wide_deep.run_fn", 90, 0.7)
+
+
 def test_committed_manifest_matches_the_pipeline(tmp_path):
     result = mlops_here(tmp_path, "dags", "manifest", "--check")
     assert "matches the pipeline (17 nodes)" in result.stdout

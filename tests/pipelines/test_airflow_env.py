@@ -62,6 +62,11 @@ def test_airflow_commands_refuse_run_options_the_dag_would_ignore(tmp_path):
         assert result.returncode == 2, result.stdout + result.stderr
         assert "--warn-drift, --no-cache would be ignored" in result.stderr, result.stderr
         assert "gates.toml" in result.stderr, result.stderr
+    # --run-fn is a param of the DAG (`run_fn`): passed on, never named as ignored.
+    result = mlops(home, "airflow", "run", "--run-fn", "my_models.wide.run_fn", "--no-cache", check=False)
+    assert result.returncode == 2 and "--no-cache would be ignored" in result.stderr, result.stderr
+    assert "the nightly_retrain DAG has no such param (it takes --date, " in result.stderr
+    assert "--keep-versions, --run-fn)" in result.stderr, result.stderr
     assert not airflow_env.airflow_home(home).exists()
 
 
