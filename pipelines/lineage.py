@@ -7,7 +7,7 @@ A pushed version's chain comes from two `get_lineage_subgraph` calls:
 
 1. UPSTREAM from its PushedModel, stopping at the Evaluator (whose other input, the baseline, would
    lead into the whole history) and at the Schema (every run's cached ImportSchemaGen writes it
-   again): the push, the model, the blessing, the Trainer, the transform graph, the schema and the
+   again): the push, the model, the blessing, the InfraValidator's InfraBlessing, the Trainer, the transform graph, the schema and the
    span's Examples with every execution that made them.
 2. DOWNSTREAM from those Examples, stopping at the gates' reports, the evaluation and the first
    training node: the statistics, the data gates' verdicts (drift per feature) and the evaluation
@@ -36,6 +36,7 @@ SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "lineage.schema.jso
 # Execution type names, as TFX registers them (the component class's full path).
 PUSHER = "components.pusher.component.AtomicPusher"
 EVALUATOR = "components.evaluator.component.GatedEvaluator"
+INFRA_VALIDATOR = "components.infra_validator.component.InfraValidator"
 TRAINER = "tfx.components.trainer.component.Trainer"
 TRANSFORM = "tfx.components.transform.component.Transform"
 EXAMPLE_GEN = "components.example_gen.component.FastCsvExampleGen"
@@ -375,6 +376,38 @@ def _tuning(up: "Graph", artifact_id: int) -> Json:
             "execution": _execution(up, up.producer(artifact_id))}
 
 
+INFRA_TIMINGS = ("server_start_seconds", "requests_seconds", "validation_seconds")  # components/infra_validator/spec.py
+
+
+def _infra_blessing(store, up: "Graph", pusher: Optional[int], model_id: Optional[int]) -> Optional[Json]:
+    """The InfraValidator's InfraBlessing of the model: the one the Pusher read (a nightly push), else
+    the newest one the InfraValidator wrote for the same model (a rollback's push reads none); None
+    when the model was never infra-validated (pushed before the InfraValidator existed)."""
+    from ml_metadata.metadata_store import metadata_store
+
+    artifact_id = _first(up.inputs(pusher, "infra_blessing"))
+    read_by_push = artifact_id is not None
+    graph = up
+    if artifact_id is None and model_id:
+        found = store.get_artifacts(list_options=metadata_store.ListOptions(
+            filter_query=f"type = 'InfraBlessing' AND custom_properties.current_model_id.int_value = {int(model_id)}"))
+        if not found:
+            return None
+        artifact_id = max(a.id for a in found)
+        graph = _subgraph(store, "UPSTREAM", f"id = {artifact_id}", 1)
+    if artifact_id is None:
+        return None
+    artifact = graph.artifacts[artifact_id]
+    props = _props(artifact)
+    signatures = str(props.get("signatures", ""))
+    return {"artifact_id": artifact_id, "uri": artifact.uri, "blessed": props.get("blessed") == 1,
+            "reason": str(props.get("reason", "")), "model_id": props.get("current_model_id"),
+            "read_by_push": read_by_push, "signatures": [s for s in signatures.split(",") if s],
+            "requests_answered": props.get("requests_answered"),
+            "timings": {key: props.get(key) for key in INFRA_TIMINGS},
+            "execution": _execution(graph, graph.producer(artifact_id))}
+
+
 def chain(store, push: Json, served_version: Optional[int]) -> Json:
     """Everything that made the model a push wrote, from the push down to the span's input files."""
     from components.util.spans import span_date
@@ -403,8 +436,9 @@ def chain(store, push: Json, served_version: Optional[int]) -> Json:
         "push": {**push, "execution": _execution(up, pusher),
                  "first_pushed_as": next((p["version"] for p in pushes_of_model(store, push["model_id"])),
                                          push["version"])},
-        "model": None, "blessing": None, "evaluation": None, "training": None, "transform": None,
-        "schema": None, "examples": None, "statistics": None, "gates": [], "input_files": [], "window": None,
+        "model": None, "blessing": None, "evaluation": None, "infra_blessing": None, "training": None,
+        "transform": None, "schema": None, "examples": None, "statistics": None, "gates": [], "input_files": [],
+        "window": None,
     }
     if model_id:
         from pipelines.window import describe
@@ -418,6 +452,7 @@ def chain(store, push: Json, served_version: Optional[int]) -> Json:
                            "reason": str(props.get("reason", "")),
                            "baseline_model_id": props.get("baseline_model_id"),
                            "execution": _execution(up, evaluator)}
+    out["infra_blessing"] = _infra_blessing(store, up, pusher, model_id)
     if trainer:
         props = _props(up.executions[trainer])
         custom = _json_prop(props, "custom_config", {})

@@ -84,6 +84,27 @@ def _gate_line(gate: Json) -> str:
     return line
 
 
+def _infra_lines(infra: Optional[Json]) -> List[str]:
+    """The InfraValidator's verdict: the candidate served by a throwaway model server and called."""
+    if not infra:
+        return ["  infra       none recorded (pushed before the InfraValidator, or not infra-validated)"]
+    timings = infra.get("timings") or {}
+    took = ", ".join(f"{label} {round(timings[key], 3):g}s" for key, label in (
+        ("server_start_seconds", "server start"), ("requests_seconds", "requests"), ("validation_seconds", "total"))
+        if isinstance(timings.get(key), (int, float)))
+    whose = "" if infra.get("read_by_push") else " (the model's, from its nightly run: this push read none)"
+    line = (f"  infra       {infra['artifact_id']}: {'blessed' if infra['blessed'] else 'NOT blessed'} -- "
+            f"{infra['reason']}{whose}")
+    out = [line]
+    details = [f"signatures {', '.join(infra['signatures'])}" if infra.get("signatures") else "",
+               f"{infra['requests_answered']} requests answered" if infra.get("requests_answered") is not None else "",
+               took]
+    execution = infra.get("execution")
+    if any(details) or execution:
+        out.append("              " + "; ".join([d for d in details if d] + ([_who(execution)] if execution else [])))
+    return out
+
+
 def chain_lines(item: Json) -> List[str]:
     out = [_push_line(item["push"], item["serving"])]
     push = item["push"]
@@ -98,6 +119,7 @@ def chain_lines(item: Json) -> List[str]:
         out.append(f"  blessing    {blessing['artifact_id']}: {'blessed' if blessing['blessed'] else 'NOT blessed'} -- "
                    f"{blessing['reason']}")
     out += _metric_lines(item.get("evaluation"))
+    out += _infra_lines(item.get("infra_blessing"))
     training = item.get("training")
     if training:
         hyper = ", ".join(f"{k} {v}" for k, v in sorted((training.get("hyperparameters") or {}).items()))
@@ -302,6 +324,15 @@ def _chain_mermaid(item: Json, prefix: str) -> List[str]:
             auc = (item["evaluation"]["metrics"].get("overall") or {}).get("auc")
             evaluation = node("evaluation", f"ModelEvaluation {item['evaluation']['artifact_id']}<br/>overall auc {_value(auc)}")
             lines.append(f"{evaluator} --> {evaluation}")
+    if item.get("infra_blessing"):
+        i = item["infra_blessing"]
+        infra = node("infra", f"InfraBlessing {i['artifact_id']}<br/>{'blessed' if i['blessed'] else 'not blessed'}")
+        validator = node("infravalidator", "InfraValidator", "exec")
+        lines.append(f"{validator} --> {infra}")
+        if i.get("read_by_push"):
+            lines.append(f"{infra} --> {pusher}")
+        if item.get("model"):
+            lines.append(f"{p}model --> {validator}")
     shapes = {"box": ("[", "]"), "round": ("([", "])"), "exec": ("[[", "]]"), "file": ("[/", "/]")}
     return [f"    {name}{shapes[shape][0]}{_label(text)}{shapes[shape][1]}" for name, text, shape in nodes] + \
         [f"    {line}" for line in lines]
