@@ -614,7 +614,49 @@ def span_lineage(store, day: dt.date, served_version: Optional[int]) -> Json:
         "gates": gates,
         "blocked": bool(gates) and gates[-1]["blocked"],
         "models": models,
+        "scorings": span_scorings(store, [a.id for a in examples]),
     })
+
+
+def span_scorings(store, examples_ids: List[int]) -> List[Json]:
+    """Every `mlops score` of these Examples (pipelines/scoring.py's BatchScorer executions), oldest
+    first: which pushed version scored them, into which file; a reuse points at the file it reused."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    from pipelines.scoring import SCORER_TYPE
+
+    if not examples_ids:
+        return []
+    try:
+        scorer_type = store.get_execution_type(SCORER_TYPE).id
+    except Exception:  # noqa: BLE001 -- ml_metadata's NotFoundError: nothing was ever scored
+        return []
+    read = {e.execution_id for e in store.get_events_by_artifact_ids(examples_ids)
+            if e.type == pb.Event.INPUT and e.path.steps and e.path.steps[0].key == "examples"}
+    scorers = [e for e in store.get_executions_by_id(sorted(read)) if e.type_id == scorer_type]
+    if not scorers:
+        return []
+    events = store.get_events_by_execution_ids([e.id for e in scorers])
+    written = {e.execution_id: e.artifact_id for e in events if e.type == pb.Event.OUTPUT}
+    files = {a.id: a for a in store.get_artifacts_by_id(sorted(set(written.values())))}
+    run_type = _run_type_id(store)
+    out = []
+    for execution in sorted(scorers, key=lambda e: e.id):
+        props = _props(execution)
+        output = files.get(written.get(execution.id))
+        runs = [c.name for c in store.get_contexts_by_execution(execution.id) if c.type_id == run_type]
+        out.append({
+            "execution_id": execution.id,
+            "state": pb.Execution.State.Name(execution.last_known_state).lower(),
+            "scored_at": _time(execution.create_time_since_epoch),
+            "pushed_version": int(props.get("pushed_version", 0)) or None,
+            "model_id": int(props.get("model_id", 0)) or None,
+            "rows": int(_props(output).get("rows", 0)) if output is not None else 0,
+            "path": output.uri if output is not None else "",
+            "scores_artifact_id": output.id if output is not None else None,
+            "run_id": runs[0] if runs else "",
+        })
+    return out
 
 
 def find_run(store, run_id: str):

@@ -173,6 +173,11 @@ def span_lines(span: Json) -> List[str]:
         out.append(f"  model {model['model_id']}: {blessed}"
                    + (f" ({model['blessing_reason']})" if model["blessing_reason"] else "")
                    + f"; pushed as {versions}; trained by {_who(model['training'])}")
+    for scoring in span.get("scorings", []):
+        how = "reused the scores in" if scoring["state"] == "cached" else f"scored {scoring['rows']:,} rows into"
+        out.append(f"  scored by version {scoring['pushed_version']} (model {scoring['model_id']}) at "
+                   f"{scoring['scored_at']}: {how} {scoring['path']} [execution {scoring['execution_id']}, "
+                   f"run {scoring['run_id']}]")
     return out
 
 

@@ -71,7 +71,7 @@ def register(commands) -> None:
                        "pushed or which gate blocked it")
     query.add_argument("--span", type=date_arg, metavar="DATE",
                        help="downstream of a span (YYYY-MM-DD): the data gates' verdicts on it, the models trained on it "
-                       "and the versions they were pushed as, and whether one serves now")
+                       "and the versions they were pushed as, whether one serves now, and every `mlops score` of it")
     query.add_argument("--diff", type=int, nargs=2, metavar=("V1", "V2"),
                        help="two pushed versions side by side: spans, input files, schema, code version, config and "
                        "metrics per slice; differing fields marked")

@@ -148,6 +148,20 @@ def test_ml_metadata_records_the_model_and_the_span_in_and_the_scores_out(scored
         assert {result["run_id"], "taxi", "taxi.BatchScorer"} <= contexts
     lineage = json.loads(mlops(home, "lineage", "--run", first["run_id"], "--json").stdout)
     assert [e["node"] for e in lineage["run"]["executions"]] == ["BatchScorer"]
+    # The span's lineage lists its scorings (the document as the schema describes it), and so does its text.
+    import jsonschema
+
+    from pipelines.lineage import SCHEMA_FILE
+
+    doc = json.loads(mlops(home, "lineage", "--span", DAY2.isoformat(), "--json").stdout)
+    jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).validate(doc)
+    by_id = {s["execution_id"]: s for s in doc["span"]["scorings"]}
+    done, reused = by_id[first["execution_id"]], by_id[reuse["execution_id"]]
+    assert (done["state"], done["pushed_version"], done["model_id"], done["rows"], done["path"]) == \
+        ("complete", 3, pushed["model_id"], first["rows"], first["path"])
+    assert (reused["state"], reused["path"], reused["run_id"]) == ("cached", first["path"], reuse["run_id"])
+    text = mlops(home, "lineage", "--span", DAY2.isoformat()).stdout
+    assert f"scored by version 3 (model {pushed['model_id']})" in text and f"reused the scores in {first['path']}" in text
 
 
 def test_versions_and_spans_that_cannot_be_scored_are_refused_with_the_fix(runs, tmp_path):
