@@ -291,14 +291,15 @@ def write_scores(model_path: Path, folder: Path, day: dt.date, target: Path, met
                  batch_size: Optional[int] = None) -> Tuple[int, float, str]:
     """Scores every row of the span's CSV files with the model and writes the Parquet file `target`
     atomically (a temporary file renamed); returns (rows, seconds to import TensorFlow and load the
-    model, the signature called). The next batch is read on a thread while the model scores this one."""
+    model, the signature called). The next batch is read on a thread while the model scores this one,
+    and two calls run at once (components/util/batch_predict.called)."""
     loading = time.monotonic()
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
     import tensorflow as tf
 
-    from components.util.batch_predict import BATCH_SIZE, prefetched
+    from components.util.batch_predict import BATCH_SIZE, CALLERS, called, prefetched
 
     model = tf.saved_model.load(str(model_path), tags=["serve"])
     signature, _, rows_in, call = _reader(model, model_path, folder, day)
@@ -316,15 +317,14 @@ def write_scores(model_path: Path, folder: Path, day: dt.date, target: Path, met
     done, started, last = 0, time.monotonic(), time.monotonic()
     span = day.isoformat()
     try:
-        for spans, batch in itertools.chain([first], batches):
-            outputs = call(batch)
+        for spans, outputs in called(call, itertools.chain([first], batches), CALLERS):
             n = sum(count for _, _, count in spans)
             names = np.repeat(np.array([name for name, _, _ in spans], dtype=object), [c for _, _, c in spans])
             rows = np.concatenate([np.arange(first, first + c, dtype=np.int64) for _, first, c in spans])
             columns = {"span_date": pa.array([span] * n, pa.string()), "file": pa.array(names, pa.string()),
                        "row": pa.array(rows, pa.int64())}
             for key in sorted(outputs):
-                value = outputs[key].numpy()
+                value = outputs[key]
                 if value.ndim == 2 and value.shape[1] == 1:
                     value = value[:, 0]
                 if len(value) != n:

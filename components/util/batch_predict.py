@@ -21,6 +21,9 @@ from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 import numpy as np
 
 BATCH_SIZE = 8192
+# Signature calls at once in batch scoring (`called`): 1.5M taxi rows on 2 cores, quiet, three
+# alternating rounds: 384-391k rows/s with one, 454-477k with two, 477-494k with three.
+CALLERS = 2
 
 
 def output_of(outputs: Mapping[str, object], prediction_key: str, where: str) -> np.ndarray:
@@ -247,6 +250,36 @@ class CsvColumns:
 
 def _concatenated(parts: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def called(call, batches: Iterator, callers: int = 2) -> Iterator:
+    """(spans, {output: numpy array}) of `call(batch)` for each (spans, batch) of `batches`, in order,
+    with up to `callers` calls running at once on threads: while one call waits on the GIL (building
+    its tensors, converting its outputs) the other keeps TensorFlow's cores busy."""
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(batch):
+        return {key: value.numpy() for key, value in call(batch).items()}
+
+    if callers <= 1:
+        for spans, batch in batches:
+            yield spans, run(batch)
+        return
+    pending: "collections.deque" = collections.deque()
+    with ThreadPoolExecutor(max_workers=callers, thread_name_prefix="score-call") as pool:
+        try:
+            for spans, batch in batches:
+                pending.append((spans, pool.submit(run, batch)))
+                if len(pending) >= callers:
+                    spans_done, future = pending.popleft()
+                    yield spans_done, future.result()
+            while pending:
+                spans_done, future = pending.popleft()
+                yield spans_done, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 def prefetched(batches: Iterator, depth: int = 2) -> Iterator:

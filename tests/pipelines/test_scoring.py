@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from components.util.batch_predict import Coded, CsvColumns, CsvExamples, prefetched, tensors
+from components.util.batch_predict import Coded, CsvColumns, CsvExamples, called, prefetched, tensors
 from pipelines.scoring import input_fingerprint
 
 HEADER = "fare,company,trip_start_hour,tips\n"
@@ -119,3 +119,27 @@ def test_the_input_fingerprint_is_tfx_s(tmp_path):
     folder = _span(tmp_path, {"a.csv": HEADER + "1,a,1,0\n", "b.csv": HEADER})
     os.utime(folder / "b.csv", (time.time(), time.time() - 3600))
     assert input_fingerprint(folder) == io_utils.generate_fingerprint("single_split", str(folder / "*.csv"))
+
+
+def test_calls_on_several_threads_come_back_in_the_batches_order_and_an_error_is_raised():
+    import random
+
+    import tensorflow as tf
+
+    def call(batch):
+        time.sleep(random.random() / 50)  # calls finish out of order
+        if batch == 13:
+            raise ValueError("model failed on batch 13")
+        return {"out": tf.constant([batch, batch])}
+
+    batches = [([("data.csv", 2 * i, 2)], i) for i in range(12)]
+    for callers in (1, 2, 3):
+        got = list(called(call, iter(batches), callers))
+        assert [spans for spans, _ in got] == [spans for spans, _ in batches]
+        assert [outputs["out"].tolist() for _, outputs in got] == [[i, i] for i in range(12)]
+    try:
+        list(called(call, iter(batches + [([("data.csv", 24, 2)], 13)]), 2))
+    except ValueError as err:
+        assert "batch 13" in str(err)
+    else:
+        raise AssertionError("the failed call was lost")
