@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests import prepared
-from tests.conftest import DAY1, DAY2, make_home, mlops, readonly_store
+from tests.conftest import DAY1, DAY2, KEEP_WORKER, make_home, mlops, readonly_store
 
 STEPS = ("--train-steps", "20", "--eval-steps", "5")
 
@@ -17,7 +17,8 @@ STEPS = ("--train-steps", "20", "--eval-steps", "5")
 def _tuned(tmp_path_factory) -> dict:
     home = make_home(tmp_path_factory.mktemp("tuning"), days=2, rows=1500)
     before = {"untrained": mlops(home, "tune", "--trials", "2", *STEPS, check=False)}
-    mlops(home, "run", "--date", DAY1.isoformat(), *STEPS)
+    # Its warm worker stays through the tuning (longer than the 2-minute idle timeout) for the next night.
+    mlops(home, "run", "--date", DAY1.isoformat(), *STEPS, env=KEEP_WORKER)
     before["unvalidated_day"] = mlops(home, "tune", "--date", DAY2.isoformat(), "--trials", "2", *STEPS, check=False)
     first = json.loads(mlops(home, "tune", "--trials", "2", *STEPS, "--json").stdout)
     again = mlops(home, "tune", "--trials", "2", *STEPS)
