@@ -21,7 +21,7 @@ import pytest
 from serving import home as home_record
 from tests.conftest import DAY1, mlops
 from tests.serving.helpers import Http, Server
-from tests.serving.test_server_e2e import MODEL, Load, _probabilities
+from tests.serving.test_server_e2e import MODEL, _latest_version, _load, _probabilities
 
 
 def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_model, tmp_path):
@@ -46,8 +46,8 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
         new = tuple(_probabilities(answer))
         assert new != pytest.approx(old, rel=1e-4), "the second run pushed the same model: nothing to roll back"
 
-        with Load(server.rest_port, body, threads=2) as load:
-            server.wait_until(lambda: load.count() > 20, 30, "clients polling")
+        with _load(server.rest_port, body, threads=2) as load:
+            server.wait_until(lambda: len(load.answers) > 20, 30, "clients polling")
             started = time.monotonic()
             # No --server: a `mlops serve` of the home's model directory registered itself as the home's
             # model server, so the rollback waits until it serves the new version.
@@ -58,12 +58,12 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
                    f"http://127.0.0.1:{server.rest_port} to serve version 3" in done.stdout, done.stdout
             waited = re.search(r"serves version 3 \(([0-9.]+)s after the push\)", done.stdout)
             assert waited and float(waited.group(1)) <= 5.0, done.stdout
-            server.wait_until(lambda: load.latest_version() == 3, 30, "answers from version 3")
+            server.wait_until(lambda: _latest_version(load) == 3, 30, "answers from version 3")
             switched = time.monotonic()
-            settle = load.count()
-            server.wait_until(lambda: load.count() > settle + 10, 30, "more answers from version 3")
+            settle = len(load.answers)
+            server.wait_until(lambda: len(load.answers) > settle + 10, 30, "more answers from version 3")
         assert load.failures == [], load.failures[:5]
-        for answers in load.answers:
+        for answers in load.by_client:
             versions = [v for v, _ in answers]
             assert versions == sorted(versions), "a client saw an older version after a newer one"
             assert set(versions) <= {2, 3}
@@ -71,7 +71,7 @@ def test_rollback_previous_serves_the_old_model_as_a_new_version_within_5s(taxi_
                 assert probabilities == pytest.approx(new if version == 2 else old, rel=1e-5), version
         assert switched - returned <= 5.0, f"version 3 served {switched - returned:.1f}s after the rollback returned"
         print(f"rollback: command {returned - started:.1f}s, first answer from version 3 "
-              f"{switched - returned:.2f}s after it returned; {load.count()} answers, 0 failures")
+              f"{switched - returned:.2f}s after it returned; {len(load.answers)} answers, 0 failures")
         server.wait_until(lambda: server.available_versions() == [3], 30, "version 2 unloaded")
         asked = json.loads(mlops(home, "models", "list", "--json", "--server",
                                  f"http://127.0.0.1:{server.rest_port}").stdout)
