@@ -7,8 +7,8 @@ A pushed version's chain comes from two `get_lineage_subgraph` calls:
 
 1. UPSTREAM from its PushedModel, stopping at the Evaluator (whose other input, the baseline, would
    lead into the whole history) and at the Schema (every run's cached ImportSchemaGen writes it
-   again): the push, the model, the blessing, the InfraValidator's InfraBlessing, the Trainer, the transform graph, the schema and the
-   span's Examples with every execution that made them.
+   again): the push, the model, the blessing, the InfraValidator's InfraBlessing, the Trainer, the
+   transform graph, the schema and the span's Examples with every execution that made them.
 2. DOWNSTREAM from those Examples, stopping at the gates' reports, the evaluation and the first
    training node: the statistics, the data gates' verdicts (drift per feature) and the evaluation
    (metrics per slice against the baseline).
