@@ -299,7 +299,7 @@ def write_scores(model_path: Path, folder: Path, day: dt.date, target: Path, met
     import pyarrow.parquet as pq
     import tensorflow as tf
 
-    from components.util.batch_predict import BATCH_SIZE, CALLERS, called, prefetched
+    from components.util.batch_predict import BATCH_SIZE, called, prefetched
 
     model = tf.saved_model.load(str(model_path), tags=["serve"])
     signature, _, rows_in, call = _reader(model, model_path, folder, day)
@@ -317,7 +317,7 @@ def write_scores(model_path: Path, folder: Path, day: dt.date, target: Path, met
     done, started, last = 0, time.monotonic(), time.monotonic()
     span = day.isoformat()
     try:
-        for spans, outputs in called(call, itertools.chain([first], batches), CALLERS):
+        for spans, outputs in called(call, itertools.chain([first], batches)):
             n = sum(count for _, _, count in spans)
             names = np.repeat(np.array([name for name, _, _ in spans], dtype=object), [c for _, _, c in spans])
             rows = np.concatenate([np.arange(first, first + c, dtype=np.int64) for _, first, c in spans])

@@ -252,7 +252,7 @@ def _concatenated(parts: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
-def called(call, batches: Iterator, callers: int = 2) -> Iterator:
+def called(call, batches: Iterator, callers: int = CALLERS) -> Iterator:
     """(spans, {output: numpy array}) of `call(batch)` for each (spans, batch) of `batches`, in order,
     with up to `callers` calls running at once on threads: while one call waits on the GIL (building
     its tensors, converting its outputs) the other keeps TensorFlow's cores busy."""
